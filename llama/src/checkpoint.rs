@@ -1,0 +1,341 @@
+//! HF-layout checkpoint I/O: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, read by tensor name straight into a VarStore and written back
+//! in the same layout (sharded above a size limit) so that `transformers` reads what we save.
+//!
+//! Loading converts fp16/bf16/fp32 on disk to the VarStore's compute dtype, ignores unknown extra
+//! tensors (`rotary_emb.inv_freq` of older exports) and reports every missing or mis-shaped tensor
+//! in one error. Saving is atomic: everything is written into a sibling temp folder which then
+//! replaces the target, so an interrupted save leaves the previous checkpoint intact.
+use crate::config::Config;
+use crate::device::kind_name;
+use crate::error::{LlamaError, Result};
+use crate::model::Llama;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+/// HF's default `max_shard_size` is 5 GB; we use the same.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// The memory-mapped safetensors files of a checkpoint folder and where each tensor lives.
+pub struct CheckpointFiles {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    location: HashMap<String, usize>,
+}
+
+fn st_err(path: &Path, e: impl std::fmt::Display) -> LlamaError {
+    LlamaError::Safetensors { path: path.to_path_buf(), msg: e.to_string() }
+}
+
+impl CheckpointFiles {
+    /// Opens `model.safetensors` or the shards named by `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let names: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LlamaError::io(&index, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: index.clone(), source: e })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LlamaError::Config {
+                path: index.clone(),
+                msg: "missing object field weight_map".into(),
+            })?;
+            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(LlamaError::Checkpoint {
+                dir: dir.to_path_buf(),
+                msg: "no model.safetensors or model.safetensors.index.json".into(),
+            });
+        };
+        let mut files = Vec::new();
+        let mut location = HashMap::new();
+        for (i, path) in names.into_iter().enumerate() {
+            let f = File::open(&path).map_err(|e| LlamaError::io(&path, e))?;
+            // Safety: the file is opened read-only; a checkpoint is not modified while we read it.
+            let mmap = unsafe { Mmap::map(&f) }.map_err(|e| LlamaError::io(&path, e))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| st_err(&path, format!("{e:?}")))?;
+            for name in st.names() {
+                location.insert(name.to_string(), i);
+            }
+            files.push((path, mmap));
+        }
+        Ok(CheckpointFiles { dir: dir.to_path_buf(), files, location })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// Reads one tensor (on the CPU, in its on-disk dtype).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let &i = self.location.get(name).ok_or_else(|| LlamaError::Checkpoint {
+            dir: self.dir.clone(),
+            msg: format!("missing tensor {name}"),
+        })?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, format!("{e:?}")))?;
+        let view = st.tensor(name).map_err(|e| st_err(path, format!("{e:?}")))?;
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            other => return Err(st_err(path, format!("tensor {name}: unsupported dtype {other:?}"))),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+    }
+
+    /// Shape of a tensor without reading its data.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let &i = self.location.get(name)?;
+        let st = SafeTensors::deserialize(&self.files[i].1).ok()?;
+        let view = st.tensor(name).ok()?;
+        Some(view.shape().iter().map(|&d| d as i64).collect())
+    }
+}
+
+/// Copies every variable of `vs` from the checkpoint in `dir`, converting dtype and device.
+/// Tensors in the files that the model does not use are ignored; missing and mis-shaped ones are
+/// all listed in one error.
+pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
+    let files = CheckpointFiles::open(dir)?;
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    for name in &names {
+        match files.shape(name) {
+            None => missing.push(name.to_string()),
+            Some(s) if s != vars[*name].size() => {
+                misshaped.push(format!("{name}: expected {:?}, found {:?}", vars[*name].size(), s))
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() || !misshaped.is_empty() {
+        let mut msg = String::new();
+        if !missing.is_empty() {
+            msg += &format!("{} missing tensor(s): {}", missing.len(), missing.join(", "));
+        }
+        if !misshaped.is_empty() {
+            if !msg.is_empty() {
+                msg += "; ";
+            }
+            msg += &format!("{} mis-shaped tensor(s): {}", misshaped.len(), misshaped.join("; "));
+        }
+        return Err(LlamaError::Checkpoint { dir: dir.to_path_buf(), msg });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for name in names {
+            let src = files.tensor(name)?;
+            vars[name].shallow_clone().f_copy_(&src)?;
+        }
+        Ok(())
+    })?;
+    let unused = files.names().filter(|n| !vars.contains_key(*n)).count();
+    if unused > 0 {
+        tracing::debug!(dir = %dir.display(), unused, "ignored tensors not used by the model");
+    }
+    Ok(())
+}
+
+/// Loads `config.json` of a checkpoint folder.
+pub fn load_config(dir: &Path) -> Result<Config> {
+    Config::from_file(&dir.join("config.json"))
+}
+
+/// A fresh VarStore on `device` whose new variables are created in `kind`.
+pub fn var_store(device: Device, kind: Kind) -> nn::VarStore {
+    let mut vs = nn::VarStore::new(device);
+    vs.set_kind(kind);
+    vs
+}
+
+/// Loads a `LlamaForCausalLM` checkpoint for compute in `kind` on `device`.
+pub fn load_causal_lm(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+    let cfg = load_config(dir)?;
+    let mut vs = var_store(device, kind);
+    let model = Llama::new(&vs.root(), &cfg);
+    load_var_store(&mut vs, dir)?;
+    Ok((vs, model))
+}
+
+/// How to save a checkpoint.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// `LlamaForCausalLM` or `LlamaForSequenceClassification`.
+    pub architecture: String,
+    /// On-disk dtype.
+    pub dtype: Kind,
+    /// Shard above this many bytes (HF layout: `model-0000k-of-0000N.safetensors` + index).
+    pub max_shard_bytes: u64,
+    /// Extra files copied into the checkpoint (tokenizer.json, tokenizer_config.json, ...).
+    pub extra_files: Vec<PathBuf>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            architecture: "LlamaForCausalLM".into(),
+            dtype: Kind::Float,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            extra_files: Vec::new(),
+        }
+    }
+}
+
+/// Orders tensor names as a model's state dict: layer indices numerically.
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    name.split('.').map(|p| match p.parse::<u64>() {
+        Ok(n) => (String::new(), n),
+        Err(_) => (p.to_string(), 0),
+    }).collect()
+}
+
+fn dtype_name(k: Kind) -> Result<&'static str> {
+    Ok(match k {
+        Kind::Float => "F32",
+        Kind::Half => "F16",
+        Kind::BFloat16 => "BF16",
+        Kind::Double => "F64",
+        Kind::Int64 => "I64",
+        other => return Err(LlamaError::Invalid(format!("cannot save dtype {other:?}"))),
+    })
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, t) in tensors {
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype_name(t.kind())?, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| LlamaError::Invalid(e.to_string()))?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let f = File::create(path).map_err(|e| LlamaError::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
+    let io = |e| LlamaError::io(path, e);
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for (_, t) in tensors {
+        let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut buf, t.numel())?;
+        w.write_all(&buf).map_err(io)?;
+    }
+    let f = w.into_inner().map_err(|e| LlamaError::io(path, e.into_error()))?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Writes `path` atomically: temp file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(|e| LlamaError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| LlamaError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| LlamaError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| LlamaError::io(path, e))
+}
+
+/// Saves every variable of `vs` plus `config.json` into `dir` in the HF layout, atomically:
+/// the files go into a sibling temp folder that then replaces `dir`.
+pub fn save(vs: &nn::VarStore, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| LlamaError::io(parent, e))?;
+    let base = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
+    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| LlamaError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| LlamaError::io(&tmp, e))?;
+
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by_key(|(n, _)| natural_key(n));
+    let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
+        vars.into_iter()
+            .map(|(n, t)| {
+                let t = if t.is_floating_point() { t.to_kind(opts.dtype) } else { t };
+                (n, t.to_device(Device::Cpu).contiguous())
+            })
+            .collect()
+    });
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let mut shard_bytes = 0u64;
+    let mut total = 0u64;
+    for (n, t) in tensors {
+        let b = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        if shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes {
+            shards.push(Vec::new());
+            shard_bytes = 0;
+        }
+        shard_bytes += b;
+        total += b;
+        shards.last_mut().expect("at least one shard").push((n, t));
+    }
+    if shards.len() == 1 {
+        write_safetensors(&tmp.join("model.safetensors"), &shards[0])?;
+    } else {
+        let n = shards.len();
+        let mut weight_map = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let fname = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+            write_safetensors(&tmp.join(&fname), shard)?;
+            for (name, _) in shard {
+                weight_map.insert(name.clone(), fname.clone());
+            }
+        }
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let text = serde_json::to_string_pretty(&index).expect("index serialises");
+        write_atomic(&tmp.join("model.safetensors.index.json"), text.as_bytes())?;
+    }
+    let config = cfg.to_hf_json(&opts.architecture, kind_name(opts.dtype));
+    let text = serde_json::to_string_pretty(&config).expect("config serialises");
+    write_atomic(&tmp.join("config.json"), text.as_bytes())?;
+    for f in &opts.extra_files {
+        if let Some(name) = f.file_name() {
+            std::fs::copy(f, tmp.join(name)).map_err(|e| LlamaError::io(f, e))?;
+        }
+    }
+    replace_dir(&tmp, dir)
+}
+
+/// Replaces `dir` by `tmp` so that at every moment one complete copy exists on disk.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let old = dir.with_file_name(format!(
+            ".{}.old-{}",
+            dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::rename(dir, &old).map_err(|e| LlamaError::io(dir, e))?;
+        std::fs::rename(tmp, dir).map_err(|e| LlamaError::io(dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| LlamaError::io(&old, e))?;
+    } else {
+        std::fs::rename(tmp, dir).map_err(|e| LlamaError::io(dir, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The Llama network, one struct per block, each named by its HF checkpoint key so that
+//! safetensors load by name (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+//!
+//! The model is immutable; the KV cache lives outside it ([`KvCache`]) and is passed to
+//! `forward`. `forward` returns hidden states: heads are separate (`lm_logits` here, the scalar
+//! heads in the reward and PPO crates), so training computes the LM head only at the positions
+//! it scores and generation only at the last position.
+use crate::config::Config;
+use tch::{nn, Device, Kind, Tensor};
+
+/// `y = w ⊙ cast_back(x32 · rsqrt(mean(x32²) + eps))`: normalised in float32, weight applied in
+/// the activation dtype, as HF `LlamaRMSNorm` and Meta's `_norm(x.float()).type_as(x) * weight`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.square().mean_dim(-1, true, Kind::Float);
+        let y = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
+        y * &self.weight
+    }
+}
+
+/// A bias-free linear layer storing `weight` as `[out, in]` (HF `nn.Linear` layout).
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+}
+
+impl Linear {
+    pub fn new(p: nn::Path, in_dim: i64, out_dim: i64) -> Self {
+        // HF `_init_weights`: normal(0, initializer_range = 0.02).
+        Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: 0.02 }) }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.weight.tr())
+    }
+}
+
+/// Rotary position embedding tables in the HF half-split layout: `emb = cat(freqs, freqs)`,
+/// cos/sin computed in float32 then cast to the activation dtype.
+#[derive(Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &Config, device: Device, kind: Kind) -> Self {
+        let hd = cfg.head_dim;
+        let inv_freq = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            .divide_scalar(hd as f64);
+        let inv_freq = Tensor::from(cfg.rope_theta as f32).to_device(device).pow(&inv_freq).reciprocal();
+        let t = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, device)).to_kind(Kind::Float);
+        let freqs = t.unsqueeze(1).matmul(&inv_freq.unsqueeze(0));
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        Rope { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
+    }
+
+    /// cos and sin for `positions` `[B, T]`, shaped `[B, 1, T, hd]` to broadcast over heads.
+    pub fn at(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let (b, t) = positions.size2().expect("positions must be [B, T]");
+        let flat = positions.reshape([-1]);
+        let cos = self.cos.index_select(0, &flat).view([b, 1, t, -1]);
+        let sin = self.sin.index_select(0, &flat).view([b, 1, t, -1]);
+        (cos, sin)
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// Grouped-query self-attention (`self_attn`): query head h reads KV head `h / (H / KV)`.
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: i64,
+    n_kv: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    pub fn new(p: nn::Path, cfg: &Config) -> Self {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        Attention {
+            q_proj: Linear::new(&p / "q_proj", d, cfg.num_attention_heads * hd),
+            k_proj: Linear::new(&p / "k_proj", d, cfg.num_key_value_heads * hd),
+            v_proj: Linear::new(&p / "v_proj", d, cfg.num_key_value_heads * hd),
+            o_proj: Linear::new(&p / "o_proj", cfg.num_attention_heads * hd, d),
+            n_heads: cfg.num_attention_heads,
+            n_kv: cfg.num_key_value_heads,
+            head_dim: hd,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
+        let (b, t, _) = x.size3().expect("hidden states must be [B, T, D]");
+        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let q = apply_rope(&q, cos, sin);
+        let k = apply_rope(&k, cos, sin);
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v),
+            None => (k, v),
+        };
+        let (attn_mask, is_causal) = match mask {
+            Mask::Causal => (None, t > 1),
+            Mask::None => (None, false),
+            Mask::Explicit(m) => (Some(m), false),
+        };
+        let gqa = self.n_kv != self.n_heads;
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None::<f64>, gqa);
+        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        self.o_proj.forward(&y)
+    }
+}
+
+/// SwiGLU feed-forward (`mlp`): `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(p: nn::Path, cfg: &Config) -> Self {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Mlp {
+            gate_proj: Linear::new(&p / "gate_proj", d, i),
+            up_proj: Linear::new(&p / "up_proj", d, i),
+            down_proj: Linear::new(&p / "down_proj", i, d),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm decoder layer (`model.layers.{i}`).
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn new(p: nn::Path, cfg: &Config) -> Self {
+        DecoderLayer {
+            input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            self_attn: Attention::new(&p / "self_attn", cfg),
+            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// How the queries of one forward may attend.
+#[derive(Debug)]
+pub enum Mask {
+    /// Plain causal attention over the sequence (no padding, no past).
+    Causal,
+    /// Every query sees every key (single-token decode without padding).
+    None,
+    /// A boolean mask `[B, 1, T, S]`, true where attention is allowed.
+    Explicit(Tensor),
+}
+
+impl Mask {
+    /// Causal attention restricted to valid (non-pad) keys, for `q_len` new queries after
+    /// `past` cached positions. `key_valid` is `[B, past + q_len]`. Each query also sees itself,
+    /// so a pad query never has an empty row (an all-masked row would give NaN, and a NaN value
+    /// vector poisons valid rows through `0 · NaN`).
+    pub fn padded_causal(key_valid: &Tensor, past: i64, q_len: i64) -> Mask {
+        let device = key_valid.device();
+        let s = past + q_len;
+        let q_pos = Tensor::arange_start(past, s, (Kind::Int64, device)).unsqueeze(1);
+        let k_pos = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
+        let causal = k_pos.le_tensor(&q_pos); // [q, s]
+        let diag = k_pos.eq_tensor(&q_pos);
+        let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // [B,1,1,s]
+        let m = causal.unsqueeze(0).unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0).unsqueeze(0));
+        Mask::Explicit(m)
+    }
+
+    /// Block-diagonal causal mask for packed sequences: `segment_ids` `[B, T]`, a query sees earlier
+    /// keys of its own segment only.
+    pub fn packed(segment_ids: &Tensor) -> Mask {
+        let t = segment_ids.size()[1];
+        let device = segment_ids.device();
+        let pos = Tensor::arange(t, (Kind::Int64, device));
+        let causal = pos.unsqueeze(0).le_tensor(&pos.unsqueeze(1));
+        let same = segment_ids.unsqueeze(2).eq_tensor(&segment_ids.unsqueeze(1));
+        Mask::Explicit(same.logical_and(&causal.unsqueeze(0)).unsqueeze(1))
+    }
+}
+
+/// Keys and values of one layer, preallocated to `capacity` positions.
+#[derive(Debug)]
+pub struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: i64,
+}
+
+impl LayerCache {
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        assert!(self.len + t <= self.k.size()[2], "KV cache overflow: grow the capacity");
+        self.k.narrow(2, self.len, t).copy_(k);
+        self.v.narrow(2, self.len, t).copy_(v);
+        self.len += t;
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+}
+
+/// The KV cache of every layer, kept outside the immutable model. Preallocated so decoding
+/// writes in place instead of concatenating a growing tensor each step.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(cfg: &Config, batch: i64, capacity: i64, device: Device, kind: Kind) -> Self {
+        let shape = [batch, cfg.num_key_value_heads, capacity, cfg.head_dim];
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| LayerCache { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)), len: 0 })
+            .collect();
+        KvCache { layers }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> i64 {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Repeats every row `k` times (row i becomes rows i*k .. i*k+k): prefill a prompt once,
+    /// then sample K continuations from the same cache.
+    pub fn repeat_interleave(&self, k: i64) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerCache {
+                k: l.k.repeat_interleave_self_int(k, 0, None),
+                v: l.v.repeat_interleave_self_int(k, 0, None),
+                len: l.len,
+            })
+            .collect();
+        KvCache { layers }
+    }
+}
+
+/// `LlamaForCausalLM`: `model.embed_tokens`, `model.layers.*`, `model.norm`, `lm_head`
+/// (absent when tied to the embeddings).
+#[derive(Debug)]
+pub struct Llama {
+    pub cfg: Config,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Builds the causal LM under `root` (the VarStore root). The trunk lives under `model.`.
+    pub fn new(root: &nn::Path, cfg: &Config) -> Self {
+        let mut llama = Self::trunk(root, cfg);
+        if !cfg.tie_word_embeddings {
+            llama.lm_head = Some(Linear::new(root / "lm_head", cfg.hidden_size, cfg.vocab_size));
+        }
+        llama
+    }
+
+    /// Builds only the trunk (`model.*`), for models with their own head (reward, value).
+    pub fn trunk(root: &nn::Path, cfg: &Config) -> Self {
+        let m = root / "model";
+        let embed_tokens = (&m / "embed_tokens").var(
+            "weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+            nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        );
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&m / "layers" / i, cfg))
+            .collect();
+        let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
+        let rope = Rope::new(cfg, root.device(), root.kind());
+        Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head: None, rope }
+    }
+
+    /// Hidden states after the final norm, `[B, T, D]`.
+    /// `positions` `[B, T]` are the RoPE positions; with a cache they continue after its length.
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, mut cache: Option<&mut KvCache>) -> Tensor {
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let (cos, sin) = self.rope.at(positions);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &cos, &sin, mask, lc);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// LM logits in float32 for the given hidden states (any leading shape).
+    pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
+        let logits = match &self.lm_head {
+            Some(h) => h.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.tr()),
+        };
+        logits.to_kind(Kind::Float)
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+}
+
+/// HF-style positions for a left-padded batch: `cumsum(mask) - 1`, clamped at 0.
+pub fn positions_from_mask(valid: &Tensor) -> Tensor {
+    (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}

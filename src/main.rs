@@ -1,0 +1,57 @@
+//! `rlhf`: the Llama-2-Chat alignment recipe on libtorch. A thin CLI: each subcommand parses its
+//! arguments, loads what it needs and calls the library crates.
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rlhf", version, about = "The Llama-2-Chat recipe (SFT, reward models, rejection sampling, PPO) on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample a completion from a checkpoint (raw prompt or Llama-2 chat format).
+    Generate(commands::generate::GenerateArgs),
+    /// Encode a dialog in the Llama-2 chat format and print the token ids.
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
+    /// Benchmarks (throughput on this machine).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Write a randomly initialised Llama checkpoint in the HF layout.
+    Init(commands::init::InitArgs),
+    /// Build the Llama-2 tokenizer.json from the llama-tokenizer-js package.
+    #[command(subcommand)]
+    Tokenizer(commands::tokenizer::TokenizerCommand),
+}
+
+fn main() {
+    // A panic is a bug, not a user error: say so in one line, without a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("rlhf: internal error: {info}");
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RLHF_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Eval(c) => commands::eval::run(c),
+        Command::Bench(c) => commands::bench::run(c),
+        Command::Init(a) => commands::init::run(a),
+        Command::Tokenizer(c) => commands::tokenizer::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,2 @@
+//! What every stage shares: AdamW + schedules, clipping, accumulation, checkpoint/resume,
+//! metrics. Not built yet: see issue 4.
