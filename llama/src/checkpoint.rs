@@ -57,6 +57,16 @@ impl CheckpointFiles {
                 msg: "no model.safetensors or model.safetensors.index.json".into(),
             });
         };
+        Self::open_files(dir, names)
+    }
+
+    /// Opens one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::open_files(&dir, vec![path.to_path_buf()])
+    }
+
+    fn open_files(dir: &Path, names: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::new();
         let mut location = HashMap::new();
         for (i, path) in names.into_iter().enumerate() {
@@ -221,7 +231,8 @@ fn dtype_name(k: Kind) -> Result<&'static str> {
     })
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+/// Writes tensors (already on the CPU, contiguous) as one safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;

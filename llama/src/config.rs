@@ -35,6 +35,9 @@ pub struct HfConfig {
     pub rms_norm_eps: Option<f64>,
     #[serde(default)]
     pub rope_theta: Option<f64>,
+    /// transformers 5 writes `rope_parameters: {"rope_theta", "rope_type"}` instead of `rope_theta`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default)]
@@ -166,6 +169,20 @@ impl Config {
                 return Err(format!("rope_scaling {rs} is not supported (Llama 2 has none)"));
             }
         }
+        let mut rope_theta = hf.rope_theta;
+        if let Some(rp) = hf.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+            if let Some(t) = rp.get("rope_type").and_then(|t| t.as_str()) {
+                if t != "default" {
+                    return Err(format!("rope_parameters.rope_type {t:?} is not supported (Llama 2 uses \"default\")"));
+                }
+            }
+            if let Some(theta) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
+                if rope_theta.is_some_and(|top| top != theta) {
+                    return Err(format!("rope_theta {rope_theta:?} disagrees with rope_parameters.rope_theta {theta}"));
+                }
+                rope_theta = Some(theta);
+            }
+        }
         if hf.attention_bias == Some(true) || hf.mlp_bias == Some(true) {
             return Err("attention_bias/mlp_bias true is not supported: Llama has no biases".into());
         }
@@ -212,7 +229,7 @@ impl Config {
             head_dim,
             max_position_embeddings: need(hf.max_position_embeddings.or(Some(4096)), "max_position_embeddings")?,
             rms_norm_eps,
-            rope_theta: hf.rope_theta.unwrap_or(10000.0),
+            rope_theta: rope_theta.unwrap_or(10000.0),
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             bos_token_id: first_id(&hf.bos_token_id).unwrap_or(1),
             eos_token_id: first_id(&hf.eos_token_id).unwrap_or(2),
@@ -294,6 +311,16 @@ mod tests {
         .unwrap();
         let e = Config::from_hf(&hf).unwrap_err();
         assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
+    }
+
+    #[test]
+    fn reads_transformers5_rope_parameters() {
+        let hf: HfConfig = serde_json::from_str(
+            r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,
+                "rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#,
+        )
+        .unwrap();
+        assert_eq!(Config::from_hf(&hf).unwrap().rope_theta, 500000.0);
     }
 
     #[test]

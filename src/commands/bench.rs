@@ -30,6 +30,9 @@ pub struct BenchGenerateArgs {
     pub repeats: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Sampling temperature (the contract is 1.0; 0 = greedy, to isolate the sampler's cost).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
     #[arg(long, default_value = "auto")]
     pub device: String,
     #[arg(long)]
@@ -80,7 +83,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         .collect();
     let params = SamplingParams {
         max_new_tokens: a.new_tokens,
-        temperature: 1.0,
+        temperature: a.temperature,
         top_p: 1.0,
         top_k: 0,
         seed: a.seed,
@@ -113,6 +116,7 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         "prompt_len": a.prompt_len,
         "new_tokens": a.new_tokens,
         "repeats": a.repeats,
+        "temperature": a.temperature,
         "device": format!("{device:?}"),
         "dtype": llama::device::kind_name(kind),
         "threads": tch::get_num_threads(),

@@ -1,0 +1,42 @@
+//! Helpers for the end-to-end tests that drive the `rlhf` binary.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn rlhf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Copies a fixture folder into `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "command failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail cleanly: non-zero exit, an `error:` line, no panic or backtrace.
+pub fn run_err(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(stderr.contains("error:"), "no error line: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("internal error") && !stderr.contains("RUST_BACKTRACE"), "panic: {stderr}");
+    stderr
+}
+
+pub fn json_line(s: &str) -> serde_json::Value {
+    let line = s.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {s:?}"));
+    serde_json::from_str(line).unwrap()
+}
