@@ -23,6 +23,8 @@ enum Command {
     /// Benchmarks (throughput on this machine).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Load an HF-layout checkpoint and save it again (dtype, sharding).
+    Convert(commands::convert::ConvertArgs),
     /// Write a randomly initialised Llama checkpoint in the HF layout.
     Init(commands::init::InitArgs),
     /// Build the Llama-2 tokenizer.json from the llama-tokenizer-js package.
@@ -48,6 +50,7 @@ fn main() {
         Command::Eval(c) => commands::eval::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
+        Command::Convert(a) => commands::convert::run(a),
         Command::Tokenizer(c) => commands::tokenizer::run(c),
     };
     if let Err(e) = result {

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod rng;
 pub mod tokenizer;
 pub mod tokenizer_build;
 
