@@ -17,6 +17,9 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Encode a dialog in the Llama-2 chat format and print the token ids.
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// Data: validate, import, demo world, RM mixtures, tokenized cache.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
@@ -48,6 +51,7 @@ fn main() {
         Command::Generate(a) => commands::generate::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(c) => commands::eval::run(c),
+        Command::Data(c) => commands::data::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Convert(a) => commands::convert::run(a),

@@ -1,6 +1,10 @@
 //! One file per subcommand.
 pub mod bench;
 pub mod convert;
+pub mod data;
+pub mod data_cache;
+pub mod data_demo;
+pub mod data_validate;
 pub mod eval;
 pub mod generate;
 pub mod init;

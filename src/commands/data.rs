@@ -1,0 +1,28 @@
+//! `rlhf data ...`: validation, import, the demo world, RM mixtures and the tokenized cache.
+//! Each verb lives in its own file (`data_<verb>.rs`).
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Check every row of SFT, preference or prompt files and print a JSON summary.
+    Validate(super::data_validate::ValidateArgs),
+    /// Convert Anthropic HH-RLHF or TRL conversational preference data to our preference records.
+    Import(super::data_validate::ImportArgs),
+    /// Write the synthetic demo world (SFT, preference and prompt sets with ground-truth judges).
+    Demo(super::data_demo::DemoArgs),
+    /// Build the Llama 2 helpfulness / safety reward-model mixtures.
+    Mix(super::data_cache::MixArgs),
+    /// Tokenize once into the on-disk cache the stages read.
+    Cache(super::data_cache::CacheArgs),
+}
+
+pub fn run(c: DataCommand) -> Result<()> {
+    match c {
+        DataCommand::Validate(a) => super::data_validate::run_validate(a),
+        DataCommand::Import(a) => super::data_validate::run_import(a),
+        DataCommand::Demo(a) => super::data_demo::run(a),
+        DataCommand::Mix(a) => super::data_cache::run_mix(a),
+        DataCommand::Cache(a) => super::data_cache::run_cache(a),
+    }
+}
