@@ -1,2 +1,14 @@
-//! What every stage shares: AdamW + schedules, clipping, accumulation, checkpoint/resume,
-//! metrics. Not built yet: see issue 4.
+//! What every stage shares: AdamW over plain tensors (so its moments can be saved and resumed
+//! exactly, which tch's `nn::Optimizer` cannot), learning-rate schedules, gradient clipping,
+//! trainer checkpoints with exact resume, and per-step metrics.
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
+pub use config::TrainConfig;
+pub use error::TrainError;
+pub use optim::AdamW;
+pub use schedule::LrSchedule;

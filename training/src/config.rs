@@ -1,0 +1,126 @@
+//! `TrainConfig`: the knobs every trainer shares. Defaults are the Llama 2 SFT recipe
+//! (Section 3.1: lr 2e-5 cosine, weight decay 0.1, batch 64, 2 epochs; AdamW 0.9/0.95 eps 1e-5
+//! and clip 1.0 from Section 2.2). Stage configs override what differs (RM lr 1e-5, PPO 1e-6 constant).
+use crate::optim::AdamWConfig;
+use crate::schedule::{warmup_steps, LrSchedule};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Cosine,
+    Constant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Peak learning rate (Llama 2 SFT: 2e-5).
+    pub lr: f64,
+    /// `cosine` (warmup then decay to `lr_floor_ratio * lr`) or `constant`.
+    pub schedule: ScheduleKind,
+    /// Cosine floor as a share of the peak (Llama 2: 10%).
+    pub lr_floor_ratio: f64,
+    /// Warmup as a share of the total optimizer steps (Llama 2 RMs: 3%).
+    pub warmup_ratio: f64,
+    /// Minimum warmup steps (Llama 2 RMs: 5).
+    pub warmup_min_steps: u64,
+    /// AdamW β1.
+    pub beta1: f64,
+    /// AdamW β2.
+    pub beta2: f64,
+    /// AdamW eps.
+    pub eps: f64,
+    /// Decoupled weight decay, not applied to norm gains.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    pub grad_clip: f64,
+    /// Sequences (or pairs) per micro-batch.
+    pub micro_batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accumulation: usize,
+    /// Passes over the training data.
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (overrides epochs when smaller).
+    pub max_steps: Option<u64>,
+    /// Seed of data order and initialisation.
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Compute dtype (default: fp32 on CPU, bf16 on CUDA with fp32 master weights).
+    pub dtype: Option<String>,
+    /// libtorch intra-op threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Save a checkpoint every N optimizer steps (0: only at the end).
+    pub save_every: u64,
+    /// Keep the newest N checkpoints (the best by eval loss is kept as well).
+    pub keep_last: usize,
+    /// Log a metrics line every N optimizer steps.
+    pub log_every: u64,
+    /// Evaluate on the held-out split every N optimizer steps (0: only at the end).
+    pub eval_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 2e-5,
+            schedule: ScheduleKind::Cosine,
+            lr_floor_ratio: 0.1,
+            warmup_ratio: 0.03,
+            warmup_min_steps: 5,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-5,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            micro_batch_size: 8,
+            grad_accumulation: 8,
+            epochs: 2,
+            max_steps: None,
+            seed: 0,
+            device: "auto".into(),
+            dtype: None,
+            threads: None,
+            save_every: 0,
+            keep_last: 2,
+            log_every: 1,
+            eval_every: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+    }
+
+    /// The schedule for a run of `total_steps` optimizer steps.
+    pub fn lr_schedule(&self, total_steps: u64) -> LrSchedule {
+        match self.schedule {
+            ScheduleKind::Constant => LrSchedule::Constant { lr: self.lr },
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                peak: self.lr,
+                warmup_steps: warmup_steps(total_steps, self.warmup_ratio, self.warmup_min_steps),
+                total_steps,
+                floor_ratio: self.lr_floor_ratio,
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lr > 0.0) {
+            return Err(format!("lr must be positive, got {}", self.lr));
+        }
+        if self.micro_batch_size == 0 || self.grad_accumulation == 0 {
+            return Err("micro_batch_size and grad_accumulation must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err("beta1 and beta2 must be in [0, 1)".into());
+        }
+        if !(0.0..=1.0).contains(&self.lr_floor_ratio) {
+            return Err("lr_floor_ratio must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+}

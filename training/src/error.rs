@@ -1,0 +1,28 @@
+//! Errors of the training layer.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, #[source] source: serde_json::Error },
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("step {step}: non-finite {what} ({value}); stopping with the last good checkpoint kept")]
+    NonFinite { step: u64, what: &'static str, value: f64 },
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] llama::LlamaError),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,94 @@
+//! Per-step metrics: one JSON line per logged step in `<run>/metrics.jsonl`, and a progress
+//! display — a bar with ETA on a terminal, plain `tracing` lines otherwise.
+use crate::error::{Result, TrainError};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending. On resume from step `resume_step`, lines of later steps (written
+    /// after that checkpoint by the interrupted run) are dropped so every step appears once.
+    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self> {
+        if let Some(step) = resume_step {
+            if path.exists() {
+                let f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+                let kept: Vec<String> = std::io::BufReader::new(f)
+                    .lines()
+                    .map_while(|l| l.ok())
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                            .is_some_and(|s| s <= step)
+                    })
+                    .collect();
+                let mut text = kept.join("\n");
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                llama::checkpoint::write_atomic(path, text.as_bytes())?;
+            }
+        } else if path.exists() {
+            std::fs::remove_file(path).map_err(|e| TrainError::io(path, e))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+        Ok(MetricsLog { path: path.to_path_buf(), file })
+    }
+
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        let mut line = record.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| TrainError::io(&self.path, e))?;
+        self.file.flush().map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Reads every record of a metrics file.
+pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// Progress on stderr: an in-place line with ETA on a terminal, a log line every `every` steps otherwise.
+pub struct Progress {
+    name: String,
+    total: u64,
+    start: Instant,
+    start_step: u64,
+    tty: bool,
+    every: u64,
+}
+
+impl Progress {
+    pub fn new(name: &str, start_step: u64, total: u64, every: u64) -> Self {
+        Progress { name: name.into(), total, start: Instant::now(), start_step, tty: std::io::stderr().is_terminal(), every: every.max(1) }
+    }
+
+    pub fn update(&self, step: u64, summary: &str) {
+        let done = step.saturating_sub(self.start_step) as f64;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0.0 { elapsed / done * (self.total.saturating_sub(step)) as f64 } else { f64::NAN };
+        if self.tty {
+            let width = 30usize;
+            let filled = ((step as f64 / self.total.max(1) as f64) * width as f64).round() as usize;
+            eprint!(
+                "\r{} [{}{}] {step}/{} eta {:.0}s {summary}   ",
+                self.name,
+                "#".repeat(filled.min(width)),
+                "-".repeat(width - filled.min(width)),
+                self.total,
+                eta
+            );
+            if step >= self.total {
+                eprintln!();
+            }
+        } else if step % self.every == 0 || step >= self.total {
+            tracing::info!("{} step {step}/{} eta {:.0}s {summary}", self.name, self.total, eta);
+        }
+    }
+}

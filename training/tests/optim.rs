@@ -1,0 +1,77 @@
+//! AdamW and clipping against torch.optim.AdamW / clip_grad_norm_ (numbers from PyTorch 2.11,
+//! see the Python snippet in each test's comment).
+use tch::{nn, Device, Kind, Tensor};
+use training::optim::{AdamW, AdamWConfig};
+
+fn close(a: &Tensor, want: &[f32], tol: f64) {
+    let got: Vec<f32> = Vec::try_from(a.reshape([-1])).unwrap();
+    for (g, w) in got.iter().zip(want) {
+        assert!(((g - w) as f64).abs() < tol, "got {got:?}, want {want:?}");
+    }
+}
+
+/// torch.optim.AdamW([{"params":[w],"weight_decay":0.1},{"params":[n],"weight_decay":0.0}],
+/// lr=0.1, betas=(0.9,0.95), eps=1e-5), three steps with fixed gradients.
+#[test]
+fn adamw_matches_torch_three_steps() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let mut w = (&root / "layer").var("weight", &[2, 2], nn::Init::Const(0.0));
+    let mut n = (&root / "layer" / "norm").var("weight", &[2], nn::Init::Const(0.0));
+    tch::no_grad(|| {
+        w.copy_(&Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1]).view([2, 2]));
+        n.copy_(&Tensor::from_slice(&[1.0f32, 0.5]));
+    });
+    let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.1, ..Default::default() }, |_| true);
+    let grads: [([f32; 4], [f32; 2]); 3] = [
+        ([0.1, -0.2, 0.3, 0.0], [0.5, -0.5]),
+        ([-0.1, 0.4, 0.2, 1.0], [0.1, 0.2]),
+        ([0.05, 0.05, -0.3, 0.2], [-0.3, 0.0]),
+    ];
+    for (gw, gn) in grads {
+        opt.zero_grad();
+        // d/dp sum(p * g) = g
+        let loss = (&w * Tensor::from_slice(&gw).view([2, 2])).sum(Kind::Float) + (&n * Tensor::from_slice(&gn)).sum(Kind::Float);
+        loss.backward();
+        opt.step(0.1);
+    }
+    close(&w, &[0.3747392, -0.9436679, 1.7293042, -0.0446289], 1e-6);
+    // The norm gain is not decayed.
+    close(&n, &[0.7974386, 0.6621865], 1e-6);
+}
+
+/// torch.nn.utils.clip_grad_norm_([a, b], 1.0) with grads [[3,0],[0,4]] and [12,0]: norm 13.
+#[test]
+fn clip_matches_torch() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let a = (&root / "a").var("weight", &[2, 2], nn::Init::Const(0.0));
+    let b = (&root / "b").var("weight", &[2], nn::Init::Const(0.0));
+    let mut opt = AdamW::new(&vs, AdamWConfig::default(), |_| true);
+    let loss = (&a * Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2])).sum(Kind::Float)
+        + (&b * Tensor::from_slice(&[12.0f32, 0.0])).sum(Kind::Float);
+    loss.backward();
+    let norm = opt.clip_grad_norm(1.0);
+    assert!((norm - 13.0).abs() < 1e-5);
+    close(&a.grad(), &[0.2307692, 0.0, 0.0, 0.3076923], 1e-6);
+    close(&b.grad(), &[0.9230769, 0.0], 1e-6);
+}
+
+/// bf16 model weights train through fp32 masters: the masters move by less than a bf16 ulp and
+/// the bf16 copy follows them.
+#[test]
+fn bf16_params_keep_fp32_masters() {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::BFloat16);
+    let w = (vs.root() / "w").var("weight", &[1, 1], nn::Init::Const(1.0));
+    let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.0, ..Default::default() }, |_| true);
+    for _ in 0..10 {
+        opt.zero_grad();
+        (&w * 1.0).sum(Kind::Float).backward();
+        opt.step(1e-4); // each step moves the master by ~1e-4, below bf16's 2^-7 spacing at 1.0
+    }
+    let master = opt.state_tensors().into_iter().find(|(n, _)| n == "master.w.weight").unwrap().1;
+    let m = f64::try_from(master.squeeze()).unwrap();
+    assert!((m - (1.0 - 10.0 * 1e-4)).abs() < 1e-5, "master {m}");
+    assert_eq!(w.kind(), Kind::BFloat16);
+}
