@@ -17,6 +17,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Encode a dialog in the Llama-2 chat format and print the token ids.
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// Supervised fine-tuning (Llama 2 Section 3.1).
+    Sft(commands::sft::SftArgs),
     /// Data: validate, import, demo world, RM mixtures, tokenized cache.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -52,6 +54,7 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Data(c) => commands::data::run(c),
+        Command::Sft(a) => commands::sft::run(a),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Convert(a) => commands::convert::run(a),

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 pub mod bench;
+pub mod config;
 pub mod convert;
 pub mod data;
 pub mod data_cache;
@@ -8,6 +9,7 @@ pub mod data_validate;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod sft;
 pub mod tokenize;
 pub mod tokenizer;
 

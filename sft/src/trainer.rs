@@ -1,0 +1,305 @@
+//! The SFT trainer: `prepare` (model, data, optimizer, resume), `step` (one optimizer step over
+//! accumulated micro-batches), `evaluate`, and `train` (the loop, checkpoints and metrics).
+use crate::config::SftConfig;
+use crate::data::{collate, epoch_order, pack, Example, PackedRow};
+use crate::loss::sft_loss_sum;
+use llama::checkpoint::{self as ck, SaveOptions};
+use llama::{Config, Llama, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind};
+use training::checkpoint::{self as tck, CheckpointManager, TrainerState};
+use training::metrics::{MetricsLog, Progress};
+use training::{AdamW, LrSchedule, TrainError};
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// What a finished run produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SftOutcome {
+    /// The final model (HF layout).
+    pub final_model: PathBuf,
+    /// The model with the lowest eval loss (HF layout), when evaluation ran.
+    pub best_model: Option<PathBuf>,
+    pub steps: u64,
+    pub train_rows: usize,
+    pub train_targets: usize,
+    pub truncated_examples: usize,
+    pub final_eval_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub resumed_from: Option<u64>,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Chat-formats SFT dialogs into examples with the assistant-token loss mask.
+pub fn examples_from_dialogs(tok: &Tokenizer, dialogs: &[Vec<llama::Message>], mask: llama::AssistantMask) -> Result<Vec<Example>> {
+    dialogs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let enc = llama::encode_dialog(tok, d, mask)
+                .map_err(|e| TrainError::Config(format!("SFT example {}: {e}", i + 1)))?;
+            Ok(Example { ids: enc.ids, loss_mask: enc.assistant_mask })
+        })
+        .collect()
+}
+
+/// A stable 64-bit FNV-1a hash (for config and input fingerprints).
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+struct Run<'a> {
+    cfg: &'a SftConfig,
+    vs: nn::VarStore,
+    model: Llama,
+    opt: AdamW,
+    rows: Vec<PackedRow>,
+    eval_rows: Vec<PackedRow>,
+    device: Device,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    schedule: LrSchedule,
+}
+
+fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+    let model_cfg = match (&cfg.model, &cfg.init_preset) {
+        (Some(dir), _) => ck::load_config(dir)?,
+        (None, Some(p)) => Config::preset(p)?,
+        (None, None) => return Err(TrainError::Config("set `model` or `init_preset`".into())),
+    };
+    tch::manual_seed(cfg.train.seed as i64);
+    let mut vs = ck::var_store(device, kind);
+    let model = Llama::new(&vs.root(), &model_cfg);
+    if let Some(dir) = &cfg.model {
+        ck::load_var_store(&mut vs, dir)?;
+    }
+    Ok((vs, model))
+}
+
+impl<'a> Run<'a> {
+    fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let device = llama::device::parse_device(&cfg.train.device)?;
+        let kind = match &cfg.train.dtype {
+            Some(s) => llama::device::parse_kind(s)?,
+            None => llama::device::default_kind(device),
+        };
+        let (vs, model) = build_model(cfg, device, kind)?;
+        let truncated = train.iter().filter(|e| e.len() > cfg.max_seq_len).count();
+        // Pack once in a seeded order; epochs then shuffle whole rows.
+        let order = epoch_order(train.len(), cfg.train.seed, u64::MAX);
+        let shuffled: Vec<Example> = order.into_iter().map(|i| train[i].clone()).collect();
+        let rows = pack(&shuffled, cfg.max_seq_len, cfg.packing);
+        if rows.is_empty() {
+            return Err(TrainError::Config("no SFT example with at least 2 tokens".into()));
+        }
+        let eval_rows = pack(eval, cfg.max_seq_len, cfg.packing);
+        let per_step = (cfg.train.micro_batch_size * cfg.train.grad_accumulation) as u64;
+        let steps_per_epoch = (rows.len() as u64).div_ceil(per_step);
+        let mut total_steps = steps_per_epoch * cfg.train.epochs;
+        if let Some(m) = cfg.train.max_steps {
+            total_steps = total_steps.min(m);
+        }
+        let schedule = cfg.train.lr_schedule(total_steps);
+        let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
+        Ok((Run { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
+    }
+
+    /// Rows of optimizer step `step`: a slice of the epoch's shuffled order.
+    fn step_rows(&self, step: u64) -> Vec<usize> {
+        let epoch = step / self.steps_per_epoch;
+        let k = (step % self.steps_per_epoch) as usize;
+        let order = epoch_order(self.rows.len(), self.cfg.train.seed, epoch);
+        let per_step = self.cfg.train.micro_batch_size * self.cfg.train.grad_accumulation;
+        let end = ((k + 1) * per_step).min(order.len());
+        order[k * per_step..end].to_vec()
+    }
+
+    /// One optimizer step: the loss is the token-weighted mean over every target of the step's
+    /// micro-batches, so accumulation and packing do not change it.
+    fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+        let t0 = Instant::now();
+        let idx = self.step_rows(step);
+        let rows: Vec<&PackedRow> = idx.iter().map(|&i| &self.rows[i]).collect();
+        let n_targets: usize = rows.iter().map(|r| r.num_targets()).sum::<usize>().max(1);
+        self.opt.zero_grad();
+        let mut loss_sum = 0f64;
+        let mut tokens = 0usize;
+        for chunk in rows.chunks(self.cfg.train.micro_batch_size) {
+            let batch = collate(chunk, self.device);
+            tokens += batch.num_tokens;
+            let (nll, _) = sft_loss_sum(&self.model, &batch);
+            (&nll / n_targets as f64).backward();
+            loss_sum += f64::try_from(&nll)?;
+        }
+        let loss = loss_sum / n_targets as f64;
+        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, what: "loss", value: loss });
+        }
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, what: "gradient norm", value: grad_norm });
+        }
+        let lr = self.schedule.lr(step);
+        self.opt.step(lr);
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(serde_json::json!({
+            "step": step + 1,
+            "epoch": step / self.steps_per_epoch,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "targets": n_targets,
+            "tokens_per_s": tokens as f64 / secs.max(1e-9),
+            "step_seconds": secs,
+        }))
+    }
+
+    /// Mean NLL per target token on the held-out rows.
+    fn evaluate(&self) -> Result<Option<f64>> {
+        if self.eval_rows.is_empty() {
+            return Ok(None);
+        }
+        let _g = tch::no_grad_guard();
+        let (mut sum, mut n) = (0f64, 0i64);
+        let refs: Vec<&PackedRow> = self.eval_rows.iter().collect();
+        for chunk in refs.chunks(self.cfg.train.micro_batch_size) {
+            let (nll, k) = sft_loss_sum(&self.model, &collate(chunk, self.device));
+            sum += f64::try_from(&nll)?;
+            n += k;
+        }
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+}
+
+fn save_opts(dtype: Kind, extra_files: &[PathBuf]) -> SaveOptions {
+    SaveOptions { dtype, extra_files: extra_files.to_vec(), ..Default::default() }
+}
+
+/// Trains, checkpointing into `run_dir/checkpoints`; writes `run_dir/final` (and `run_dir/best`).
+/// With `resume`, continues from the newest checkpoint; a run folder with checkpoints is never
+/// silently overwritten.
+pub fn train(cfg: &SftConfig, train: &[Example], eval: &[Example], run_dir: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<SftOutcome> {
+    let start = Instant::now();
+    if let Some(n) = cfg.train.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let (mut run, truncated) = Run::prepare(cfg, train, eval)?;
+    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    let config_hash = fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes());
+    let ckman = CheckpointManager::new(run_dir, cfg.train.keep_last);
+    let mut state = TrainerState { config_hash: config_hash.clone(), ..Default::default() };
+    let mut resumed_from = None;
+    match ckman.latest()? {
+        Some(path) if resume => {
+            state = tck::load(&path, &mut run.vs, &mut run.opt)?;
+            if state.config_hash != config_hash {
+                return Err(TrainError::Checkpoint {
+                    path,
+                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
+                });
+            }
+            resumed_from = Some(state.step);
+            tracing::info!(step = state.step, "resumed SFT from {}", path.display());
+        }
+        Some(path) => {
+            return Err(TrainError::Checkpoint {
+                path,
+                msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
+            })
+        }
+        None => {}
+    }
+    let exact = SaveOptions { dtype: Kind::Float, extra_files: extra_files.to_vec(), ..Default::default() };
+    let final_dtype = llama::device::parse_kind(&cfg.save_dtype)?;
+    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), resumed_from)?;
+    let progress = Progress::new("sft", state.step, run.total_steps, cfg.train.log_every);
+    let (mut tokens, t_loop) = (0f64, Instant::now());
+    let mut last_eval = None;
+    while state.step < run.total_steps {
+        let mut rec = run.step(state.step)?;
+        state.step += 1;
+        state.epoch = (state.step - 1) / run.steps_per_epoch;
+        state.cursor = state.step % run.steps_per_epoch;
+        tokens += rec["tokens"].as_f64().unwrap_or(0.0);
+        let eval_now = cfg.train.eval_every > 0 && state.step % cfg.train.eval_every == 0;
+        let mut save_now = (cfg.train.save_every > 0 && state.step % cfg.train.save_every == 0) || state.step == run.total_steps;
+        if eval_now || state.step == run.total_steps {
+            if let Some(l) = run.evaluate()? {
+                rec["eval_loss"] = serde_json::json!(l);
+                last_eval = Some(l);
+                if state.best_eval.is_none_or(|b| l < b) {
+                    state.best_eval = Some(l);
+                    state.best_step = Some(state.step);
+                    save_now = true;
+                }
+            }
+        }
+        metrics.write(&rec)?;
+        progress.update(state.step, &format!("loss {:.4}", rec["loss"].as_f64().unwrap_or(f64::NAN)));
+        if save_now {
+            ckman.save(&run.vs, &run.model.cfg, &exact, &run.opt, &state)?;
+        }
+    }
+    let final_model = run_dir.join("final");
+    ck::save(&run.vs, &run.model.cfg, &final_model, &save_opts(final_dtype, extra_files))?;
+    let best_model = match state.best_step {
+        Some(s) if ckman.path_of(s).exists() => {
+            let (mut vs, _m) = build_model_like(&run)?;
+            ck::load_var_store(&mut vs, &ckman.path_of(s).join("model"))?;
+            let dst = run_dir.join("best");
+            ck::save(&vs, &run.model.cfg, &dst, &save_opts(final_dtype, extra_files))?;
+            Some(dst)
+        }
+        _ => None,
+    };
+    let secs = t_loop.elapsed().as_secs_f64();
+    let outcome = SftOutcome {
+        final_model,
+        best_model,
+        steps: state.step,
+        train_rows: run.rows.len(),
+        train_targets: run.rows.iter().map(|r| r.num_targets()).sum(),
+        truncated_examples: truncated,
+        final_eval_loss: last_eval,
+        best_eval_loss: state.best_eval,
+        resumed_from,
+        seconds: start.elapsed().as_secs_f64(),
+        tokens_per_s: tokens / secs.max(1e-9),
+    };
+    let summary = serde_json::to_string_pretty(&outcome).expect("outcome serialises");
+    ck::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
+    Ok(outcome)
+}
+
+fn build_model_like(run: &Run) -> Result<(nn::VarStore, Llama)> {
+    let vs = ck::var_store(Device::Cpu, Kind::Float);
+    let m = Llama::new(&vs.root(), &run.model.cfg);
+    Ok((vs, m))
+}
+
+/// Mean NLL per target token of `examples` under `model` (for tests and reports).
+pub fn mean_target_nll(model: &Llama, examples: &[Example], max_len: usize, packing: bool) -> f64 {
+    let rows = pack(examples, max_len, packing);
+    let refs: Vec<&PackedRow> = rows.iter().collect();
+    let _g = tch::no_grad_guard();
+    let batch = collate(&refs, model.device());
+    let (nll, n) = sft_loss_sum(model, &batch);
+    f64::try_from(nll).unwrap_or(f64::NAN) / n.max(1) as f64
+}
+
+/// Summed NLL of one batch of rows (exposed for the packing-equivalence test).
+pub fn rows_nll_sum(model: &Llama, rows: &[PackedRow]) -> (f64, i64) {
+    let refs: Vec<&PackedRow> = rows.iter().collect();
+    let _g = tch::no_grad_guard();
+    let (nll, n) = sft_loss_sum(model, &collate(&refs, model.device()));
+    (f64::try_from(nll).unwrap_or(f64::NAN), n)
+}

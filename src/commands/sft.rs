@@ -1,0 +1,72 @@
+//! `rlhf sft --config FILE [--set key=value ...] --out DIR [--resume]`.
+use anyhow::{Context, Result};
+use clap::Args;
+use datasets::SftRecord;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct SftArgs {
+    /// TOML config (see configs/sft-demo.toml and configs/sft-llama2-7b.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config value: `--set train.lr=1e-5` (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// Run folder: checkpoints/, metrics.jsonl, final/, best/, summary.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// Reads SFT dialogs from every file (JSONL or Parquet).
+pub fn read_dialogs(paths: &[PathBuf]) -> Result<Vec<Vec<llama::Message>>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let recs: Vec<SftRecord> = datasets::io::read_all(p).with_context(|| format!("reading SFT data {}", p.display()))?;
+        out.extend(recs.into_iter().map(|r| r.messages));
+    }
+    Ok(out)
+}
+
+/// The tokenizer of a stage: explicit, else the model's, else the built Llama-2 tokenizer.
+pub fn stage_tokenizer(explicit: Option<&Path>, model: Option<&Path>) -> Result<(llama::Tokenizer, PathBuf)> {
+    let path = match (explicit, model) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(m)) if m.join("tokenizer.json").exists() => m.join("tokenizer.json"),
+        _ => llama::tokenizer::default_tokenizer_path().context("no tokenizer: set `tokenizer` or run scripts/setup")?,
+    };
+    Ok((llama::Tokenizer::from_file(&path)?, path))
+}
+
+pub fn run(a: SftArgs) -> Result<()> {
+    let cfg: sft::SftConfig = super::config::load(&a.config, &a.sets)?;
+    cfg.validate().map_err(anyhow::Error::msg).with_context(|| format!("{}", a.config.display()))?;
+    let (tok, tok_path) = stage_tokenizer(cfg.tokenizer.as_deref(), cfg.model.as_deref())?;
+    let dialogs = read_dialogs(&cfg.train_data)?;
+    let mut train = sft::trainer::examples_from_dialogs(&tok, &dialogs, cfg.train_on)?;
+    let eval = match &cfg.eval_data {
+        Some(p) => sft::trainer::examples_from_dialogs(&tok, &read_dialogs(std::slice::from_ref(p))?, cfg.train_on)?,
+        None => {
+            // Hold out a seeded share of the training examples.
+            let order = sft::data::epoch_order(train.len(), cfg.train.seed ^ 0xE7A1, 0);
+            let n_eval = ((train.len() as f64) * cfg.eval_fraction).round() as usize;
+            let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
+            let (mut t, mut e) = (Vec::new(), Vec::new());
+            for (i, ex) in train.drain(..).enumerate() {
+                if held.contains(&i) { e.push(ex) } else { t.push(ex) }
+            }
+            train = t;
+            e
+        }
+    };
+    let mut extra = vec![tok_path.clone()];
+    let tc = tok_path.with_file_name("tokenizer_config.json");
+    if tc.exists() {
+        extra.push(tc);
+    }
+    let outcome = sft::train(&cfg, &train, &eval, &a.out, a.resume, &extra)?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
