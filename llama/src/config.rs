@@ -128,9 +128,15 @@ impl Config {
         }
     }
 
-    /// A preset by name: `tiny`, `bench-20m`, `7b`, `13b`, `70b`.
+    /// The smallest useful Llama (tests): hidden 64, 2 layers, 4 heads, 2 KV heads.
+    pub fn micro() -> Self {
+        Self::llama2_shape(64, 172, 2, 4, 2)
+    }
+
+    /// A preset by name: `micro`, `tiny`, `bench-20m`, `7b`, `13b`, `70b`.
     pub fn preset(name: &str) -> Result<Self> {
         Ok(match name {
+            "micro" => Self::micro(),
             "tiny" => Self::tiny(),
             "bench-20m" | "bench_20m" => Self::bench_20m(),
             "7b" | "llama2-7b" => Self::llama2_7b(),
@@ -138,7 +144,7 @@ impl Config {
             "70b" | "llama2-70b" => Self::llama2_70b(),
             other => {
                 return Err(LlamaError::Invalid(format!(
-                    "unknown model preset {other:?}: expected tiny, bench-20m, 7b, 13b or 70b"
+                    "unknown model preset {other:?}: expected micro, tiny, bench-20m, 7b, 13b or 70b"
                 )))
             }
         })

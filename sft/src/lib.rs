@@ -8,4 +8,4 @@ pub mod trainer;
 
 pub use config::SftConfig;
 pub use data::{pack, Example, PackedRow};
-pub use trainer::{train, SftOutcome};
+pub use trainer::{train, Run, SftOutcome};

@@ -55,7 +55,8 @@ pub fn fnv1a(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-struct Run<'a> {
+/// A prepared SFT run: model, packed rows, optimizer and schedule.
+pub struct Run<'a> {
     cfg: &'a SftConfig,
     vs: nn::VarStore,
     model: Llama,
@@ -63,8 +64,8 @@ struct Run<'a> {
     rows: Vec<PackedRow>,
     eval_rows: Vec<PackedRow>,
     device: Device,
-    steps_per_epoch: u64,
-    total_steps: u64,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
     schedule: LrSchedule,
 }
 
@@ -84,7 +85,9 @@ fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarSt
 }
 
 impl<'a> Run<'a> {
-    fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
+    /// Builds the model, packs the data and creates the optimizer; returns the run and the number
+    /// of truncated (over-long) examples.
+    pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
         cfg.validate().map_err(TrainError::Config)?;
         let device = llama::device::parse_device(&cfg.train.device)?;
         let kind = match &cfg.train.dtype {
@@ -124,7 +127,7 @@ impl<'a> Run<'a> {
 
     /// One optimizer step: the loss is the token-weighted mean over every target of the step's
     /// micro-batches, so accumulation and packing do not change it.
-    fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+    pub fn step(&mut self, step: u64) -> Result<serde_json::Value> {
         let t0 = Instant::now();
         let idx = self.step_rows(step);
         let rows: Vec<&PackedRow> = idx.iter().map(|&i| &self.rows[i]).collect();
@@ -164,7 +167,7 @@ impl<'a> Run<'a> {
     }
 
     /// Mean NLL per target token on the held-out rows.
-    fn evaluate(&self) -> Result<Option<f64>> {
+    pub fn evaluate(&self) -> Result<Option<f64>> {
         if self.eval_rows.is_empty() {
             return Ok(None);
         }

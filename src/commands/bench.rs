@@ -9,6 +9,36 @@ use tch::Kind;
 pub enum BenchCommand {
     /// Sampling throughput: random prompts, temperature 1, exactly N new tokens each (EOS ignored).
     Generate(BenchGenerateArgs),
+    /// SFT training throughput on prompt-masked synthetic rows (the SFT trainer's own step).
+    Sft(BenchSftArgs),
+}
+
+#[derive(Args)]
+pub struct BenchSftArgs {
+    /// HF-layout checkpoint folder (or --preset for random weights).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Prompt tokens per row (BOS included); the rest, ending with EOS, are the loss targets.
+    #[arg(long, default_value_t = 192)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -44,6 +74,7 @@ pub struct BenchGenerateArgs {
 pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Generate(a) => bench_generate(a),
+        BenchCommand::Sft(a) => bench_sft(a),
     }
 }
 
@@ -121,6 +152,75 @@ fn bench_generate(a: BenchGenerateArgs) -> Result<()> {
         "dtype": llama::device::kind_name(kind),
         "threads": tch::get_num_threads(),
         "parameters": model.cfg.num_parameters(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Rows of exactly `seq_len` tokens: BOS + random prompt (masked) + random completion + EOS.
+fn synthetic_sft_examples(n: usize, seq_len: usize, prompt_len: usize, seed: u64) -> Vec<sft::Example> {
+    let mut rng = llama::rng::SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut ids = vec![1u32];
+            ids.extend((1..seq_len - 1).map(|_| 3 + (rng.next_u64() % 31997) as u32));
+            ids.push(2);
+            let loss_mask = (0..seq_len).map(|i| i >= prompt_len).collect();
+            sft::Example { ids, loss_mask }
+        })
+        .collect()
+}
+
+fn bench_sft(a: BenchSftArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    if a.prompt_len >= a.seq_len || a.batch == 0 || a.steps == 0 {
+        bail!("need prompt_len < seq_len, batch >= 1 and steps >= 1");
+    }
+    let mut cfg = sft::SftConfig {
+        model: a.model.clone(),
+        init_preset: a.preset.clone(),
+        tokenizer: None,
+        train_data: vec![PathBuf::from("synthetic")],
+        eval_data: None,
+        eval_fraction: 0.0,
+        max_seq_len: a.seq_len,
+        packing: false,
+        train_on: llama::AssistantMask::AllTurns,
+        save_dtype: "float32".into(),
+        train: sft::config::sft_train_defaults(),
+    };
+    cfg.train.lr = 1e-5;
+    cfg.train.schedule = training::config::ScheduleKind::Constant;
+    cfg.train.micro_batch_size = a.batch;
+    cfg.train.grad_accumulation = 1;
+    cfg.train.epochs = 1;
+    cfg.train.device = a.device.clone();
+    cfg.train.dtype = a.dtype.clone();
+    cfg.train.seed = a.seed;
+    let n_steps = a.warmup + a.steps;
+    let examples = synthetic_sft_examples(a.batch * n_steps as usize, a.seq_len, a.prompt_len, a.seed);
+    let (mut run, _) = sft::Run::prepare(&cfg, &examples, &[])?;
+    let mut times = Vec::new();
+    for step in 0..n_steps {
+        let t0 = std::time::Instant::now();
+        let rec = run.step(step)?;
+        if step >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        tracing::debug!("{rec}");
+    }
+    let step_s = median(times);
+    let tokens = (a.batch * a.seq_len) as f64;
+    let out = serde_json::json!({
+        "tokens_per_s": tokens / step_s,
+        "completion_tokens_per_s": (a.batch * (a.seq_len - a.prompt_len)) as f64 / step_s,
+        "step_s": step_s,
+        "batch": a.batch,
+        "seq_len": a.seq_len,
+        "completion_tokens": a.seq_len - a.prompt_len,
+        "steps": a.steps,
+        "threads": tch::get_num_threads(),
+        "device": format!("{:?}", llama::device::parse_device(&a.device)?),
     });
     println!("{out}");
     Ok(())

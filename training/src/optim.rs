@@ -123,11 +123,19 @@ impl AdamW {
                 if p.decay && weight_decay != 0.0 {
                     let _ = w.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
+                // In place, one temporary per tensor: this loop streams every parameter, so
+                // its memory traffic is what costs on a CPU.
                 let _ = p.m.lerp_(&g, 1.0 - beta1);
                 let _ = p.v.g_mul_scalar_(beta2);
-                let _ = p.v.g_add_(&(&g * &g * (1.0 - beta2)));
-                let denom = p.v.sqrt() / bc2_sqrt + eps;
-                let _ = w.g_sub_(&(&p.m / &denom * (lr / bc1)));
+                let mut g2 = g.square();
+                let _ = g2.g_mul_scalar_(1.0 - beta2);
+                let _ = p.v.g_add_(&g2);
+                // denom = -(√v/√(1−β2ᵗ) + eps)·(1−β1ᵗ)/lr, so w + m/denom is the AdamW step.
+                let mut denom = p.v.sqrt();
+                let _ = denom.g_div_scalar_(bc2_sqrt);
+                let _ = denom.g_add_scalar_(eps);
+                let _ = denom.g_mul_scalar_(-bc1 / lr);
+                let _ = w.addcdiv_(&p.m, &denom);
                 if p.master.is_some() {
                     let _ = p.var.copy_(&w);
                 }
