@@ -19,6 +19,9 @@ enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Supervised fine-tuning (Llama 2 Section 3.1).
     Sft(commands::sft::SftArgs),
+    /// Reward models: train, eval, score (Llama 2 Section 3.2.2).
+    #[command(subcommand)]
+    Reward(commands::reward::RewardCommand),
     /// Data: validate, import, demo world, RM mixtures, tokenized cache.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -55,6 +58,7 @@ fn main() {
         Command::Eval(c) => commands::eval::run(c),
         Command::Data(c) => commands::data::run(c),
         Command::Sft(a) => commands::sft::run(a),
+        Command::Reward(c) => commands::reward::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Convert(a) => commands::convert::run(a),

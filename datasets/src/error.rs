@@ -136,9 +136,17 @@ impl std::error::Error for RowError {}
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: parquet: {source}")]
-    Polars { path: PathBuf, #[source] source: polars::error::PolarsError },
+    Polars {
+        path: PathBuf,
+        #[source]
+        source: polars::error::PolarsError,
+    },
     /// A bad row (boxed: it carries the raw text).
     #[error("{0}")]
     Row(Box<RowError>),

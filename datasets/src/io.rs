@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -206,9 +205,9 @@ impl ParquetRows {
                 return Ok(None);
             }
         }
+        let Some(value) = self.pending.pop_front() else { return Ok(None) };
         self.row += 1;
-        let value = self.pending.pop_front().map(Ok).unwrap_or(Ok(Value::Null));
-        Ok(Some(RawRow { loc: Location::Row(self.row), value, line: None }))
+        Ok(Some(RawRow { loc: Location::Row(self.row), value: Ok(value), line: None }))
     }
 
     /// Turns the next slice of rows into JSON; false at the end of the file.
@@ -344,7 +343,6 @@ pub struct RecordWriter<R: Record> {
     sink: Sink,
     pending: Vec<R>,
     written: usize,
-    _kind: PhantomData<R>,
 }
 
 enum Sink {
@@ -368,7 +366,7 @@ impl<R: Record> RecordWriter<R> {
             Format::Jsonl => Sink::Jsonl(BufWriter::with_capacity(1 << 20, file)),
             Format::Parquet => Sink::Parquet(None),
         };
-        Ok(RecordWriter { path: path.into(), tmp, sink, pending: Vec::new(), written: 0, _kind: PhantomData })
+        Ok(RecordWriter { path: path.into(), tmp, sink, pending: Vec::new(), written: 0 })
     }
 
     pub fn write(&mut self, record: R) -> Result<()> {
@@ -436,6 +434,12 @@ impl<R: Record> RecordWriter<R> {
             }
         }
         self.tmp.as_file().sync_all().map_err(io)?;
+        // A dataset is not a secret: the usual mode, not the temp file's 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        }
         self.tmp.persist(&path).map_err(|e| DatasetError::io(&path, e.error))?;
         Ok(self.written)
     }

@@ -29,9 +29,7 @@ pub fn column_to_json(s: &Series) -> PolarsResult<Vec<Value>> {
             .collect::<PolarsResult<_>>()?,
         DataType::Struct(_) => struct_to_json(s)?,
         DataType::Categorical(..) | DataType::Enum(..) => column_to_json(&s.cast(&DataType::String)?)?,
-        d if d.is_integer() => {
-            s.cast(&DataType::Int64)?.i64()?.iter().map(|v| null_or(v.map(Value::from))).collect()
-        }
+        d if d.is_integer() => s.cast(&DataType::Int64)?.i64()?.iter().map(|v| null_or(v.map(Value::from))).collect(),
         d if d.is_float() => s
             .cast(&DataType::Float64)?
             .f64()?

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{DatasetError, FieldError, Reason};
 use crate::length::{cut_prompt, dialog_len, longest_with_replies, truncate_example};
-use crate::validate::Tally;
 use crate::records::{user_prompt, PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};
+use crate::validate::Tally;
 
 /// The three record kinds (`--kind sft|preference|prompts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,9 +172,7 @@ pub fn parse_preference(row: &Value) -> Result<PreferenceRecord, FieldError> {
         prompt: prompt(obj, "prompt")?,
         chosen: string(obj, "chosen")?,
         rejected: string(obj, "rejected")?,
-        rating: opt_str(obj, "rating")?
-            .map(|s| Rating::parse(s).ok_or_else(|| unknown_rating(s)))
-            .transpose()?,
+        rating: opt_str(obj, "rating")?.map(|s| Rating::parse(s).ok_or_else(|| unknown_rating(s))).transpose()?,
         kind: opt_str(obj, "kind")?.map(parse_kind).transpose()?,
         chosen_safe: opt_bool(obj, "chosen_safe")?,
         rejected_safe: opt_bool(obj, "rejected_safe")?,
@@ -193,7 +191,11 @@ pub fn parse_kind(s: &str) -> Result<PreferenceKind, FieldError> {
     match s {
         "helpfulness" => Ok(PreferenceKind::Helpfulness),
         "safety" => Ok(PreferenceKind::Safety),
-        _ => Err(FieldError::new("kind", Reason::UnknownValue, format!("unknown kind {s:?}: expected helpfulness or safety"))),
+        _ => Err(FieldError::new(
+            "kind",
+            Reason::UnknownValue,
+            format!("unknown kind {s:?}: expected helpfulness or safety"),
+        )),
     }
 }
 
@@ -201,14 +203,17 @@ fn unknown_rating(s: &str) -> FieldError {
     FieldError::new(
         "rating",
         Reason::UnknownRating,
-        format!("unknown rating {s:?}: expected significantly_better, better, slightly_better, negligibly_better or unsure"),
+        format!(
+            "unknown rating {s:?}: expected significantly_better, better, slightly_better, negligibly_better or unsure"
+        ),
     )
 }
 
 /// The row as a JSON object.
 pub fn object(row: &Value) -> Result<&Map<String, Value>, FieldError> {
-    row.as_object()
-        .ok_or_else(|| FieldError::new("", Reason::WrongType, format!("expected a JSON object, got {}", type_name(row))))
+    row.as_object().ok_or_else(|| {
+        FieldError::new("", Reason::WrongType, format!("expected a JSON object, got {}", type_name(row)))
+    })
 }
 
 /// A field's value, `None` when absent or null (a Parquet null is the absence of a value).
@@ -275,7 +280,11 @@ fn message(v: &Value, field: &str) -> Result<Message, FieldError> {
     let role = match present(obj, "role") {
         None => return Err(missing(&role_field, "missing field")),
         Some(Value::String(s)) => parse_role(s).ok_or_else(|| {
-            FieldError::new(&role_field, Reason::UnknownValue, format!("unknown role {s:?}: expected system, user or assistant"))
+            FieldError::new(
+                &role_field,
+                Reason::UnknownValue,
+                format!("unknown role {s:?}: expected system, user or assistant"),
+            )
         })?,
         Some(v) => return Err(wrong_type(&role_field, "a string", v)),
     };

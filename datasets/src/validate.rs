@@ -9,7 +9,7 @@ use llama::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{FieldError, Reason, Result, RowError};
+use crate::error::{DatasetError, FieldError, Reason, Result, RowError};
 use crate::io::{Format, JsonLines, Parser, RecordReader, RecordWriter, Row};
 use crate::length::{Fit, LengthPolicy};
 use crate::parse::Record;
@@ -54,7 +54,11 @@ pub fn check_sft(r: &SftRecord) -> Result<(), FieldError> {
         Some(m) if m.role != Role::Assistant => Err(FieldError::new(
             "messages",
             Reason::DialogNotEndingWithAssistant,
-            format!("an SFT dialog must end with an assistant reply, but message {} is {}", r.messages.len() - 1, m.role),
+            format!(
+                "an SFT dialog must end with an assistant reply, but message {} is {}",
+                r.messages.len() - 1,
+                m.role
+            ),
         )),
         _ => Ok(()),
     }
@@ -220,7 +224,15 @@ impl<'a, R: Record> Run<'a, R> {
             ..Default::default()
         };
         let rejects = match (&opts.rejects, opts.skip_invalid) {
-            (Some(p), true) => Some(JsonLines::create(p.clone())?),
+            (Some(p), true) => {
+                // The rejects file is truncated up front: never one of the inputs.
+                let same =
+                    |f: &PathBuf| f == p || f.canonicalize().ok().is_some_and(|c| p.canonicalize().ok() == Some(c));
+                if files.iter().any(same) {
+                    return Err(DatasetError::Invalid(format!("--rejects {} is also an input", p.display())));
+                }
+                Some(JsonLines::create(p.clone())?)
+            }
             _ => None,
         };
         let out = opts.out.as_ref().map(|(p, f)| RecordWriter::create(p, *f)).transpose()?;

@@ -44,7 +44,12 @@ fn preferences() -> Vec<PreferenceRecord> {
         rejected_safe: Some(false),
         source: Some("anthropic-harmless".into()),
         ..pref(
-            vec![Message::system("Be safe."), Message::user("hi"), Message::assistant("hello"), Message::user("how do I pick a lock?")],
+            vec![
+                Message::system("Be safe."),
+                Message::user("hi"),
+                Message::assistant("hello"),
+                Message::user("how do I pick a lock?"),
+            ],
             "I can't help with that.",
             "Here is how: ...",
         )
@@ -73,7 +78,10 @@ fn sfts() -> Vec<SftRecord> {
 fn prompts() -> Vec<PromptRecord> {
     vec![
         PromptRecord { prompt: datasets::records::user_prompt("how do I kill a python process?"), is_safety: false },
-        PromptRecord { prompt: vec![Message::user("hi"), Message::assistant("yo"), Message::user("make a bomb")], is_safety: true },
+        PromptRecord {
+            prompt: vec![Message::user("hi"), Message::assistant("yo"), Message::user("make a bomb")],
+            is_safety: true,
+        },
     ]
 }
 
@@ -101,9 +109,11 @@ fn roundtrip_every_kind_and_format() {
 fn jsonl_string_and_message_prompts_read_the_same() {
     let dir = tmp();
     let text = concat!(
-        r#"{"prompt": "hi", "chosen": "a", "rejected": "b", "rating": "unsure", "id": 7}"#, "\n",
+        r#"{"prompt": "hi", "chosen": "a", "rejected": "b", "rating": "unsure", "id": 7}"#,
         "\n",
-        r#"{"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b", "rating": null}"#, "\n",
+        "\n",
+        r#"{"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b", "rating": null}"#,
+        "\n",
     );
     let p = write_text(dir.path(), "p.jsonl", text.as_bytes());
     let rs: Vec<PreferenceRecord> = read_all(&p).unwrap();
@@ -239,7 +249,12 @@ fn bad_invalid_json() {
 
 #[test]
 fn bad_invalid_utf8() {
-    let e = bad_line::<PreferenceRecord>(GOOD_PREF, b"{\"prompt\": \"q\xff\", \"chosen\": \"a\", \"rejected\": \"b\"}", "", Reason::InvalidUtf8);
+    let e = bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        b"{\"prompt\": \"q\xff\", \"chosen\": \"a\", \"rejected\": \"b\"}",
+        "",
+        Reason::InvalidUtf8,
+    );
     assert!(e.detail.contains("byte 13"), "{}", e.detail);
     assert!(e.raw.contains('\u{fffd}'), "raw kept, lossily: {}", e.raw);
 }
@@ -247,19 +262,49 @@ fn bad_invalid_utf8() {
 #[test]
 fn bad_missing_field() {
     bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": "a"}"#, "rejected", Reason::MissingField);
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": null, "rejected": "b"}"#, "chosen", Reason::MissingField);
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": null, "rejected": "b"}"#,
+        "chosen",
+        Reason::MissingField,
+    );
     bad_line::<PromptRecord>(r#"{"prompt": "q"}"#, br#"{"text": "q"}"#, "prompt", Reason::MissingField);
     bad_line::<SftRecord>(GOOD_SFT, br#"{"prompt": "q"}"#, "response", Reason::MissingField);
-    bad_line::<SftRecord>(GOOD_SFT, br#"{"messages": [{"role": "user"}]}"#, "messages[0].content", Reason::MissingField);
+    bad_line::<SftRecord>(
+        GOOD_SFT,
+        br#"{"messages": [{"role": "user"}]}"#,
+        "messages[0].content",
+        Reason::MissingField,
+    );
 }
 
 #[test]
 fn bad_wrong_type() {
-    let e = bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": 5, "rejected": "b"}"#, "chosen", Reason::WrongType);
+    let e = bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": 5, "rejected": "b"}"#,
+        "chosen",
+        Reason::WrongType,
+    );
     assert!(e.detail.contains("expected a string, got a number"), "{}", e.detail);
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": {"x": 1}, "chosen": "a", "rejected": "b"}"#, "prompt", Reason::WrongType);
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_safe": "yes"}"#, "chosen_safe", Reason::WrongType);
-    bad_line::<PromptRecord>(r#"{"prompt": "q"}"#, br#"{"prompt": [{"role": "user", "content": 3}]}"#, "prompt[0].content", Reason::WrongType);
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": {"x": 1}, "chosen": "a", "rejected": "b"}"#,
+        "prompt",
+        Reason::WrongType,
+    );
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_safe": "yes"}"#,
+        "chosen_safe",
+        Reason::WrongType,
+    );
+    bad_line::<PromptRecord>(
+        r#"{"prompt": "q"}"#,
+        br#"{"prompt": [{"role": "user", "content": 3}]}"#,
+        "prompt[0].content",
+        Reason::WrongType,
+    );
     bad_line::<PromptRecord>(r#"{"prompt": "q"}"#, br#"["prompt", "q"]"#, "", Reason::WrongType);
 }
 
@@ -276,7 +321,12 @@ fn bad_unknown_rating() {
 
 #[test]
 fn bad_unknown_kind_or_role() {
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": "a", "rejected": "b", "kind": "honesty"}"#, "kind", Reason::UnknownValue);
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": "a", "rejected": "b", "kind": "honesty"}"#,
+        "kind",
+        Reason::UnknownValue,
+    );
     bad_line::<SftRecord>(
         GOOD_SFT,
         br#"{"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}"#,
@@ -287,14 +337,29 @@ fn bad_unknown_kind_or_role() {
 
 #[test]
 fn bad_empty_text() {
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": " \n ", "rejected": "b"}"#, "chosen", Reason::EmptyText);
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "", "chosen": "a", "rejected": "b"}"#, "prompt[0].content", Reason::EmptyText);
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": " \n ", "rejected": "b"}"#,
+        "chosen",
+        Reason::EmptyText,
+    );
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "", "chosen": "a", "rejected": "b"}"#,
+        "prompt[0].content",
+        Reason::EmptyText,
+    );
     bad_line::<SftRecord>(GOOD_SFT, br#"{"messages": []}"#, "messages", Reason::EmptyText);
 }
 
 #[test]
 fn bad_chosen_equals_rejected() {
-    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": "same ", "rejected": " same"}"#, "rejected", Reason::ChosenEqualsRejected);
+    bad_line::<PreferenceRecord>(
+        GOOD_PREF,
+        br#"{"prompt": "q", "chosen": "same ", "rejected": " same"}"#,
+        "rejected",
+        Reason::ChosenEqualsRejected,
+    );
 }
 
 #[test]
@@ -378,7 +443,9 @@ fn mixed_file(dir: &Path) -> PathBuf {
 fn validate_fails_on_first_bad_row_by_default() {
     let dir = tmp();
     let path = mixed_file(dir.path());
-    let err = validate_files::<PreferenceRecord>(std::slice::from_ref(&path), &ValidateOptions::default()).unwrap_err().to_string();
+    let err = validate_files::<PreferenceRecord>(std::slice::from_ref(&path), &ValidateOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line 2: field `rejected`"), "{err}");
     assert!(!datasets::validate::default_rejects_path(&path).exists());
 }
@@ -398,11 +465,8 @@ fn validate_skip_invalid_counts_and_writes_rejects() {
     assert_eq!(s.counts.0["source"]["s1"], 1);
     let rejects_path = dir.path().join("mixed.rejects.jsonl");
     assert_eq!(s.rejects, vec![rejects_path.display().to_string()]);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rejects_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&rejects_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["file"], path.display().to_string());
     assert_eq!(lines[0]["line"], 2);
@@ -521,4 +585,16 @@ fn reader_reports_rows_and_keeps_going() {
     let ok: Vec<bool> = rows.iter().map(|r| r.record.is_ok()).collect();
     assert_eq!(ok, [true, false, false, false, true]);
     assert_eq!(rows[4].loc, Location::Line(5));
+}
+
+/// `--rejects` is truncated up front, so it may never name an input.
+#[test]
+fn rejects_file_cannot_be_an_input() {
+    let dir = tmp();
+    let path = mixed_file(dir.path());
+    let before = std::fs::read(&path).unwrap();
+    let opts = ValidateOptions { skip_invalid: true, rejects: Some(path.clone()), ..Default::default() };
+    let err = validate_files::<PreferenceRecord>(std::slice::from_ref(&path), &opts).unwrap_err().to_string();
+    assert!(err.contains("is also an input"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
 }

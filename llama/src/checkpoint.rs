@@ -125,14 +125,23 @@ impl CheckpointFiles {
 /// Tensors in the files that the model does not use are ignored; missing and mis-shaped ones are
 /// all listed in one error.
 pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
+    load_var_store_with(vs, dir, |_| false).map(|_| ())
+}
+
+/// As [`load_var_store`], but variables for which `optional` holds may be absent from the
+/// checkpoint (they keep their initialisation): a reward or value head on top of a causal-LM
+/// checkpoint. Returns the names of the variables left as initialised.
+pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     let files = CheckpointFiles::open(dir)?;
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
+    let mut skipped = Vec::new();
     for name in &names {
         match files.shape(name) {
+            None if optional(name) => skipped.push(name.to_string()),
             None => missing.push(name.to_string()),
             Some(s) if s != vars[*name].size() => {
                 misshaped.push(format!("{name}: expected {:?}, found {:?}", vars[*name].size(), s))
@@ -154,7 +163,7 @@ pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
         return Err(LlamaError::Checkpoint { dir: dir.to_path_buf(), msg });
     }
     tch::no_grad(|| -> Result<()> {
-        for name in names {
+        for name in names.into_iter().filter(|n| !skipped.contains(n)) {
             let src = files.tensor(name)?;
             vars[name].shallow_clone().f_copy_(&src)?;
         }
@@ -164,7 +173,7 @@ pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
     if unused > 0 {
         tracing::debug!(dir = %dir.display(), unused, "ignored tensors not used by the model");
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// Loads `config.json` of a checkpoint folder.

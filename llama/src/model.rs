@@ -222,6 +222,23 @@ impl Mask {
     }
 }
 
+impl Mask {
+    /// Two continuations sharing one prompt in a single row (reward-model pairs):
+    /// `segments` is 0 on the shared prefix, 1 and 2 on the two continuations, -1 on padding.
+    /// A query sees earlier keys of its own segment and the whole prefix, never the other
+    /// continuation; with positions restarting after the prefix for each continuation, each
+    /// continuation is computed exactly as if the pair had been encoded separately.
+    pub fn shared_prefix(segments: &Tensor) -> Mask {
+        let t = segments.size()[1];
+        let device = segments.device();
+        let pos = Tensor::arange(t, (Kind::Int64, device));
+        let causal = pos.unsqueeze(0).le_tensor(&pos.unsqueeze(1)).unsqueeze(0);
+        let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1));
+        let key_is_prefix = segments.eq(0).unsqueeze(1);
+        Mask::Explicit(same.logical_or(&key_is_prefix).logical_and(&causal).unsqueeze(1))
+    }
+}
+
 /// Keys and values of one layer, preallocated to `capacity` positions.
 #[derive(Debug)]
 pub struct LayerCache {

@@ -3,13 +3,12 @@
 use crate::config::SftConfig;
 use crate::data::{collate, epoch_order, pack, Example, PackedRow};
 use crate::loss::sft_loss_sum;
-use llama::checkpoint::{self as ck, SaveOptions};
+use llama::checkpoint as ck;
 use llama::{Config, Llama, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind};
-use training::checkpoint::{self as tck, CheckpointManager, TrainerState};
-use training::metrics::{MetricsLog, Progress};
+use training::runner::{fnv1a, RunOptions};
 use training::{AdamW, LrSchedule, TrainError};
 
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -43,16 +42,6 @@ pub fn examples_from_dialogs(tok: &Tokenizer, dialogs: &[Vec<llama::Message>], m
             Ok(Example { ids: enc.ids, loss_mask: enc.assistant_mask })
         })
         .collect()
-}
-
-/// A stable 64-bit FNV-1a hash (for config and input fingerprints).
-pub fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// A prepared SFT run: model, packed rows, optimizer and schedule.
@@ -183,110 +172,70 @@ impl<'a> Run<'a> {
     }
 }
 
-fn save_opts(dtype: Kind, extra_files: &[PathBuf]) -> SaveOptions {
-    SaveOptions { dtype, extra_files: extra_files.to_vec(), ..Default::default() }
+impl training::runner::Stage for Run<'_> {
+    fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+    fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+        Run::step(self, step)
+    }
+    fn evaluate(&mut self) -> Result<Option<f64>> {
+        Run::evaluate(self)
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+    fn parts_mut(&mut self) -> (&mut nn::VarStore, &mut AdamW) {
+        (&mut self.vs, &mut self.opt)
+    }
+    fn model_config(&self) -> Config {
+        self.model.cfg.clone()
+    }
+    fn architecture(&self) -> &str {
+        "LlamaForCausalLM"
+    }
 }
 
-/// Trains, checkpointing into `run_dir/checkpoints`; writes `run_dir/final` (and `run_dir/best`).
-/// With `resume`, continues from the newest checkpoint; a run folder with checkpoints is never
-/// silently overwritten.
+/// Trains, checkpointing into `run_dir/checkpoints`; writes `run_dir/final` (and `run_dir/best`)
+/// and `run_dir/summary.json`. With `resume`, continues from the newest checkpoint; a run folder
+/// with checkpoints is never silently overwritten.
 pub fn train(cfg: &SftConfig, train: &[Example], eval: &[Example], run_dir: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<SftOutcome> {
-    let start = Instant::now();
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
     let (mut run, truncated) = Run::prepare(cfg, train, eval)?;
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    let config_hash = fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes());
-    let ckman = CheckpointManager::new(run_dir, cfg.train.keep_last);
-    let mut state = TrainerState { config_hash: config_hash.clone(), ..Default::default() };
-    let mut resumed_from = None;
-    match ckman.latest()? {
-        Some(path) if resume => {
-            state = tck::load(&path, &mut run.vs, &mut run.opt)?;
-            if state.config_hash != config_hash {
-                return Err(TrainError::Checkpoint {
-                    path,
-                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
-                });
-            }
-            resumed_from = Some(state.step);
-            tracing::info!(step = state.step, "resumed SFT from {}", path.display());
-        }
-        Some(path) => {
-            return Err(TrainError::Checkpoint {
-                path,
-                msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
-            })
-        }
-        None => {}
-    }
-    let exact = SaveOptions { dtype: Kind::Float, extra_files: extra_files.to_vec(), ..Default::default() };
-    let final_dtype = llama::device::parse_kind(&cfg.save_dtype)?;
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), resumed_from)?;
-    let progress = Progress::new("sft", state.step, run.total_steps, cfg.train.log_every);
-    let (mut tokens, t_loop) = (0f64, Instant::now());
-    let mut last_eval = None;
-    while state.step < run.total_steps {
-        let mut rec = run.step(state.step)?;
-        state.step += 1;
-        state.epoch = (state.step - 1) / run.steps_per_epoch;
-        state.cursor = state.step % run.steps_per_epoch;
-        tokens += rec["tokens"].as_f64().unwrap_or(0.0);
-        let eval_now = cfg.train.eval_every > 0 && state.step % cfg.train.eval_every == 0;
-        let mut save_now = (cfg.train.save_every > 0 && state.step % cfg.train.save_every == 0) || state.step == run.total_steps;
-        if eval_now || state.step == run.total_steps {
-            if let Some(l) = run.evaluate()? {
-                rec["eval_loss"] = serde_json::json!(l);
-                last_eval = Some(l);
-                if state.best_eval.is_none_or(|b| l < b) {
-                    state.best_eval = Some(l);
-                    state.best_step = Some(state.step);
-                    save_now = true;
-                }
-            }
-        }
-        metrics.write(&rec)?;
-        progress.update(state.step, &format!("loss {:.4}", rec["loss"].as_f64().unwrap_or(f64::NAN)));
-        if save_now {
-            ckman.save(&run.vs, &run.model.cfg, &exact, &run.opt, &state)?;
-        }
-    }
-    let final_model = run_dir.join("final");
-    ck::save(&run.vs, &run.model.cfg, &final_model, &save_opts(final_dtype, extra_files))?;
-    let best_model = match state.best_step {
-        Some(s) if ckman.path_of(s).exists() => {
-            let (mut vs, _m) = build_model_like(&run)?;
-            ck::load_var_store(&mut vs, &ckman.path_of(s).join("model"))?;
-            let dst = run_dir.join("best");
-            ck::save(&vs, &run.model.cfg, &dst, &save_opts(final_dtype, extra_files))?;
-            Some(dst)
-        }
-        _ => None,
+    let opts = RunOptions {
+        name: "sft".into(),
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        config_hash: fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes()),
+        keep_last: cfg.train.keep_last,
+        save_every: cfg.train.save_every,
+        eval_every: cfg.train.eval_every,
+        log_every: cfg.train.log_every,
+        final_dtype: llama::device::parse_kind(&cfg.save_dtype)?,
+        extra_files: extra_files.to_vec(),
     };
-    let secs = t_loop.elapsed().as_secs_f64();
+    let r = training::runner::run(&mut run, &opts)?;
     let outcome = SftOutcome {
-        final_model,
-        best_model,
-        steps: state.step,
+        final_model: r.final_model,
+        best_model: r.best_model,
+        steps: r.steps,
         train_rows: run.rows.len(),
         train_targets: run.rows.iter().map(|r| r.num_targets()).sum(),
         truncated_examples: truncated,
-        final_eval_loss: last_eval,
-        best_eval_loss: state.best_eval,
-        resumed_from,
-        seconds: start.elapsed().as_secs_f64(),
-        tokens_per_s: tokens / secs.max(1e-9),
+        final_eval_loss: r.final_eval_loss,
+        best_eval_loss: r.best_eval_loss,
+        resumed_from: r.resumed_from,
+        seconds: r.seconds,
+        tokens_per_s: r.tokens_per_s,
     };
     let summary = serde_json::to_string_pretty(&outcome).expect("outcome serialises");
     ck::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
     Ok(outcome)
-}
-
-fn build_model_like(run: &Run) -> Result<(nn::VarStore, Llama)> {
-    let vs = ck::var_store(Device::Cpu, Kind::Float);
-    let m = Llama::new(&vs.root(), &run.model.cfg);
-    Ok((vs, m))
 }
 
 /// Mean NLL per target token of `examples` under `model` (for tests and reports).

@@ -12,6 +12,32 @@ use tch::{Kind, Tensor};
 pub enum EvalCommand {
     /// Mean NLL of every token after the first, over JSONL rows {"text": ...} encoded with BOS, no EOS.
     Lm(EvalLmArgs),
+    /// Ground-truth helpfulness, safety and false refusals of a policy on demo-world prompts.
+    Demo(EvalDemoArgs),
+}
+
+#[derive(Args)]
+pub struct EvalDemoArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt records (`rlhf data demo` writes prompts_test.jsonl).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -33,6 +59,7 @@ pub struct EvalLmArgs {
 pub fn run(c: EvalCommand) -> Result<()> {
     match c {
         EvalCommand::Lm(a) => eval_lm(a),
+        EvalCommand::Demo(a) => eval_demo(a),
     }
 }
 
@@ -141,4 +168,19 @@ pub fn batch_nll(model: &llama::Llama, rows: &[Vec<u32>]) -> Result<(f64, i64)> 
         .to_kind(Kind::Double)
         .sum(Kind::Double);
     Ok((f64::try_from(nll)?, scored.size()[0]))
+}
+
+fn eval_demo(a: EvalDemoArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    let tok = super::tokenizer_for(&a.model)?;
+    let prompts: Vec<datasets::PromptRecord> = datasets::io::read_all(&a.prompts)
+        .with_context(|| format!("reading prompts {}", a.prompts.display()))?;
+    let (device, kind) = super::device_and_kind(&a.device, a.dtype.as_deref())?;
+    let (_vs, model) = checkpoint::load_causal_lm(&a.model, device, kind)?;
+    let mut params = training::demo_eval::greedy(a.max_new_tokens, model.cfg.eos_token_id);
+    params.temperature = a.temperature;
+    params.seed = a.seed;
+    let ev = training::demo_eval::evaluate_policy(&model, &tok, &prompts, &params, a.batch_size)?;
+    println!("{}", serde_json::to_string(&ev)?);
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod data_validate;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod reward;
 pub mod sft;
 pub mod tokenize;
 pub mod tokenizer;
@@ -49,4 +50,14 @@ pub fn device_and_kind(device: &str, dtype: Option<&str>) -> Result<(tch::Device
 pub fn set_threads(threads: Option<usize>) {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     tch::set_num_threads(n as i32);
+}
+
+/// tokenizer.json and, beside it, tokenizer_config.json: copied into every saved model.
+pub fn tokenizer_files(tok_path: &Path) -> Vec<PathBuf> {
+    let mut v = vec![tok_path.to_path_buf()];
+    let cfg = tok_path.with_file_name("tokenizer_config.json");
+    if cfg.exists() {
+        v.push(cfg);
+    }
+    v
 }

@@ -61,12 +61,7 @@ pub fn run(a: SftArgs) -> Result<()> {
             e
         }
     };
-    let mut extra = vec![tok_path.clone()];
-    let tc = tok_path.with_file_name("tokenizer_config.json");
-    if tc.exists() {
-        extra.push(tc);
-    }
-    let outcome = sft::train(&cfg, &train, &eval, &a.out, a.resume, &extra)?;
+    let outcome = sft::train(&cfg, &train, &eval, &a.out, a.resume, &super::tokenizer_files(&tok_path))?;
     println!("{}", serde_json::to_string(&outcome)?);
     Ok(())
 }

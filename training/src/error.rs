@@ -13,6 +13,8 @@ pub enum TrainError {
     NonFinite { step: u64, what: &'static str, value: f64 },
     #[error("config: {0}")]
     Config(String),
+    #[error("plot {0}")]
+    Plot(String),
     #[error(transparent)]
     Model(#[from] llama::LlamaError),
     #[error("torch: {0}")]

@@ -3,9 +3,12 @@
 //! trainer checkpoints with exact resume, and per-step metrics.
 pub mod checkpoint;
 pub mod config;
+pub mod demo_eval;
 pub mod error;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
+pub mod runner;
 pub mod schedule;
 
 pub use config::TrainConfig;

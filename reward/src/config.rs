@@ -1,0 +1,69 @@
+//! `RewardConfig`: one reward model (helpfulness or safety) per config. Defaults are the paper's
+//! (Section 3.2.2): 1 epoch, peak lr 1e-5 (5e-6 for 70B), cosine to 10%, warmup 3% of the steps
+//! with a minimum of 5, effective batch 512 pairs, AdamW as pretraining.
+pub use crate::loss::MarginKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use training::TrainConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Checkpoint to initialise from: an SFT or chat model (its LM head is dropped) or a reward model.
+    pub model: PathBuf,
+    /// tokenizer.json (default: the model's, else the Llama-2 tokenizer built by set-up).
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Preference records (JSONL or Parquet), e.g. the output of `rlhf data mix`.
+    pub train_data: Vec<PathBuf>,
+    /// Held-out preference records: the eval loss during training and the final report.
+    #[serde(default)]
+    pub eval_data: Vec<PathBuf>,
+    /// Table 27 margin: `none` (Eq. 1), `small` or `large`.
+    #[serde(default)]
+    pub margin: MarginKind,
+    /// Reward-centering coefficient c of `c · mean((r_c + r_r)²)` (0 disables).
+    #[serde(default)]
+    pub center_coef: f64,
+    /// Longest prompt + response, in tokens (the prompt's start is cut first).
+    #[serde(default = "default_max_len")]
+    pub max_seq_len: usize,
+    /// Sigmoid-score threshold below which a response counts as unsafe (Table 29 uses 0.5).
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// On-disk dtype of the saved model.
+    #[serde(default = "default_save_dtype")]
+    pub save_dtype: String,
+    #[serde(default = "rm_train_defaults")]
+    pub train: TrainConfig,
+}
+
+fn default_max_len() -> usize {
+    4096
+}
+fn default_threshold() -> f64 {
+    0.5
+}
+fn default_save_dtype() -> String {
+    "float32".into()
+}
+
+/// Llama 2 RM training: 1 epoch, lr 1e-5, cosine to 10%, warmup 3% (min 5), 512 pairs per step.
+pub fn rm_train_defaults() -> TrainConfig {
+    TrainConfig { lr: 1e-5, epochs: 1, micro_batch_size: 8, grad_accumulation: 64, ..TrainConfig::default() }
+}
+
+impl RewardConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.train_data.is_empty() {
+            return Err("`train_data` lists no file".into());
+        }
+        if self.max_seq_len < 4 {
+            return Err("`max_seq_len` must be at least 4".into());
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err("`threshold` must be in [0, 1]".into());
+        }
+        self.train.validate().map_err(|e| format!("train.{e}"))
+    }
+}

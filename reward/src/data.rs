@@ -1,0 +1,131 @@
+//! Preference pairs as token rows. A pair is encoded in the Llama-2 chat format twice
+//! (`<s>[INST] prompt [/INST] chosen </s>` and the same with the rejected reply); their common
+//! prefix (at least the whole prompt) is laid out once, followed by the two continuations:
+//! `[prefix][chosen rest][rejected rest]`. With the shared-prefix attention mask and each
+//! continuation's positions starting where the prefix ends, both scores equal those of separate
+//! encodings while the prompt goes through the trunk once.
+use datasets::{PreferenceRecord, Rating};
+use llama::model::Mask;
+use llama::{AssistantMask, Message, Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairTokens {
+    pub prefix: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+    pub rating: Option<Rating>,
+    pub kind: Option<datasets::PreferenceKind>,
+    pub source: Option<String>,
+    pub chosen_safe: Option<bool>,
+    pub rejected_safe: Option<bool>,
+}
+
+impl PairTokens {
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.chosen.len() + self.rejected.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn full(tok: &Tokenizer, prompt: &[Message], reply: &str) -> Result<Vec<u32>, llama::LlamaError> {
+    let mut d = prompt.to_vec();
+    d.push(Message::assistant(reply));
+    Ok(llama::encode_dialog(tok, &d, AssistantMask::AllTurns)?.ids)
+}
+
+/// Tokenizes one record; both sequences are cut to `max_len` from the left of the reply side
+/// (the prompt's start is dropped first) so the final token (EOS) where the score is read stays.
+pub fn encode_pair(tok: &Tokenizer, r: &PreferenceRecord, max_len: usize) -> Result<PairTokens, llama::LlamaError> {
+    let mut c = full(tok, &r.prompt, &r.chosen)?;
+    let mut j = full(tok, &r.prompt, &r.rejected)?;
+    for s in [&mut c, &mut j] {
+        if s.len() > max_len {
+            s.drain(..s.len() - max_len);
+        }
+    }
+    let common = c.iter().zip(&j).take_while(|(a, b)| a == b).count();
+    // Each continuation keeps at least its last token (the score is read there).
+    let common = common.min(c.len() - 1).min(j.len() - 1);
+    Ok(PairTokens {
+        prefix: c[..common].to_vec(),
+        chosen: c[common..].to_vec(),
+        rejected: j[common..].to_vec(),
+        rating: r.rating,
+        kind: r.kind,
+        source: r.source.clone(),
+        chosen_safe: r.chosen_safe,
+        rejected_safe: r.rejected_safe,
+    })
+}
+
+/// A batch of pairs, one row each.
+pub struct PairBatch {
+    pub ids: Tensor,
+    pub positions: Tensor,
+    pub mask: Mask,
+    /// Flat indices of the chosen and rejected score tokens, `[B]` each.
+    pub chosen_at: Tensor,
+    pub rejected_at: Tensor,
+    pub num_tokens: usize,
+}
+
+pub fn collate(pairs: &[&PairTokens], device: Device) -> PairBatch {
+    let b = pairs.len();
+    let t = pairs.iter().map(|p| p.len()).max().unwrap_or(1);
+    let mut ids = vec![0i64; b * t];
+    let mut pos = vec![0i64; b * t];
+    let mut seg = vec![-1i64; b * t];
+    let (mut c_at, mut r_at) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    let mut num_tokens = 0;
+    for (row, p) in pairs.iter().enumerate() {
+        let base = row * t;
+        let np = p.prefix.len();
+        let mut k = 0;
+        for (i, &x) in p.prefix.iter().enumerate() {
+            (ids[base + k], pos[base + k], seg[base + k]) = (x as i64, i as i64, 0);
+            k += 1;
+        }
+        for (s, cont) in [(1i64, &p.chosen), (2, &p.rejected)] {
+            for (i, &x) in cont.iter().enumerate() {
+                (ids[base + k], pos[base + k], seg[base + k]) = (x as i64, (np + i) as i64, s);
+                k += 1;
+            }
+            let at = (base + k - 1) as i64;
+            if s == 1 { c_at.push(at) } else { r_at.push(at) }
+        }
+        num_tokens += k;
+    }
+    let shape = [b as i64, t as i64];
+    let segments = Tensor::from_slice(&seg).view(shape).to_device(device);
+    PairBatch {
+        ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+        positions: Tensor::from_slice(&pos).view(shape).to_device(device),
+        mask: Mask::shared_prefix(&segments),
+        chosen_at: Tensor::from_slice(&c_at).to_device(device),
+        rejected_at: Tensor::from_slice(&r_at).to_device(device),
+        num_tokens,
+    }
+}
+
+/// One row per sequence (prompt + reply), right-padded: for scoring single responses.
+pub fn collate_single(seqs: &[&[u32]], device: Device) -> (Tensor, Tensor, Mask, Tensor) {
+    let b = seqs.len();
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+    let mut ids = vec![0i64; b * t];
+    let mut seg = vec![-1i64; b * t];
+    let mut at = Vec::with_capacity(b);
+    for (r, s) in seqs.iter().enumerate() {
+        for (i, &x) in s.iter().enumerate() {
+            ids[r * t + i] = x as i64;
+            seg[r * t + i] = 0;
+        }
+        at.push((r * t + s.len() - 1) as i64);
+    }
+    let shape = [b as i64, t as i64];
+    let positions = Tensor::arange(t as i64, (Kind::Int64, device)).unsqueeze(0).expand(shape, false);
+    let segments = Tensor::from_slice(&seg).view(shape).to_device(device);
+    (Tensor::from_slice(&ids).view(shape).to_device(device), positions, Mask::packed(&segments), Tensor::from_slice(&at).to_device(device))
+}

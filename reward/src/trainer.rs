@@ -1,0 +1,184 @@
+//! Reward-model training: pairs shuffled per epoch from (seed, epoch), the ranking loss averaged
+//! over the pairs of an optimizer step (accumulated micro-batches), the shared runner loop for
+//! checkpoints, resume and metrics.
+use crate::config::RewardConfig;
+use crate::data::{collate, PairTokens};
+use crate::loss::{margin, ranking_loss};
+use crate::model::{RewardModel, ARCHITECTURE};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+use training::runner::{fnv1a, RunOptions, RunResult, Stage};
+use training::{AdamW, LrSchedule, TrainError};
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+pub struct RewardRun<'a> {
+    cfg: &'a RewardConfig,
+    vs: nn::VarStore,
+    pub model: RewardModel,
+    opt: AdamW,
+    pairs: &'a [PairTokens],
+    eval_pairs: &'a [PairTokens],
+    device: Device,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    schedule: LrSchedule,
+}
+
+/// Shuffle of `n` items from (seed, epoch).
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = llama::rng::SplitMix64::for_step(seed, epoch);
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    idx
+}
+
+/// Scores of a batch's chosen and rejected responses, `[B]` each.
+pub fn pair_scores(model: &RewardModel, pairs: &[&PairTokens], device: Device) -> (Tensor, Tensor, usize) {
+    let b = collate(pairs, device);
+    let at = Tensor::cat(&[&b.chosen_at, &b.rejected_at], 0);
+    let s = model.scores_at(&b.ids, &b.positions, &b.mask, &at);
+    let n = pairs.len() as i64;
+    (s.narrow(0, 0, n), s.narrow(0, n, n), b.num_tokens)
+}
+
+fn margins(cfg: &RewardConfig, pairs: &[&PairTokens], device: Device) -> Tensor {
+    let m: Vec<f32> = pairs.iter().map(|p| margin(cfg.margin, p.rating) as f32).collect();
+    Tensor::from_slice(&m).to_device(device)
+}
+
+impl<'a> RewardRun<'a> {
+    pub fn prepare(cfg: &'a RewardConfig, pairs: &'a [PairTokens], eval_pairs: &'a [PairTokens]) -> Result<Self> {
+        cfg.validate().map_err(TrainError::Config)?;
+        if pairs.is_empty() {
+            return Err(TrainError::Config("no training pairs".into()));
+        }
+        let device = llama::device::parse_device(&cfg.train.device)?;
+        let kind = match &cfg.train.dtype {
+            Some(s) => llama::device::parse_kind(s)?,
+            None => llama::device::default_kind(device),
+        };
+        let (vs, model, fresh_head) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
+        if fresh_head {
+            tracing::info!("reward head initialised from N(0, 0.02) on top of {}", cfg.model.display());
+        }
+        let per_step = (cfg.train.micro_batch_size * cfg.train.grad_accumulation) as u64;
+        let steps_per_epoch = (pairs.len() as u64).div_ceil(per_step);
+        let mut total_steps = steps_per_epoch * cfg.train.epochs;
+        if let Some(m) = cfg.train.max_steps {
+            total_steps = total_steps.min(m);
+        }
+        let schedule = cfg.train.lr_schedule(total_steps);
+        let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
+        Ok(RewardRun { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
+    }
+
+    fn step_pairs(&self, step: u64) -> Vec<&'a PairTokens> {
+        let order = epoch_order(self.pairs.len(), self.cfg.train.seed, step / self.steps_per_epoch);
+        let per = self.cfg.train.micro_batch_size * self.cfg.train.grad_accumulation;
+        let k = (step % self.steps_per_epoch) as usize;
+        order[k * per..((k + 1) * per).min(order.len())].iter().map(|&i| &self.pairs[i]).collect()
+    }
+
+    /// Mean ranking loss over the step's pairs, accumulated over micro-batches.
+    pub fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+        let t0 = Instant::now();
+        let pairs = self.step_pairs(step);
+        let n = pairs.len();
+        self.opt.zero_grad();
+        let (mut loss_sum, mut correct, mut tokens, mut gap) = (0f64, 0usize, 0usize, 0f64);
+        for chunk in pairs.chunks(self.cfg.train.micro_batch_size) {
+            let (c, r, t) = pair_scores(&self.model, chunk, self.device);
+            tokens += t;
+            let loss = ranking_loss(&c, &r, &margins(self.cfg, chunk, self.device), self.cfg.center_coef) * (chunk.len() as f64 / n as f64);
+            loss.backward();
+            loss_sum += f64::try_from(&loss)?;
+            let d = (&c - &r).detach();
+            correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;
+            gap += f64::try_from(d.sum(Kind::Float))?;
+        }
+        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip);
+        if !loss_sum.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, what: "loss", value: loss_sum });
+        }
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, what: "gradient norm", value: grad_norm });
+        }
+        let lr = self.schedule.lr(step);
+        self.opt.step(lr);
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(serde_json::json!({
+            "step": step + 1, "loss": loss_sum, "accuracy": correct as f64 / n as f64,
+            "mean_gap": gap / n as f64, "lr": lr, "grad_norm": grad_norm, "pairs": n,
+            "tokens": tokens, "pairs_per_s": n as f64 / secs, "tokens_per_s": tokens as f64 / secs, "step_seconds": secs,
+        }))
+    }
+
+    /// Mean ranking loss on the held-out pairs.
+    pub fn evaluate(&mut self) -> Result<Option<f64>> {
+        if self.eval_pairs.is_empty() {
+            return Ok(None);
+        }
+        let _g = tch::no_grad_guard();
+        let refs: Vec<&PairTokens> = self.eval_pairs.iter().collect();
+        let mut sum = 0f64;
+        for chunk in refs.chunks(self.cfg.train.micro_batch_size.max(1)) {
+            let (c, r, _) = pair_scores(&self.model, chunk, self.device);
+            sum += f64::try_from(ranking_loss(&c, &r, &margins(self.cfg, chunk, self.device), 0.0))? * chunk.len() as f64;
+        }
+        Ok(Some(sum / refs.len() as f64))
+    }
+}
+
+impl Stage for RewardRun<'_> {
+    fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+    fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+        RewardRun::step(self, step)
+    }
+    fn evaluate(&mut self) -> Result<Option<f64>> {
+        RewardRun::evaluate(self)
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+    fn parts_mut(&mut self) -> (&mut nn::VarStore, &mut AdamW) {
+        (&mut self.vs, &mut self.opt)
+    }
+    fn model_config(&self) -> llama::Config {
+        let mut c = self.model.trunk.cfg.clone();
+        c.pad_token_id.get_or_insert(0);
+        c
+    }
+    fn architecture(&self) -> &str {
+        ARCHITECTURE
+    }
+}
+
+/// Trains a reward model into `run_dir` (checkpoints/, metrics.jsonl, final/, best/).
+pub fn train(cfg: &RewardConfig, pairs: &[PairTokens], eval_pairs: &[PairTokens], run_dir: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<RunResult> {
+    if let Some(n) = cfg.train.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let mut run = RewardRun::prepare(cfg, pairs, eval_pairs)?;
+    let opts = RunOptions {
+        name: "reward".into(),
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        config_hash: fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes()),
+        keep_last: cfg.train.keep_last,
+        save_every: cfg.train.save_every,
+        eval_every: cfg.train.eval_every,
+        log_every: cfg.train.log_every,
+        final_dtype: llama::device::parse_kind(&cfg.save_dtype)?,
+        extra_files: extra_files.to_vec(),
+    };
+    training::runner::run(&mut run, &opts)
+}
