@@ -234,11 +234,11 @@ mod tests {
         assert_eq!(r.by_rating[2].1.n, 0);
         // Unsafe responses: rejected of pairs 1 and 2 (scores 0.0 and 1.0): σ(0) = 0.5 is not < 0.5,
         // so neither is caught; predicted unsafe: rejected −0.5 of pair 4 (safe) → precision 0.
-        let sd = r.safety.unwrap();
+        let sd = r.safety.clone().unwrap();
         assert_eq!((sd.n_unsafe, sd.n_predicted_unsafe), (2, 1));
         assert_eq!((sd.recall, sd.precision), (0.0, 0.0));
         let md = markdown("t", &r);
-        assert!(md.contains("| 50.0 | 50.0 | 50.0 |") || md.contains("Table 8"));
+        assert!(md.contains("| 50.0 | 50.0 |") && md.contains("Table 8 layout"), "{md}");
     }
 }
 

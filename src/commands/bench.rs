@@ -11,6 +11,8 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// SFT training throughput on prompt-masked synthetic rows (the SFT trainer's own step).
     Sft(BenchSftArgs),
+    /// Reward-model training throughput in pairs/s on synthetic pairs (the RM trainer's own step).
+    Reward(BenchSftArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +77,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Sft(a) => bench_sft(a),
+        BenchCommand::Reward(a) => bench_reward(a),
     }
 }
 
@@ -221,6 +224,77 @@ fn bench_sft(a: BenchSftArgs) -> Result<()> {
         "steps": a.steps,
         "threads": tch::get_num_threads(),
         "device": format!("{:?}", llama::device::parse_device(&a.device)?),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Pairs sharing a prompt of `prompt_len` tokens (BOS first); each reply has `seq_len - prompt_len`
+/// tokens ending with EOS, so each full sequence is `seq_len` long.
+fn synthetic_pairs(n: usize, seq_len: usize, prompt_len: usize, seed: u64) -> Vec<reward::data::PairTokens> {
+    let mut rng = llama::rng::SplitMix64::new(seed);
+    let mut rand_ids = |k: usize| -> Vec<u32> { (0..k).map(|_| 3 + (rng.next_u64() % 31997) as u32).collect() };
+    (0..n)
+        .map(|_| {
+            let mut prefix = vec![1u32];
+            prefix.extend(rand_ids(prompt_len - 1));
+            let reply = seq_len - prompt_len;
+            let mut chosen = rand_ids(reply - 1);
+            chosen.push(2);
+            let mut rejected = rand_ids(reply - 1);
+            rejected.push(2);
+            reward::data::PairTokens { prefix, chosen, rejected, rating: Some(datasets::Rating::Better), kind: None, source: None, chosen_safe: None, rejected_safe: None }
+        })
+        .collect()
+}
+
+fn bench_reward(a: BenchSftArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    let Some(model) = a.model.clone() else { bail!("bench reward needs --model DIR (a causal LM or reward checkpoint)") };
+    if a.prompt_len + 2 > a.seq_len || a.batch == 0 || a.steps == 0 {
+        bail!("need prompt_len + 2 <= seq_len, batch >= 1 and steps >= 1");
+    }
+    let mut train = reward::config::rm_train_defaults();
+    train.micro_batch_size = a.batch;
+    train.grad_accumulation = 1;
+    train.schedule = training::config::ScheduleKind::Constant;
+    train.device = a.device.clone();
+    train.dtype = a.dtype.clone();
+    train.seed = a.seed;
+    let cfg = reward::RewardConfig {
+        model,
+        tokenizer: None,
+        train_data: vec![PathBuf::from("synthetic")],
+        eval_data: vec![],
+        margin: reward::MarginKind::None,
+        center_coef: 0.0,
+        max_seq_len: a.seq_len,
+        threshold: 0.5,
+        save_dtype: "float32".into(),
+        train,
+    };
+    let n_steps = a.warmup + a.steps;
+    let pairs = synthetic_pairs(a.batch * n_steps as usize, a.seq_len, a.prompt_len, a.seed);
+    let mut run = reward::trainer::RewardRun::prepare(&cfg, &pairs, &[])?;
+    let mut times = Vec::new();
+    for step in 0..n_steps {
+        let t0 = std::time::Instant::now();
+        run.step(step)?;
+        if step >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    let out = serde_json::json!({
+        "pairs_per_s": a.batch as f64 / step_s,
+        "step_s": step_s,
+        "tokens_per_s": (2 * a.batch * a.seq_len) as f64 / step_s,
+        "batch": a.batch,
+        "seq_len": a.seq_len,
+        "prompt_len": a.prompt_len,
+        "steps": a.steps,
+        "threads": tch::get_num_threads(),
+        "layout": "shared prompt: one row per pair",
     });
     println!("{out}");
     Ok(())

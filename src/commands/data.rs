@@ -15,6 +15,8 @@ pub enum DataCommand {
     Mix(super::data_cache::MixArgs),
     /// Tokenize once into the on-disk cache the stages read.
     Cache(super::data_cache::CacheArgs),
+    /// Write the demo world at benchmark scale (1.4M comparisons, ~300 tokens a reply).
+    DemoScale(super::data_cache::DemoScaleArgs),
 }
 
 pub fn run(c: DataCommand) -> Result<()> {
@@ -24,5 +26,6 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Demo(a) => super::data_demo::run(a),
         DataCommand::Mix(a) => super::data_cache::run_mix(a),
         DataCommand::Cache(a) => super::data_cache::run_cache(a),
+        DataCommand::DemoScale(a) => super::data_cache::run_demo_scale(a),
     }
 }

@@ -12,6 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// One named curve of a line chart.
@@ -90,8 +91,9 @@ pub fn histogram(path: &Path, title: &str, x_label: &str, series: &[(String, Vec
     render(path, SIZE, fonts_loaded(), |root, text| draw_histogram(root, text, title, x_label, series, bins))
 }
 
-/// Grouped bars: one group per entry of `groups`, one bar per series inside it (`values[i]` belongs
-/// to `groups[i]`; missing or non-finite values leave a gap). The y axis is [0, 1] when every value
+/// Grouped bars: one group per entry of `groups`, one bar per series inside it (a series' `i`-th
+/// value belongs to `groups[i]`; missing or non-finite values leave a gap), each labelled with its
+/// value when there are at most 24 bars. The y axis is [0, 1] when every value
 /// lies there (accuracies, rates), else the data range including 0.
 pub fn bar_chart(path: &Path, title: &str, y_label: &str, groups: &[String], series: &[(String, Vec<f64>)]) -> Result<()> {
     render(path, SIZE, fonts_loaded(), |root, text| draw_bar_chart(root, text, title, y_label, groups, series))
@@ -121,7 +123,8 @@ fn fonts_loaded() -> bool {
     })
 }
 
-/// Renders into `<dir>/.<name>.<pid>.tmp.png` (the extension picks the encoder) and renames it over `path`.
+/// Renders into `<dir>/.<name>.<pid>-<n>.tmp.png` (the extension picks the encoder; `n` tells apart
+/// threads writing the same path) and renames it over `path`.
 fn render(path: &Path, (w, h): (u32, u32), text: bool, draw: impl FnOnce(&Area, bool) -> DrawResult) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -129,7 +132,8 @@ fn render(path: &Path, (w, h): (u32, u32), text: bool, draw: impl FnOnce(&Area, 
     };
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plot".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp.png", std::process::id()));
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let tmp = dir.join(format!(".{name}.{}-{}.tmp.png", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     let drawn = {
         let root = BitMapBackend::new(&tmp, (w, h)).into_drawing_area();
         // The backend also saves when dropped, so it must be gone before a failed temp file is removed.
@@ -257,7 +261,8 @@ fn draw_curves(
         if let Some(c) = caption {
             builder.caption(c, (FONT, font_size + 3));
         }
-        builder.x_label_area_size(font_size * 3).y_label_area_size(font_size * 5);
+        let y_area = y.label_area(area, font_size - 2, if y_label.is_empty() { 0 } else { font_size })?;
+        builder.x_label_area_size(font_size * 3).y_label_area_size(y_area);
     }
     let mut chart = builder.build_cartesian_2d(x, y)?;
     let mut mesh = chart.configure_mesh();
@@ -320,13 +325,13 @@ fn draw_histogram(root: &Area, text: bool, title: &str, x_label: &str, series: &
         .map(|(i, (n, v))| (format!("{n} (n={})", v.iter().filter(|v| v.is_finite()).count()), color(i)))
         .collect();
     let plot = with_legend(&area, text, &entries, Mark::Fill)?;
+    let (x, y) = (Axis::linear(lo, hi, 10, false), Axis::linear(0.0, max_count * 1.06, 10, true));
+    let (fx, fy) = (x.formatter(), y.formatter());
     let mut builder = ChartBuilder::on(&plot);
     builder.margin(12).margin_right(24);
     if text {
-        builder.x_label_area_size(48).y_label_area_size(80);
+        builder.x_label_area_size(48).y_label_area_size(y.label_area(&plot, 14, 16)?);
     }
-    let (x, y) = (Axis::linear(lo, hi, 10, false), Axis::linear(0.0, max_count * 1.06, 10, true));
-    let (fx, fy) = (x.formatter(), y.formatter());
     let mut chart = builder.build_cartesian_2d(x, y)?;
     let mut mesh = chart.configure_mesh();
     mesh.bold_line_style(BLACK.mix(0.12)).light_line_style(BLACK.mix(0.04)).disable_x_mesh();
@@ -362,9 +367,8 @@ fn draw_bar_chart(root: &Area, text: bool, title: &str, y_label: &str, groups: &
     let values: Vec<f64> = series.iter().flat_map(|s| (0..groups.len()).filter_map(move |g| value(s, g))).collect();
     let (lo, hi) = finite_bounds(values.iter().copied());
     let unit = lo >= 0.0 && hi <= 1.0;
+    // No finite value at all also counts as `unit` (lo = +inf, hi = -inf).
     let (y0, y1) = if unit {
-        (0.0, 1.0)
-    } else if lo > hi {
         (0.0, 1.0)
     } else {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
@@ -377,17 +381,24 @@ fn draw_bar_chart(root: &Area, text: bool, title: &str, y_label: &str, groups: &
     let entries: Vec<(String, RGBColor)> = series.iter().enumerate().map(|(i, (n, _))| (n.clone(), color(i))).collect();
     let plot = with_legend(&area, text, &entries, Mark::Bar)?;
     let n = groups.len().max(1);
+    let y = Axis::linear(y0, y1, 10, false);
+    let fy = y.formatter();
+    let y_area = if text { y.label_area(&plot, 15, if y_label.is_empty() { 0 } else { 16 })? } else { 0 };
+    // Group names longer than their group's width are shortened so neighbours never overlap.
+    let group_w = (plot.dim_in_pixel().0.saturating_sub(y_area + 36) / n as u32).saturating_sub(8);
+    let mut names = Vec::with_capacity(groups.len());
+    for g in groups {
+        names.push(if text { fit_text(&plot, g, &(FONT, 15).into_font().into(), group_w)? } else { g.clone() });
+    }
     let mut builder = ChartBuilder::on(&plot);
     builder.margin(12).margin_right(24);
     if text {
-        builder.x_label_area_size(40).y_label_area_size(80);
+        builder.x_label_area_size(40).y_label_area_size(y_area);
     }
-    let y = Axis::linear(y0, y1, 10, false);
-    let fy = y.formatter();
     let mut chart = builder.build_cartesian_2d(Axis::groups(n), y)?;
     let mut mesh = chart.configure_mesh();
     mesh.bold_line_style(BLACK.mix(0.12)).light_line_style(BLACK.mix(0.04)).disable_x_mesh();
-    let name_of = |x: &f64| groups.get(x.floor().max(0.0) as usize).cloned().unwrap_or_default();
+    let name_of = |x: &f64| names.get(x.floor().max(0.0) as usize).cloned().unwrap_or_default();
     if text {
         mesh.label_style((FONT, 15)).axis_desc_style((FONT, 16)).x_label_formatter(&name_of).y_label_formatter(&fy);
         if !y_label.is_empty() {
@@ -417,6 +428,21 @@ fn draw_bar_chart(root: &Area, text: bool, title: &str, y_label: &str, groups: &
         }
     }
     Ok(())
+}
+
+/// `s`, cut and ended with "…" where wider than `max_w` pixels.
+fn fit_text(area: &Area, s: &str, style: &TextStyle, max_w: u32) -> DrawResult<String> {
+    if area.estimate_text_size(s, style)?.0 <= max_w {
+        return Ok(s.to_string());
+    }
+    let chars: Vec<char> = s.chars().collect();
+    for keep in (1..chars.len()).rev() {
+        let cut = format!("{}…", chars[..keep].iter().collect::<String>().trim_end());
+        if area.estimate_text_size(&cut, style)?.0 <= max_w {
+            return Ok(cut);
+        }
+    }
+    Ok("…".into())
 }
 
 /// A linear axis whose ticks are chosen here rather than by plotters, so that labels can be printed
@@ -455,6 +481,18 @@ impl Axis {
         Axis { lo: 0.0, hi: n as f64, ticks: (0..n).map(|g| g as f64 + 0.5).collect(), light: vec![], step: 0.0 }
     }
 
+    /// Width of a y label area that fits the widest tick label (font `size`) and, beside it, a
+    /// rotated axis description of height `desc_size` (0: none).
+    fn label_area(&self, area: &Area, size: u32, desc_size: u32) -> DrawResult<u32> {
+        let (style, fmt) = (TextStyle::from((FONT, size).into_font()), self.formatter());
+        let mut w = 0;
+        for t in &self.ticks {
+            w = w.max(area.estimate_text_size(&fmt(t), &style)?.0);
+        }
+        // Ticks are 5 px long with labels 10 px from the axis (plotters' defaults), then the description.
+        Ok(w + 16 + if desc_size > 0 { desc_size + 12 } else { 0 })
+    }
+
     /// Labels with as many decimals as the step needs; exponent notation for tiny or huge values.
     fn formatter(&self) -> impl Fn(&f64) -> String {
         let step = self.step;
@@ -464,7 +502,7 @@ impl Axis {
                 return if step > 0.0 { "0".into() } else { format_sig(v) };
             }
             let e_step = (step.log10() + 1e-9).floor() as i32;
-            if max_abs < 1e-3 || max_abs >= 1e6 {
+            if !(1e-3..1e6).contains(&max_abs) {
                 let e_max = (max_abs.log10() + 1e-9).floor() as i32;
                 format!("{:.*e}", (e_max - e_step).max(0) as usize, v)
             } else {
@@ -535,6 +573,9 @@ mod tests {
         (g, s)
     }
 
+    /// Histogram series or grouped-bar series: (name, values).
+    type Named = Vec<(String, Vec<f64>)>;
+
     #[test]
     fn line_chart_writes_png_of_chart_size_and_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -573,7 +614,7 @@ mod tests {
         let p = dir.path().join("h.png");
         histogram(&p, "RM scores", "score", &[("chosen".into(), chosen), ("rejected".into(), rejected)], 30).unwrap();
         assert_eq!(png_size(&p), SIZE);
-        let cases: Vec<(Vec<(String, Vec<f64>)>, usize)> = vec![
+        let cases: Vec<(Named, usize)> = vec![
             (vec![], 10),
             (vec![("empty".into(), vec![])], 10),
             (vec![("same".into(), vec![2.0; 5])], 10),
@@ -593,7 +634,7 @@ mod tests {
         let p = dir.path().join("b.png");
         bar_chart(&p, "RM accuracy per rating", "accuracy", &g, &s).unwrap();
         assert_eq!(png_size(&p), SIZE);
-        let cases: Vec<(Vec<String>, Vec<(String, Vec<f64>)>)> = vec![
+        let cases: Vec<(Vec<String>, Named)> = vec![
             (vec![], vec![]),
             (g.clone(), vec![]),
             (vec![], s.clone()),
@@ -666,7 +707,7 @@ mod tests {
     #[test]
     fn format_sig_digits() {
         assert_eq!(format_sig(0.0), "0.00");
-        assert_eq!(format_sig(3.14159), "3.14");
+        assert_eq!(format_sig(1.23456), "1.23");
         assert_eq!(format_sig(42.17), "42.2");
         assert_eq!(format_sig(1234.5), "1234");
         assert_eq!(format_sig(-0.01234), "-0.0123");
@@ -707,6 +748,8 @@ mod tests {
             ("false refusal".to_string(), vec![0.05, 0.04, 0.07, 0.03]),
         ];
         bar_chart(&dir.join("stages.png"), "Per pipeline stage", "rate", &stages, &rates).unwrap();
+        let many: Vec<String> = (0..8).map(|i| format!("rating bin number {i} (long name)")).collect();
+        bar_chart(&dir.join("many.png"), "Eight long groups", "", &many, &[("acc".into(), (0..8).map(|i| 0.4 + i as f64 * 0.07).collect())]).unwrap();
         bar_chart(&dir.join("signed.png"), "Signed values", "reward", &stages[..2], &[("mean".into(), vec![-1.25, 3.5])]).unwrap();
         let m = dir.join("metrics.jsonl");
         let mut text = String::new();
@@ -722,5 +765,6 @@ mod tests {
         std::fs::write(&m, text).unwrap();
         assert!(metrics_grid(&m, &dir.join("grid.png"), &["loss", "lr", "grad_norm", "eval_loss", "tokens_per_s"], "SFT run").unwrap());
         line_chart(&dir.join("single.png"), "One point", "x", "y", &[Series { name: "only".into(), points: vec![(3.0, 0.5)] }]).unwrap();
+        render(&dir.join("no-font.png"), SIZE, false, |r, t| draw_bar_chart(r, t, "Per pipeline stage", "rate", &stages, &rates)).unwrap();
     }
 }
