@@ -147,6 +147,11 @@ pub fn run(stage: &mut impl Stage, o: &RunOptions) -> Result<RunResult> {
         }
         _ => None,
     };
+    // The curves as a PNG; a plotting failure costs the picture, never the run.
+    let keys = ["loss", "eval_loss", "accuracy", "lr", "grad_norm", "tokens_per_s"];
+    if let Err(e) = crate::plot::metrics_grid(&o.run_dir.join("metrics.jsonl"), &o.run_dir.join("curves.png"), &keys, &o.name) {
+        tracing::warn!("{}: could not draw curves.png: {e}", o.name);
+    }
     let secs = t_loop.elapsed().as_secs_f64();
     Ok(RunResult {
         final_model,
