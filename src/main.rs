@@ -22,6 +22,9 @@ enum Command {
     /// Reward models: train, eval, score (Llama 2 Section 3.2.2).
     #[command(subcommand)]
     Reward(commands::reward::RewardCommand),
+    /// The whole recipe from one config: run (or resume) it, or show its status.
+    #[command(subcommand)]
+    Pipeline(commands::pipeline::PipelineCommand),
     /// Data: validate, import, demo world, RM mixtures, tokenized cache.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -58,6 +61,7 @@ fn main() {
         Command::Eval(c) => commands::eval::run(c),
         Command::Data(c) => commands::data::run(c),
         Command::Sft(a) => commands::sft::run(a),
+        Command::Pipeline(c) => commands::pipeline::run(c),
         Command::Reward(c) => commands::reward::run(c),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),

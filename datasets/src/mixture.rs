@@ -213,12 +213,12 @@ pub fn plan_mix(input: &MixInput, spec: &MixSpec) -> Result<MixPlan> {
         spec.sampled_sources.iter().filter_map(|s| input.ids.get(s.as_str()).copied()).collect();
     let mut pool = Vec::new();
     let mut primary = 0usize;
-    for i in 0..n {
-        if assign[i] == Assign::Test {
+    for (i, a) in assign.iter_mut().enumerate() {
+        if *a == Assign::Test {
             continue;
         }
         if kind_of(i) == spec.target && !sampled_sources.contains(&input.sources[i]) {
-            assign[i] = Assign::Mix;
+            *a = Assign::Mix;
             primary += 1;
         } else {
             pool.push(i);

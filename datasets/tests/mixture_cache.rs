@@ -102,7 +102,8 @@ fn short_pool_takes_all_and_says_so() {
 
 #[test]
 fn sampled_sources_go_to_the_pool_even_of_the_target_kind() {
-    let data = pool(&[(100, H, Some("meta_helpful")), (100, H, Some("anthropic_helpful")), (100, S, Some("meta_safety"))]);
+    let data =
+        pool(&[(100, H, Some("meta_helpful")), (100, H, Some("anthropic_helpful")), (100, S, Some("meta_safety"))]);
     let s = MixSpec { sampled_sources: vec!["anthropic_helpful".into()], ..spec(PreferenceKind::Helpfulness, 3) };
     let (mix, _, summary) = mix_records(&data, &s).unwrap();
     assert_eq!((summary.primary, summary.pool, mix.len()), (100, 200, 200));
@@ -188,10 +189,29 @@ fn demo() -> DemoData {
 /// leading/trailing spaces, byte-fallback characters, tag look-alikes.
 fn nasty_texts() -> Vec<String> {
     let mut v: Vec<String> = [
-        "", " ", "  ", "a", " a", "a ", "  a  b   c ", "hello world", "Hello,  world!\n\nNew  para\tgraph",
-        "▁", "▁▁x", "x▁y", " ▁ ▁▁ ", "naïve café — “quotes” 😀🚀 漢字 テスト", "\u{3000}wide\u{3000}space",
-        "tabs\t\tand\r\nCRLF", "[INST] fake [/INST] </s><s>", "  leading", "trailing   ", "a\u{a0}b", "x\u{1f}y",
-        "1234567890 3.14159 -42", "def f(x):\n    return x  # comment\n",
+        "",
+        " ",
+        "  ",
+        "a",
+        " a",
+        "a ",
+        "  a  b   c ",
+        "hello world",
+        "Hello,  world!\n\nNew  para\tgraph",
+        "▁",
+        "▁▁x",
+        "x▁y",
+        " ▁ ▁▁ ",
+        "naïve café — “quotes” 😀🚀 漢字 テスト",
+        "\u{3000}wide\u{3000}space",
+        "tabs\t\tand\r\nCRLF",
+        "[INST] fake [/INST] </s><s>",
+        "  leading",
+        "trailing   ",
+        "a\u{a0}b",
+        "x\u{1f}y",
+        "1234567890 3.14159 -42",
+        "def f(x):\n    return x  # comment\n",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -254,10 +274,13 @@ fn pair_split_equals_the_chat_encoding_of_the_completed_pair() {
     let tok = tokenizer();
     let enc = RecordEncoder::new(tok.clone());
     let exact = RecordEncoder::with_encoding(tok.clone(), Encoding::Exact);
-    let mut prompts: Vec<Vec<Message>> = dialogs().into_iter().map(|mut d| {
-        d.pop();
-        d
-    }).collect();
+    let mut prompts: Vec<Vec<Message>> = dialogs()
+        .into_iter()
+        .map(|mut d| {
+            d.pop();
+            d
+        })
+        .collect();
     prompts.extend(demo().preference_train.iter().map(|p| p.prompt.clone()));
     let replies = nasty_texts();
     let mut checked = 0;
@@ -320,7 +343,14 @@ fn files() -> Files {
 fn sft_cache_round_trip() {
     let f = files();
     let tok = tokenizer();
-    let h = build_cache(RecordKind::Sft, &[f.sft.clone()], &tokenizer_path(), &CacheSettings::default(), &f.root).unwrap();
+    let h = build_cache(
+        RecordKind::Sft,
+        std::slice::from_ref(&f.sft),
+        &tokenizer_path(),
+        &CacheSettings::default(),
+        &f.root,
+    )
+    .unwrap();
     assert!(!h.reused);
     let records: Vec<SftRecord> = read_all(&f.sft).unwrap();
     let cache = SftCache::open(&h.dir).unwrap();
@@ -343,8 +373,16 @@ fn preference_cache_round_trip_jsonl_and_parquet() {
     let f = files();
     let tok = tokenizer();
     let settings = CacheSettings::default();
-    let a = build_cache(RecordKind::Preference, &[f.pref.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
-    let b = build_cache(RecordKind::Preference, &[f.pref_parquet.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
+    let a = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root)
+        .unwrap();
+    let b = build_cache(
+        RecordKind::Preference,
+        std::slice::from_ref(&f.pref_parquet),
+        &tokenizer_path(),
+        &settings,
+        &f.root,
+    )
+    .unwrap();
     assert_ne!(a.dir, b.dir, "another input file, another key");
     for h in [a, b] {
         let cache = PreferenceCache::open(&h.dir).unwrap();
@@ -368,8 +406,14 @@ fn preference_cache_round_trip_jsonl_and_parquet() {
 fn prompt_cache_round_trip() {
     let f = files();
     let tok = tokenizer();
-    let h = build_cache(RecordKind::Prompts, &[f.prompts.clone()], &tokenizer_path(), &CacheSettings::default(), &f.root)
-        .unwrap();
+    let h = build_cache(
+        RecordKind::Prompts,
+        std::slice::from_ref(&f.prompts),
+        &tokenizer_path(),
+        &CacheSettings::default(),
+        &f.root,
+    )
+    .unwrap();
     let cache = PromptCache::open(&h.dir).unwrap();
     let records: Vec<PromptRecord> = read_all(&f.prompts).unwrap();
     assert_eq!(cache.len(), records.len());
@@ -433,9 +477,11 @@ fn reused_when_unchanged_rebuilt_when_input_tokenizer_or_settings_change() {
     assert!(c.manifest.dropped > 0 && c.manifest.max_example_tokens <= 40);
     assert_eq!(c.manifest.records + c.manifest.dropped, first.manifest.records);
     // The mask mode does not enter a preference cache's key.
-    let p1 = build_cache(RecordKind::Preference, &[f.pref.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
+    let p1 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root)
+        .unwrap();
     let last_pref = CacheSettings { mask: AssistantMask::LastTurn, ..settings };
-    let p2 = build_cache(RecordKind::Preference, &[f.pref.clone()], &tokenizer_path(), &last_pref, &f.root).unwrap();
+    let p2 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &last_pref, &f.root)
+        .unwrap();
     assert!(p2.reused && p1.dir == p2.dir);
 }
 
@@ -443,7 +489,8 @@ fn reused_when_unchanged_rebuilt_when_input_tokenizer_or_settings_change() {
 fn interrupted_builds_do_not_poison_the_cache() {
     let f = files();
     let settings = CacheSettings::default();
-    let good = build_cache(RecordKind::Sft, &[f.sft.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
+    let good =
+        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     let name = good.dir.file_name().unwrap().to_string_lossy().into_owned();
     let want: Vec<Vec<u32>> = SftCache::open(&good.dir).unwrap().iter().map(|t| t.ids.to_vec()).collect();
 
@@ -455,7 +502,8 @@ fn interrupted_builds_do_not_poison_the_cache() {
     fs::remove_file(good.dir.join("manifest.json")).unwrap();
     fs::write(good.dir.join("tokens.u32"), [0u8; 8]).unwrap();
 
-    let rebuilt = build_cache(RecordKind::Sft, &[f.sft.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
+    let rebuilt =
+        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     assert!(!rebuilt.reused, "a folder without a manifest is not a cache");
     assert_eq!(rebuilt.dir, good.dir);
     assert!(!stale.exists(), "the dead build's temp folder is cleaned up");
@@ -467,11 +515,13 @@ fn interrupted_builds_do_not_poison_the_cache() {
     let bytes = fs::read(&tokens).unwrap();
     fs::write(&tokens, &bytes[..bytes.len() - 4]).unwrap();
     assert!(SftCache::open(&rebuilt.dir).is_err());
-    let again = build_cache(RecordKind::Sft, &[f.sft.clone()], &tokenizer_path(), &settings, &f.root).unwrap();
+    let again =
+        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     assert!(!again.reused);
     assert_eq!(SftCache::open(&again.dir).unwrap().iter().map(|t| t.ids.to_vec()).collect::<Vec<_>>(), want);
     // Nothing but the cache folders is left in the root.
-    let left: Vec<String> = fs::read_dir(&f.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> =
+        fs::read_dir(&f.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left, vec![name]);
 }
 

@@ -35,6 +35,17 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A permutation of `0..n` for `epoch` of a run seeded with `seed` (Fisher-Yates): data order
+    /// derived from (seed, epoch) needs no saved state to resume.
+    pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut rng = SplitMix64::for_step(seed, epoch);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        idx
+    }
+
     /// `n` uniforms in [0, 1).
     pub fn uniforms(&mut self, n: usize) -> Vec<f64> {
         (0..n).map(|_| self.next_f64()).collect()

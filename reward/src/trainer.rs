@@ -26,16 +26,6 @@ pub struct RewardRun<'a> {
     schedule: LrSchedule,
 }
 
-/// Shuffle of `n` items from (seed, epoch).
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = llama::rng::SplitMix64::for_step(seed, epoch);
-    let mut idx: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
-    idx
-}
-
 /// Scores of a batch's chosen and rejected responses, `[B]` each.
 pub fn pair_scores(model: &RewardModel, pairs: &[&PairTokens], device: Device) -> (Tensor, Tensor, usize) {
     let b = collate(pairs, device);
@@ -77,7 +67,7 @@ impl<'a> RewardRun<'a> {
     }
 
     fn step_pairs(&self, step: u64) -> Vec<&'a PairTokens> {
-        let order = epoch_order(self.pairs.len(), self.cfg.train.seed, step / self.steps_per_epoch);
+        let order = llama::rng::SplitMix64::permutation(self.pairs.len(), self.cfg.train.seed, step / self.steps_per_epoch);
         let per = self.cfg.train.micro_batch_size * self.cfg.train.grad_accumulation;
         let k = (step % self.steps_per_epoch) as usize;
         order[k * per..((k + 1) * per).min(order.len())].iter().map(|&i| &self.pairs[i]).collect()

@@ -83,13 +83,7 @@ fn build_row(examples: &[&Example], max_len: usize) -> PackedRow {
 
 /// Shuffles row indices for an epoch, deterministically from (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::for_step(seed, epoch);
-    let mut idx: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        idx.swap(i, j);
-    }
-    idx
+    SplitMix64::permutation(n, seed, epoch)
 }
 
 /// A micro-batch as tensors: rows right-padded to the longest.

@@ -19,19 +19,21 @@ pub struct InitArgs {
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
-    let cfg = Config::preset(&a.preset)?;
-    tch::manual_seed(a.seed as i64);
-    let vs = checkpoint::var_store(tch::Device::Cpu, tch::Kind::Float);
-    let _model = Llama::new(&vs.root(), &cfg);
-    let mut opts = checkpoint::SaveOptions { dtype: llama::device::parse_kind(&a.dtype)?, ..Default::default() };
-    if let Some(tok) = llama::tokenizer::default_tokenizer_path() {
-        opts.extra_files.push(tok.clone());
-        let cfgfile = tok.with_file_name("tokenizer_config.json");
-        if cfgfile.exists() {
-            opts.extra_files.push(cfgfile);
-        }
-    }
-    checkpoint::save(&vs, &cfg, &a.out, &opts)?;
+    let cfg = init_model(&a.preset, a.seed, &a.dtype, &a.out)?;
     println!("{}", serde_json::json!({"out": a.out, "parameters": cfg.num_parameters(), "preset": a.preset}));
     Ok(())
+}
+
+/// Writes a randomly initialised preset model with the Llama-2 tokenizer to `out`.
+pub fn init_model(preset: &str, seed: u64, dtype: &str, out: &std::path::Path) -> Result<Config> {
+    let cfg = Config::preset(preset)?;
+    tch::manual_seed(seed as i64);
+    let vs = checkpoint::var_store(tch::Device::Cpu, tch::Kind::Float);
+    let _model = Llama::new(&vs.root(), &cfg);
+    let mut opts = checkpoint::SaveOptions { dtype: llama::device::parse_kind(dtype)?, ..Default::default() };
+    if let Some(tok) = llama::tokenizer::default_tokenizer_path() {
+        opts.extra_files = super::tokenizer_files(&tok);
+    }
+    checkpoint::save(&vs, &cfg, out, &opts)?;
+    Ok(cfg)
 }

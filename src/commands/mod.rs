@@ -9,6 +9,8 @@ pub mod data_validate;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod pipeline;
+pub mod pipeline_stages;
 pub mod reward;
 pub mod sft;
 pub mod tokenize;

@@ -96,18 +96,26 @@ fn encode_all(tok: &llama::Tokenizer, recs: &[PreferenceRecord], max_len: usize)
 fn train(a: TrainArgs) -> Result<()> {
     let cfg: reward::RewardConfig = super::config::load(&a.config, &a.sets)?;
     cfg.validate().map_err(anyhow::Error::msg).with_context(|| a.config.display().to_string())?;
+    let (r, _) = train_config(&cfg, &a.out, a.resume)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// Trains a reward model from a parsed config and evaluates it on `eval_data` into `out/eval`
+/// (also the pipeline's entry point).
+pub fn train_config(cfg: &reward::RewardConfig, out: &Path, resume: bool) -> Result<(training::runner::RunResult, Option<reward::eval::RmReport>)> {
     let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.model))?;
     let pairs = encode_all(&tok, &read_pairs(&cfg.train_data)?, cfg.max_seq_len)?;
     let eval_pairs = encode_all(&tok, &read_pairs(&cfg.eval_data)?, cfg.max_seq_len)?;
     let extra = super::tokenizer_files(&tok_path);
-    let r = reward::trainer::train(&cfg, &pairs, &eval_pairs, &a.out, a.resume, &extra)?;
+    let r = reward::trainer::train(cfg, &pairs, &eval_pairs, out, resume, &extra)?;
+    let mut report = None;
     if !eval_pairs.is_empty() {
         let (device, kind) = super::device_and_kind(&cfg.train.device, cfg.train.dtype.as_deref())?;
         let (_vs, model, _) = RewardModel::load(&r.final_model, device, kind, 0)?;
-        write_eval(&model, &eval_pairs, device, cfg.train.micro_batch_size, cfg.threshold, &a.out.join("eval"), "final")?;
+        report = Some(write_eval(&model, &eval_pairs, device, cfg.train.micro_batch_size, cfg.threshold, &out.join("eval"), "final")?);
     }
-    println!("{}", serde_json::to_string(&r)?);
-    Ok(())
+    Ok((r, report))
 }
 
 /// Scores, reports (JSON + Markdown) and plots into `out`; returns the report.

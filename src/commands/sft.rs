@@ -43,6 +43,13 @@ pub fn stage_tokenizer(explicit: Option<&Path>, model: Option<&Path>) -> Result<
 pub fn run(a: SftArgs) -> Result<()> {
     let cfg: sft::SftConfig = super::config::load(&a.config, &a.sets)?;
     cfg.validate().map_err(anyhow::Error::msg).with_context(|| format!("{}", a.config.display()))?;
+    let outcome = run_config(&cfg, &a.out, a.resume)?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
+
+/// Runs SFT from a parsed config (also the pipeline's entry point).
+pub fn run_config(cfg: &sft::SftConfig, out: &Path, resume: bool) -> Result<sft::SftOutcome> {
     let (tok, tok_path) = stage_tokenizer(cfg.tokenizer.as_deref(), cfg.model.as_deref())?;
     let dialogs = read_dialogs(&cfg.train_data)?;
     let mut train = sft::trainer::examples_from_dialogs(&tok, &dialogs, cfg.train_on)?;
@@ -61,7 +68,5 @@ pub fn run(a: SftArgs) -> Result<()> {
             e
         }
     };
-    let outcome = sft::train(&cfg, &train, &eval, &a.out, a.resume, &super::tokenizer_files(&tok_path))?;
-    println!("{}", serde_json::to_string(&outcome)?);
-    Ok(())
+    Ok(sft::train(cfg, &train, &eval, out, resume, &super::tokenizer_files(&tok_path))?)
 }

@@ -234,7 +234,11 @@ def run_trl(args, chosen, rejected):
         "dataset_format": "pre-tokenized: chosen_ids + rejected_ids (prompt + response each)",
         "optimizer": f"{type(opt).__module__}.{type(opt).__name__} (optim={config.optim}, "
         f"fused={group0.get('fused')}, foreach={group0.get('foreach')})",
-        "activation_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "activation_checkpointing": bool(
+            getattr(trainer.model, "is_activation_checkpointing", None)
+            if hasattr(trainer.model, "is_activation_checkpointing")
+            else getattr(trainer.model, "is_gradient_checkpointing", False)
+        ),
         "pad_token_id": trainer.model.config.pad_token_id,
         "threads_during_steps": sorted(set(clock.threads)),
         "parameters": sum(p.numel() for p in trainer.model.parameters()),

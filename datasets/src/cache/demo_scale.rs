@@ -40,7 +40,13 @@ pub struct DemoScaleSummary {
 }
 
 /// Writes `pairs` comparisons to `out` (JSONL or Parquet by extension), atomically.
-pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: u64, tok: &Tokenizer) -> Result<DemoScaleSummary> {
+pub fn write_demo_scale(
+    out: &Path,
+    pairs: usize,
+    tokens_per_side: usize,
+    seed: u64,
+    tok: &Tokenizer,
+) -> Result<DemoScaleSummary> {
     let sizes = DemoSizes { sft: 4000, pairs: 20_000, prompts: 0 };
     let base = generate(sizes, &DemoShares::default(), seed).map_err(|e| DatasetError::Invalid(e.to_string()))?;
     let mut texts = BTreeSet::new();
@@ -89,7 +95,8 @@ pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: 
     let mut writer = RecordWriter::<PreferenceRecord>::create(out, None)?;
     let mut total_tokens = 0usize;
     for start in (0..pairs).step_by(CHUNK) {
-        let chunk: Vec<(PreferenceRecord, usize)> = (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect();
+        let chunk: Vec<(PreferenceRecord, usize)> =
+            (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect();
         total_tokens += chunk.iter().map(|(_, n)| n).sum::<usize>();
         let records: Vec<PreferenceRecord> = chunk.into_iter().map(|(r, _)| r).collect();
         writer.write_batch(&records)?;

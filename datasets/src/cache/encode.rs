@@ -201,7 +201,10 @@ impl RecordEncoder {
                     continue;
                 }
                 let tokens = self.tok.inner().get_model().tokenize(word).map_err(|e| {
-                    DatasetError::Invalid(format!("tokenizer {}: cannot encode {word:?}: {e}", self.tok.path().display()))
+                    DatasetError::Invalid(format!(
+                        "tokenizer {}: cannot encode {word:?}: {e}",
+                        self.tok.path().display()
+                    ))
                 })?;
                 let word_ids: Box<[u32]> = tokens.iter().map(|t| t.id).collect();
                 ids.extend_from_slice(&word_ids);
@@ -288,7 +291,7 @@ impl RecordEncoder {
             None => return Err(DatasetError::Invalid("empty chat segment".into())),
         };
         let mut ids = Vec::with_capacity(reply.len() / 3 + 2);
-        self.push_text(&mut ids, &text[start..], false)?;
+        self.push_text(&mut ids, &text[start..], true)?;
         ids.push(self.tok.eos_id());
         Ok(ids)
     }

@@ -139,9 +139,9 @@ compile_error!("the tokenized cache maps little-endian files as native integers"
 
 /// Views mapped bytes as `T` (`u32` or `u64`): checks length and alignment (an mmap is page
 /// aligned, so this cannot fail for our files). Little-endian only (see the `compile_error!`).
-pub fn as_words<'a, T: Word>(bytes: &'a [u8], path: &Path) -> Result<&'a [T]> {
+pub(crate) fn as_words<'a, T: Word>(bytes: &'a [u8], path: &Path) -> Result<&'a [T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
+    if !bytes.len().is_multiple_of(size) || bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
         return Err(DatasetError::Format {
             path: path.into(),
             msg: format!("{} bytes is not a whole, aligned number of {size}-byte words", bytes.len()),
@@ -152,7 +152,7 @@ pub fn as_words<'a, T: Word>(bytes: &'a [u8], path: &Path) -> Result<&'a [T]> {
     Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
 }
 
-/// Integers every bit pattern of which is valid.
-pub trait Word: Copy {}
+/// Integers every bit pattern of which is valid (sealed: only these two).
+pub(crate) trait Word: Copy {}
 impl Word for u32 {}
 impl Word for u64 {}

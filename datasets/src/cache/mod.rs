@@ -40,7 +40,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use encode::{Encoding, RecordEncoder};
-use format::{Mapped, StoreWriter, MANIFEST_FILE, MASK_FILE, META_FILE, NONE, OFFSETS_FILE, PAIR_META_BYTES, PROMPT_META_BYTES, TOKENS_FILE};
+use format::{
+    Mapped, StoreWriter, MANIFEST_FILE, MASK_FILE, META_FILE, NONE, OFFSETS_FILE, PAIR_META_BYTES, PROMPT_META_BYTES,
+    TOKENS_FILE,
+};
 
 use crate::error::{DatasetError, FieldError, Result, RowError};
 use crate::io::{Format, RecordReader, Row};
@@ -184,7 +187,7 @@ pub fn build_cache_with(
     h.update(settings.to_json(kind).to_string().as_bytes());
     h.update(format!("\ntokenizer {}\n", tokenizer.blake3).as_bytes());
     for (f, fmt) in input_hashes.iter().zip(&formats) {
-        h.update(format!("input {fmt:?} {} {}\n", f.bytes, f.blake3).as_bytes());
+        h.update(format!("input {fmt:?} {}\n", f.bytes).as_bytes());
     }
     let key = h.finalize().to_hex().to_string();
     let name = format!("{}-{}", kind.as_str(), &key[..16]);
@@ -250,8 +253,9 @@ pub fn build_cache_with(
     manifest.build_seconds = start.elapsed().as_secs_f64();
     write_manifest(&tmp, &manifest)?;
     publish(&tmp, &dir, &key)?;
-    let m = valid_manifest(&dir, &key)
-        .ok_or_else(|| DatasetError::Invalid(format!("{}: cache folder did not verify after building", dir.display())))?;
+    let m = valid_manifest(&dir, &key).ok_or_else(|| {
+        DatasetError::Invalid(format!("{}: cache folder did not verify after building", dir.display()))
+    })?;
     // Another process may have published the same key first: its folder is as good as ours.
     Ok(CacheHandle { stats: stats(&m, false), dir, reused: false, manifest: m })
 }
@@ -503,7 +507,12 @@ fn write_store<R: Cacheable>(
     Ok(())
 }
 
-fn append(store: &mut StoreWriter, outcome: Outcome, m: &mut Manifest, sources: &mut HashMap<String, u32>) -> Result<()> {
+fn append(
+    store: &mut StoreWriter,
+    outcome: Outcome,
+    m: &mut Manifest,
+    sources: &mut HashMap<String, u32>,
+) -> Result<()> {
     let encoded = match outcome {
         Outcome::Keep(e) => e,
         Outcome::Truncated(e) => {
@@ -560,8 +569,12 @@ impl TokenStore {
     fn open(dir: &Path, m: &Manifest) -> Result<Self> {
         let tokens_path = dir.join(TOKENS_FILE);
         let offsets_path = dir.join(OFFSETS_FILE);
-        let store =
-            TokenStore { tokens: Mapped::open(&tokens_path)?, offsets: Mapped::open(&offsets_path)?, tokens_path, offsets_path };
+        let store = TokenStore {
+            tokens: Mapped::open(&tokens_path)?,
+            offsets: Mapped::open(&offsets_path)?,
+            tokens_path,
+            offsets_path,
+        };
         let bad = |path: &Path, msg: String| DatasetError::Format { path: path.into(), msg };
         let ids = store.ids()?;
         let offsets = store.offsets()?;

@@ -1,0 +1,198 @@
+//! Rollouts: sample one response per prompt with the KV cache (no gradient), score it with the
+//! reward models, and compute what PPO needs per token — reference log-probabilities, values,
+//! the KL-shaped rewards, GAE advantages and returns (Llama 2 Section 3.2.3).
+use crate::config::PpoConfig;
+use crate::math::{gae, kl_penalty, masked_mean, masked_whiten, token_rewards};
+use crate::models::{response_logprobs, response_values, Policy, ScalarModel, SeqBatch};
+use crate::reward::{combined_logit, RewardSource};
+use datasets::PromptRecord;
+use llama::{generate, SamplingParams, Tokenizer};
+use reward::combine::{response_tokens, score_sequences, sigmoid};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use training::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// A prompt with its chat-format ids.
+#[derive(Debug, Clone)]
+pub struct EncodedPrompt {
+    pub record: PromptRecord,
+    pub ids: Vec<u32>,
+}
+
+/// One sampled response and its sequence-level numbers.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub prompt: usize,
+    pub response: Vec<u32>,
+    pub text: String,
+    /// Ended with EOS (within `max_new_tokens`).
+    pub finished: bool,
+    /// The sampler's log-probabilities of the response tokens.
+    pub logprobs: Vec<f32>,
+    pub safety_raw: Option<f64>,
+    pub helpfulness_raw: Option<f64>,
+    /// `LOGIT(Rc)` (minus the missing-EOS penalty), before whitening.
+    pub score: f64,
+    pub source: RewardSource,
+}
+
+/// The frozen reward models.
+pub struct RewardModels {
+    pub helpfulness: Option<ScalarModel>,
+    pub safety: Option<ScalarModel>,
+}
+
+/// Samples responses to `prompts` (indices into `all`), `samples` each, in batches of `batch` prompts.
+pub fn sample(policy: &Policy, tok: &Tokenizer, all: &[EncodedPrompt], prompts: &[usize], p: &SamplingParams, batch: usize, mut seed: impl FnMut() -> u64) -> Result<Vec<Sample>> {
+    let mut out = Vec::with_capacity(prompts.len() * p.num_samples);
+    for chunk in prompts.chunks(batch.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].ids.clone()).collect();
+        let g = generate(&policy.model, &ids, &SamplingParams { seed: seed(), ..p.clone() })?;
+        for (r, ((tokens, logprobs), finished)) in g.tokens.into_iter().zip(g.logprobs).zip(g.finished).enumerate() {
+            let text = tok.decode(&tokens)?;
+            out.push(Sample {
+                prompt: chunk[r / p.num_samples],
+                response: tokens,
+                text,
+                finished,
+                logprobs,
+                safety_raw: None,
+                helpfulness_raw: None,
+                score: 0.0,
+                source: RewardSource::Helpfulness,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Scores every sample with the reward models and sets `score = LOGIT(Rc)` (Llama 2's rule).
+pub fn score(rms: &RewardModels, tok: &Tokenizer, all: &[EncodedPrompt], samples: &mut [Sample], cfg: &PpoConfig, device: Device) -> Result<()> {
+    let seqs = samples
+        .iter()
+        .map(|s| response_tokens(tok, &all[s.prompt].record.prompt, &s.text, cfg.rm_max_len))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let run = |m: &Option<ScalarModel>| -> Result<Option<Vec<f64>>> {
+        m.as_ref().map(|m| score_sequences(&m.model, &seqs, device, cfg.generation_batch_size)).transpose().map_err(TrainError::from)
+    };
+    let (h, s) = (run(&rms.helpfulness)?, run(&rms.safety)?);
+    for (i, smp) in samples.iter_mut().enumerate() {
+        smp.helpfulness_raw = h.as_ref().map(|v| v[i]);
+        smp.safety_raw = s.as_ref().map(|v| v[i]);
+        let (rc, source) = combined_logit(smp.safety_raw, smp.helpfulness_raw, all[smp.prompt].record.is_safety, cfg.safety_threshold);
+        smp.score = rc - if smp.finished { 0.0 } else { cfg.missing_eos_penalty.unwrap_or(0.0) };
+        smp.source = source;
+    }
+    Ok(())
+}
+
+/// Right-pads rows into a `[N, T]` float32 tensor.
+pub fn pad_rows(rows: &[&[f32]], t: usize, device: Device) -> Tensor {
+    let mut v = vec![0f32; rows.len() * t];
+    for (i, r) in rows.iter().enumerate() {
+        v[i * t..i * t + r.len()].copy_from_slice(r);
+    }
+    Tensor::from_slice(&v).view([rows.len() as i64, t as i64]).to_device(device)
+}
+
+/// A scored rollout with its per-token tensors (`[N, T]`, right-padded, on the device).
+pub struct Rollout {
+    pub samples: Vec<Sample>,
+    pub mask: Tensor,
+    pub old_logprobs: Tensor,
+    pub ref_logprobs: Tensor,
+    pub values: Tensor,
+    pub advantages: Tensor,
+    pub returns: Tensor,
+    /// Per-sequence KL estimate (summed over the response).
+    pub kl: Tensor,
+    /// Scores after `WHITEN` (the reward the last token gets).
+    pub scores_whitened: Tensor,
+    /// Sum of the per-token rewards of each response.
+    pub total_rewards: Tensor,
+    pub generation_seconds: f64,
+    pub scoring_seconds: f64,
+}
+
+/// Reference log-probabilities and values of samples, computed in batches without gradient.
+pub fn reference_and_values(reference: &Policy, value: &ScalarModel, all: &[EncodedPrompt], samples: &[Sample], cfg: &PpoConfig, device: Device) -> (Tensor, Tensor) {
+    let _g = tch::no_grad_guard();
+    let t = samples.iter().map(|s| s.response.len()).max().unwrap_or(1).max(1) as i64;
+    let (mut refs, mut vals) = (Vec::new(), Vec::new());
+    for chunk in samples.chunks(cfg.generation_batch_size.max(1)) {
+        let prompts: Vec<&[u32]> = chunk.iter().map(|s| all[s.prompt].ids.as_slice()).collect();
+        let responses: Vec<&[u32]> = chunk.iter().map(|s| s.response.as_slice()).collect();
+        let b = SeqBatch::new(&prompts, &responses, device);
+        let pad = t - b.response_len();
+        refs.push((response_logprobs(&reference.model, &b, cfg.temperature) * &b.response_mask).constant_pad_nd([0, pad]));
+        vals.push((response_values(&value.model, &b) * &b.response_mask).constant_pad_nd([0, pad]));
+    }
+    (Tensor::cat(&refs, 0), Tensor::cat(&vals, 0))
+}
+
+impl Rollout {
+    /// Builds the per-token tensors: `−β·KL` on every token plus `WHITEN(LOGIT(Rc))` on the last,
+    /// then GAE and (optionally) whitened advantages.
+    pub fn new(samples: Vec<Sample>, ref_logprobs: Tensor, values: Tensor, cfg: &PpoConfig, device: Device) -> Rollout {
+        let _g = tch::no_grad_guard();
+        let t = ref_logprobs.size()[1] as usize;
+        let lp: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
+        let old_logprobs = pad_rows(&lp, t, device);
+        let ones: Vec<Vec<f32>> = samples.iter().map(|s| vec![1f32; s.response.len()]).collect();
+        let mask = pad_rows(&ones.iter().map(|v| v.as_slice()).collect::<Vec<_>>(), t, device);
+        let raw: Vec<f32> = samples.iter().map(|s| s.score as f32).collect();
+        let raw = Tensor::from_slice(&raw).to_device(device);
+        let scores_whitened = if cfg.whiten_rewards { masked_whiten(&raw, &Tensor::ones_like(&raw), true) } else { raw };
+        let kl_tok = kl_penalty(&old_logprobs, &ref_logprobs, cfg.kl_estimator) * &mask;
+        let rewards = token_rewards(&kl_tok, &scores_whitened, &mask, cfg.kl_beta);
+        let (mut advantages, returns) = gae(&rewards, &values, &mask, cfg.gamma, cfg.lam);
+        if cfg.whiten_advantages {
+            advantages = masked_whiten(&advantages, &mask, true);
+        }
+        Rollout {
+            kl: kl_tok.sum_dim_intlist(1, false, Kind::Float),
+            total_rewards: rewards.sum_dim_intlist(1, false, Kind::Float),
+            samples,
+            mask,
+            old_logprobs,
+            ref_logprobs,
+            values,
+            advantages,
+            returns,
+            scores_whitened,
+            generation_seconds: 0.0,
+            scoring_seconds: 0.0,
+        }
+    }
+
+    pub fn generated_tokens(&self) -> usize {
+        self.samples.iter().map(|s| s.response.len()).sum()
+    }
+
+    /// Sequence-level statistics for the metrics line.
+    pub fn stats(&self) -> serde_json::Value {
+        let n = self.samples.len().max(1) as f64;
+        let scores: Vec<f64> = self.samples.iter().map(|s| s.score).collect();
+        let mean = scores.iter().sum::<f64>() / n;
+        let std = (scores.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let f = |t: &Tensor| f64::try_from(t.mean(Kind::Float)).unwrap_or(f64::NAN);
+        let safety_share = self.samples.iter().filter(|s| s.source == RewardSource::Safety).count() as f64 / n;
+        let finished = self.samples.iter().filter(|s| s.finished).count() as f64 / n;
+        let value_mean = tch::no_grad(|| f64::try_from(masked_mean(&self.values, &self.mask)).unwrap_or(f64::NAN));
+        serde_json::json!({
+            "reward_raw_mean": mean,
+            "reward_raw_std": std,
+            "reward_sigmoid_mean": scores.iter().map(|&x| sigmoid(x)).sum::<f64>() / n,
+            "reward_whitened_mean": f(&self.scores_whitened),
+            "reward_whitened_std": f64::try_from(self.scores_whitened.std(false)).unwrap_or(f64::NAN),
+            "reward_total_mean": f(&self.total_rewards),
+            "kl": f(&self.kl),
+            "safety_rm_share": safety_share,
+            "response_length": self.generated_tokens() as f64 / n,
+            "finished_share": finished,
+            "value_mean": value_mean,
+        })
+    }
+}

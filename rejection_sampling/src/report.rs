@@ -1,0 +1,252 @@
+//! What one iteration shows: reward against K (Figure 7), reward per temperature (Figure 8), the
+//! pool, throughput, and the policy before and after the fine-tune.
+use crate::curve::BestOfKCurve;
+use crate::error::{Result, RsError};
+use crate::eval::PolicyEval;
+use crate::select::{PoolUpdate, PromptSamples};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use training::plot::{line_chart, Series};
+
+/// The best-of-k curve at one sampling temperature, on the sweep prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub temperature: f64,
+    pub curve: BestOfKCurve,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub samples: usize,
+    pub generated_tokens: usize,
+    pub generation_seconds: f64,
+    pub scoring_seconds: f64,
+    /// Generated tokens per second of generation.
+    pub tokens_per_s: f64,
+    /// Share of sampling time spent generating (the rest is reward-model scoring).
+    pub generation_share: f64,
+    pub scoring_share: f64,
+}
+
+impl Throughput {
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a PromptSamples>) -> Self {
+        let mut t = Throughput::default();
+        for r in records {
+            t.samples += r.samples.len();
+            t.generated_tokens += r.generated_tokens();
+            t.generation_seconds += r.generation_seconds;
+            t.scoring_seconds += r.scoring_seconds;
+        }
+        let total = t.generation_seconds + t.scoring_seconds;
+        t.tokens_per_s = t.generated_tokens as f64 / t.generation_seconds.max(1e-9);
+        if total > 0.0 {
+            t.generation_share = t.generation_seconds / total;
+            t.scoring_share = t.scoring_seconds / total;
+        }
+        t
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub path: PathBuf,
+    /// Prompts in the pool after this iteration.
+    pub size: usize,
+    /// How this iteration's winners changed it.
+    pub update: PoolUpdate,
+    /// Mean reward of the pool before and after this iteration's winners were offered.
+    pub mean_reward_before: Option<f64>,
+    pub mean_reward: Option<f64>,
+    /// Mean reward of this iteration's winners.
+    pub mean_winner_reward: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationReport {
+    pub iteration: usize,
+    /// The model sampled from.
+    pub policy: PathBuf,
+    pub temperature: f64,
+    pub best_of_k: usize,
+    /// Prompts sampled (skipped ones excluded).
+    pub prompts: usize,
+    pub skipped_prompts: usize,
+    /// Share of samples cut off at `max_new_tokens`.
+    pub unfinished_share: f64,
+    /// Reward against k = 1..=K over this iteration's prompts (Figure 7).
+    pub curve: BestOfKCurve,
+    /// The same on the sweep prompts, per temperature (Figure 8); empty without a sweep.
+    pub sweep: Vec<SweepPoint>,
+    pub pool: PoolReport,
+    pub throughput: Throughput,
+    /// The fine-tuned model (the next iteration's policy).
+    pub model: PathBuf,
+    /// The SFT stage's outcome.
+    pub finetune: serde_json::Value,
+    pub eval_before: Option<PolicyEval>,
+    pub eval_after: Option<PolicyEval>,
+}
+
+/// `k = 1, 2, 4, ...` up to K, with K itself.
+fn shown_ks(big_k: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < big_k).collect();
+    ks.push(big_k);
+    ks.dedup();
+    ks
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
+}
+
+fn eval_rows(md: &mut String, before: Option<&PolicyEval>, after: Option<&PolicyEval>) {
+    let (Some(b), Some(a)) = (before, after) else { return };
+    let _ = writeln!(md, "\n## Policy before and after the fine-tune (greedy, {} held-out prompts)\n", a.prompts);
+    let _ = writeln!(md, "| | before | after |\n|---|---|---|");
+    let _ = writeln!(md, "| mean R_c (reward models) | {:.3} | {:.3} |", b.mean_reward, a.mean_reward);
+    let _ = writeln!(md, "| mean helpfulness RM | {} | {} |", opt(b.mean_helpfulness), opt(a.mean_helpfulness));
+    let _ = writeln!(md, "| mean safety RM | {} | {} |", opt(b.mean_safety), opt(a.mean_safety));
+    if let (Some(db), Some(da)) = (&b.demo, &a.demo) {
+        let _ = writeln!(md, "| ground truth: helpful rate | {:.3} | {:.3} |", db.helpful_rate, da.helpful_rate);
+        let _ = writeln!(md, "| ground truth: safe rate | {:.3} | {:.3} |", db.safe_rate, da.safe_rate);
+        let _ = writeln!(md, "| ground truth: false-refusal rate | {:.3} | {:.3} |", db.false_refusal_rate, da.false_refusal_rate);
+    }
+    let _ = writeln!(md, "\nBefore: `{}`. After: `{}`.", b.model.display(), a.model.display());
+}
+
+impl IterationReport {
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Rejection sampling, iteration {}\n", self.iteration);
+        let _ = writeln!(
+            md,
+            "Sampled K = {} replies at T = {} from `{}` for {} prompts ({} skipped; {:.1}% of samples cut off at the token budget).",
+            self.best_of_k,
+            self.temperature,
+            self.policy.display(),
+            self.prompts,
+            self.skipped_prompts,
+            100.0 * self.unfinished_share
+        );
+        let _ = writeln!(md, "\n## Reward against the number of samples (Llama 2 Figure 7)\n");
+        let _ = writeln!(md, "Expected reward of the best, the median and the mean of k of the K samples, averaged over {} prompts (exact order statistics).\n", self.curve.prompts);
+        let _ = writeln!(md, "| k | max | median | mean |\n|---|---|---|---|");
+        for k in shown_ks(self.best_of_k) {
+            if let (Some(mx), Some(me), Some(mn)) = (self.curve.max.get(k - 1), self.curve.median.get(k - 1), self.curve.mean.get(k - 1)) {
+                let _ = writeln!(md, "| {k} | {mx:.4} | {me:.4} | {mn:.4} |");
+            }
+        }
+        if !self.sweep.is_empty() {
+            let _ = writeln!(md, "\n## Reward per temperature (Llama 2 Figure 8)\n");
+            let _ = writeln!(md, "| T | prompts | mean (k=1) | median of K | max of K |\n|---|---|---|---|---|");
+            for s in &self.sweep {
+                let last = s.curve.max.len().saturating_sub(1);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    s.temperature,
+                    s.curve.prompts,
+                    opt(s.curve.mean.first().copied()),
+                    opt(s.curve.median.get(last).copied()),
+                    opt(s.curve.max.get(last).copied())
+                );
+            }
+        }
+        let p = &self.pool;
+        let _ = writeln!(md, "\n## Pool (best sample per prompt over all iterations)\n");
+        let _ = writeln!(
+            md,
+            "{} prompts in `{}`: {} new, {} replaced by a better sample, {} kept (the new winner was not better), {} without an eligible sample. Mean reward {} → {} (this iteration's winners: {}).",
+            p.size,
+            p.path.display(),
+            p.update.new,
+            p.update.replaced,
+            p.update.kept,
+            p.update.no_winner,
+            opt(p.mean_reward_before),
+            opt(p.mean_reward),
+            opt(p.mean_winner_reward)
+        );
+        let t = &self.throughput;
+        let _ = writeln!(md, "\n## Throughput\n");
+        let _ = writeln!(
+            md,
+            "{} samples, {} generated tokens: {:.0} tokens/s while generating. Time: {:.1} s generating ({:.0}%), {:.1} s scoring ({:.0}%).",
+            t.samples,
+            t.generated_tokens,
+            t.tokens_per_s,
+            t.generation_seconds,
+            100.0 * t.generation_share,
+            t.scoring_seconds,
+            100.0 * t.scoring_share
+        );
+        eval_rows(&mut md, self.eval_before.as_ref(), self.eval_after.as_ref());
+        let _ = writeln!(md, "\nFine-tuned model: `{}`.", self.model.display());
+        md
+    }
+
+    /// `best_of_k.png` (Figure 7) and, with a sweep, `temperature_sweep.png` (Figure 8) into `dir`.
+    pub fn plots(&self, dir: &Path) -> Result<()> {
+        let c = &self.curve;
+        let series = vec![
+            Series { name: "max of k".into(), points: c.points(&c.max) },
+            Series { name: "median of k".into(), points: c.points(&c.median) },
+            Series { name: "mean".into(), points: c.points(&c.mean) },
+        ];
+        let title = format!("Iteration {}: reward vs number of samples (T = {})", self.iteration, self.temperature);
+        line_chart(&dir.join("best_of_k.png"), &title, "samples per prompt k", "reward", &series).map_err(RsError::from)?;
+        if !self.sweep.is_empty() {
+            let series: Vec<Series> = self
+                .sweep
+                .iter()
+                .map(|s| Series { name: format!("T = {}", s.temperature), points: s.curve.points(&s.curve.max) })
+                .collect();
+            let title = format!("Iteration {}: best-of-k reward per temperature", self.iteration);
+            line_chart(&dir.join("temperature_sweep.png"), &title, "samples per prompt k", "max reward of k", &series)?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole run in one table, iteration by iteration.
+pub fn run_markdown(iterations: &[IterationReport]) -> String {
+    let mut md = String::from("# Rejection sampling (Llama 2 Section 3.2.3)\n\n");
+    let _ = writeln!(md, "| iteration | T | K | prompts | mean reward (k=1) | best-of-K reward | pool | before: helpful / safe / false refusal | after: helpful / safe / false refusal |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let gt = |e: &Option<PolicyEval>| match e.as_ref().and_then(|e| e.demo.as_ref()) {
+        Some(d) => format!("{:.3} / {:.3} / {:.3}", d.helpful_rate, d.safe_rate, d.false_refusal_rate),
+        None => "–".into(),
+    };
+    for r in iterations {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.iteration,
+            r.temperature,
+            r.best_of_k,
+            r.prompts,
+            opt(r.curve.mean.first().copied()),
+            opt(r.curve.max.last().copied()),
+            r.pool.size,
+            gt(&r.eval_before),
+            gt(&r.eval_after)
+        );
+    }
+    for r in iterations {
+        let _ = writeln!(md, "\nIteration {}: see `iter{}/report.md`; fine-tuned model `{}`.", r.iteration, r.iteration, r.model.display());
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_ks_are_powers_of_two_and_k() {
+        assert_eq!(shown_ks(1), vec![1]);
+        assert_eq!(shown_ks(8), vec![1, 2, 4, 8]);
+        assert_eq!(shown_ks(10), vec![1, 2, 4, 8, 10]);
+    }
+}

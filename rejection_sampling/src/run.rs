@@ -1,0 +1,425 @@
+//! The iteration loop. Each iteration has four verbs, each resumable on its own:
+//! `sample` (best-of-K into the append-only log `samples-iter{N}.jsonl`), `pool` (rebuilt from
+//! the logs of iterations 1..=N: the best sample per prompt ever seen), `finetune` (the SFT stage
+//! on the pool, resuming from its own checkpoints) and `evaluate`; then `iter{N}/done.json`
+//! marks the iteration finished and a rerun skips it.
+//!
+//! Run folder:
+//! ```text
+//! config.json                   the resolved config and its hash (a resume must match it)
+//! samples-iter{N}.jsonl         one line per prompt: its K samples and scores
+//! sweep-iter{N}-t{T}.jsonl      temperature-sweep samples (report only)
+//! pool.jsonl                    the latest pool (SFT dataset + score, iteration, temperature)
+//! iter{N}/pool.jsonl            the pool iteration N fine-tuned on
+//! iter{N}/sft/                  the SFT run (checkpoints/, final/ = the next policy)
+//! iter{N}/eval-{before,after}.json, report.json, report.md, best_of_k.png, temperature_sweep.png
+//! iter{N}/done.json             the iteration is finished
+//! report.json, report.md, summary.json
+//! ```
+use crate::config::{RejectionSamplingConfig, StartFrom};
+use crate::curve::BestOfKCurve;
+use crate::error::{Result, RsError};
+use crate::eval::{evaluate, PolicyEval};
+use crate::report::{run_markdown, IterationReport, PoolReport, SweepPoint, Throughput};
+use crate::sampler::{batch_seed, sample_batch, SampleSpec, Scorer};
+use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
+use crate::shard::{pending_batches, SampleLog};
+use datasets::{PromptRecord, SftRecord};
+use llama::checkpoint::write_atomic;
+use llama::{Llama, Tokenizer};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind};
+use training::runner::fnv1a;
+
+/// What a finished run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RsOutcome {
+    /// The last iteration's fine-tuned model.
+    pub final_model: PathBuf,
+    pub pool: PathBuf,
+    pub pool_size: usize,
+    pub iterations: usize,
+    /// Iterations found finished (`done.json`) and skipped.
+    pub skipped_iterations: Vec<usize>,
+    pub report: PathBuf,
+    pub seconds: f64,
+}
+
+/// `iter{N}/done.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DoneManifest {
+    pub iteration: usize,
+    pub policy: PathBuf,
+    pub model: PathBuf,
+    pub pool: PathBuf,
+    pub pool_size: usize,
+    pub config_hash: String,
+}
+
+/// One rejection-sampling run: the config, the prompts and where things go.
+pub struct RejectionSampler<'a> {
+    cfg: &'a RejectionSamplingConfig,
+    tok: &'a Tokenizer,
+    out: PathBuf,
+    extra_files: Vec<PathBuf>,
+    prompts: Vec<PromptRecord>,
+    keys: Vec<String>,
+    eval_prompts: Vec<PromptRecord>,
+    device: Device,
+    kind: Kind,
+    config_hash: String,
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| RsError::Config(format!("{}: {e}", path.display())))?;
+    Ok(write_atomic(path, s.as_bytes())?)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| RsError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| RsError::Resume { path: path.into(), msg: format!("unreadable: {e}") })
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| RsError::io(p, e))
+}
+
+/// Reads the prompt files in order, keeping the first of prompts with the same messages.
+pub fn load_prompts(files: &[PathBuf], max: Option<usize>) -> Result<Vec<PromptRecord>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut dup = 0usize;
+    for f in files {
+        for p in datasets::io::read_all::<PromptRecord>(f)? {
+            if seen.insert(prompt_key(&p.prompt)) {
+                out.push(p);
+            } else {
+                dup += 1;
+            }
+        }
+    }
+    if dup > 0 {
+        tracing::info!("{dup} repeated prompts dropped (each prompt is sampled once)");
+    }
+    if let Some(m) = max {
+        out.truncate(m);
+    }
+    if out.is_empty() {
+        return Err(RsError::Config("no prompts to sample".into()));
+    }
+    Ok(out)
+}
+
+fn load_policy(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+    Ok(llama::checkpoint::load_causal_lm(dir, device, kind)?)
+}
+
+impl<'a> RejectionSampler<'a> {
+    /// Checks the run folder (a folder with a run in it needs `resume` and the same config),
+    /// reads the prompts and records the config.
+    pub fn prepare(cfg: &'a RejectionSamplingConfig, tok: &'a Tokenizer, out: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<Self> {
+        cfg.validate().map_err(RsError::Config)?;
+        let device = llama::device::parse_device(&cfg.device)?;
+        let kind = match &cfg.dtype {
+            Some(s) => llama::device::parse_kind(s)?,
+            None => llama::device::default_kind(device),
+        };
+        let config_json = serde_json::to_value(cfg).map_err(|e| RsError::Config(e.to_string()))?;
+        let config_hash = fnv1a(config_json.to_string().as_bytes());
+        let prompts = load_prompts(&cfg.prompts, cfg.max_prompts)?;
+        let keys = prompts.iter().map(|p| prompt_key(&p.prompt)).collect();
+        let eval_prompts = match &cfg.eval_prompts {
+            Some(p) => datasets::io::read_all::<PromptRecord>(p)?,
+            None => Vec::new(),
+        };
+        let record = out.join("config.json");
+        if record.exists() {
+            if !resume {
+                return Err(RsError::Resume {
+                    path: out.into(),
+                    msg: "the run folder already has a rejection-sampling run: pass --resume to continue it, or choose another --out".into(),
+                });
+            }
+            let old: serde_json::Value = read_json(&record)?;
+            if old["hash"].as_str() != Some(config_hash.as_str()) {
+                return Err(RsError::Resume { path: record, msg: "was written by a different config; resume with the same config or use a new run folder".into() });
+            }
+        } else {
+            mkdir(out)?;
+            write_json(&record, &serde_json::json!({ "hash": config_hash, "config": config_json }))?;
+        }
+        Ok(RejectionSampler { cfg, tok, out: out.into(), extra_files: extra_files.to_vec(), prompts, keys, eval_prompts, device, kind, config_hash })
+    }
+
+    fn iter_dir(&self, it: usize) -> PathBuf {
+        self.out.join(format!("iter{it}"))
+    }
+
+    fn log_path(&self, it: usize) -> PathBuf {
+        self.out.join(format!("samples-iter{it}.jsonl"))
+    }
+
+    fn scorer(&self) -> Result<Scorer> {
+        let c = self.cfg;
+        Scorer::load(c.helpfulness_rm.as_deref(), c.safety_rm.as_deref(), self.device, self.kind, c.safety_threshold, c.rm_max_seq_len, c.score_batch_size)
+    }
+
+    /// Samples every prompt of `idx` not yet in `log`, a batch at a time, appending each batch.
+    fn sample_into(&self, log: &mut SampleLog, policy: &Llama, scorer: &Scorer, it: usize, temperature: f64, count: usize) -> Result<()> {
+        let keys = &self.keys[..count];
+        let batches = pending_batches(keys, self.cfg.prompt_batch_size, log.done());
+        let total = count.div_ceil(self.cfg.prompt_batch_size);
+        if batches.is_empty() {
+            return Ok(());
+        }
+        if log.records().is_empty() {
+            tracing::info!("iteration {it}: sampling K={} at T={temperature} for {count} prompts into {}", self.cfg.best_of_k, log.path().display());
+        } else {
+            tracing::info!("iteration {it}: resuming {}: {} prompts done, {} batches left", log.path().display(), log.records().len(), batches.len());
+        }
+        let t0 = Instant::now();
+        for (n, (b, idx)) in batches.iter().enumerate() {
+            let spec = SampleSpec {
+                k: self.cfg.best_of_k,
+                temperature,
+                top_p: self.cfg.top_p,
+                top_k: self.cfg.top_k,
+                max_new_tokens: self.cfg.max_new_tokens,
+                seed: batch_seed(self.cfg.seed, it, *b, temperature),
+                iteration: it,
+                require_finished: self.cfg.require_finished,
+            };
+            let prompts: Vec<&PromptRecord> = idx.iter().map(|&i| &self.prompts[i]).collect();
+            let recs = sample_batch(policy, scorer, self.tok, &prompts, &spec)?;
+            log.append(recs)?;
+            if (n + 1) % 10 == 0 || n + 1 == batches.len() {
+                let el = t0.elapsed().as_secs_f64();
+                tracing::info!("iteration {it} T={temperature}: batch {}/{total}, {:.1} s, eta {:.0} s", b + 1, el, el / (n + 1) as f64 * (batches.len() - n - 1) as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verb 1: best-of-K samples of every prompt (and the temperature sweep), plus the
+    /// evaluation of the policy sampled from. Returns the iteration's records and sweep.
+    fn sample(&self, it: usize, policy_dir: &Path, eval_before: &Path) -> Result<(Vec<PromptSamples>, Vec<SweepPoint>, Throughput)> {
+        let cfg = self.cfg;
+        let t = cfg.temperature(it);
+        let mut log = SampleLog::open(&self.log_path(it))?;
+        let n_sweep = cfg.sweep_prompts.min(self.prompts.len());
+        let sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| x != t).collect();
+        let mut sweep_logs = sweep_temps
+            .iter()
+            .map(|x| SampleLog::open(&self.out.join(format!("sweep-iter{it}-t{x}.jsonl"))))
+            .collect::<Result<Vec<_>>>()?;
+        let need_sampling = log.records().len() < self.prompts.len() || sweep_logs.iter().any(|l| l.records().len() < n_sweep);
+        let need_eval = !self.eval_prompts.is_empty() && !eval_before.exists();
+        if need_sampling || need_eval {
+            let (_vs, policy) = load_policy(policy_dir, self.device, self.kind)?;
+            let scorer = self.scorer()?;
+            self.sample_into(&mut log, &policy, &scorer, it, t, self.prompts.len())?;
+            for (l, &x) in sweep_logs.iter_mut().zip(&sweep_temps) {
+                self.sample_into(l, &policy, &scorer, it, x, n_sweep)?;
+            }
+            if need_eval {
+                let e = self.evaluate(policy_dir, &policy, &scorer)?;
+                write_json(eval_before, &e)?;
+            }
+        }
+        let records = log.into_records();
+        let mut throughput_recs: Vec<&PromptSamples> = records.iter().collect();
+        let sweep_sets: Vec<Vec<PromptSamples>> = sweep_logs.into_iter().map(SampleLog::into_records).collect();
+        throughput_recs.extend(sweep_sets.iter().flatten());
+        let throughput = Throughput::of(throughput_recs);
+        let mut sweep = Vec::new();
+        if !cfg.temperature_sweep.is_empty() {
+            let sweep_keys: HashSet<&String> = self.keys[..n_sweep].iter().collect();
+            let main_rewards: Vec<Vec<f64>> = records.iter().filter(|r| sweep_keys.contains(&r.key)).map(|r| r.rewards()).collect();
+            sweep.push(SweepPoint { temperature: t, curve: BestOfKCurve::from_rewards(main_rewards.iter().map(Vec::as_slice), cfg.best_of_k) });
+            for (recs, &x) in sweep_sets.iter().zip(&sweep_temps) {
+                let rw: Vec<Vec<f64>> = recs.iter().map(|r| r.rewards()).collect();
+                sweep.push(SweepPoint { temperature: x, curve: BestOfKCurve::from_rewards(rw.iter().map(Vec::as_slice), cfg.best_of_k) });
+            }
+            sweep.sort_by(|a, b| a.temperature.total_cmp(&b.temperature));
+        }
+        Ok((records, sweep, throughput))
+    }
+
+    fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &Scorer) -> Result<PolicyEval> {
+        let max_new = self.cfg.eval_max_new_tokens.unwrap_or(self.cfg.max_new_tokens);
+        let e = evaluate(dir.to_path_buf(), policy, scorer, self.tok, &self.eval_prompts, max_new, self.cfg.eval_batch_size)?;
+        if let Some(d) = &e.demo {
+            tracing::info!(
+                "{}: helpful {:.3}, safe {:.3}, false refusal {:.3}, mean R_c {:.3}",
+                dir.display(),
+                d.helpful_rate,
+                d.safe_rate,
+                d.false_refusal_rate,
+                e.mean_reward
+            );
+        }
+        Ok(e)
+    }
+
+    /// Verb 2: the pool after iteration `it`, rebuilt from the sample logs of iterations
+    /// 1..=it (so it needs no state of its own), written as an SFT dataset.
+    fn pool(&self, it: usize, current: &[PromptSamples]) -> Result<PoolReport> {
+        let mut pool = Pool::new();
+        for j in 1..it {
+            for r in SampleLog::open(&self.log_path(j))?.records() {
+                if let Some(w) = r.winner() {
+                    pool.offer(w);
+                }
+            }
+        }
+        let mean_reward_before = pool.mean_reward();
+        let mut update = PoolUpdate::default();
+        let mut winners = Vec::new();
+        for r in current {
+            match r.winner() {
+                Some(w) => {
+                    winners.push(w.reward);
+                    update.record(pool.offer(w));
+                }
+                None => update.no_winner += 1,
+            }
+        }
+        if pool.is_empty() {
+            return Err(RsError::Config(format!("iteration {it}: no sample could win (all cut off at max_new_tokens? raise it or set require_finished = false)")));
+        }
+        let text = pool.to_jsonl();
+        let path = self.iter_dir(it).join("pool.jsonl");
+        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&self.out.join("pool.jsonl"), text.as_bytes())?;
+        let mean_winner_reward = (!winners.is_empty()).then(|| winners.iter().sum::<f64>() / winners.len() as f64);
+        Ok(PoolReport { path, size: pool.len(), update, mean_reward_before, mean_reward: pool.mean_reward(), mean_winner_reward })
+    }
+
+    /// Verb 3: the SFT stage on the pool, from the configured start checkpoint (or the model
+    /// sampled from); resumes from the SFT run's own checkpoints.
+    fn finetune(&self, it: usize, policy_dir: &Path, pool: &Path) -> Result<sft::SftOutcome> {
+        let start = match self.cfg.finetune.start_from {
+            StartFrom::Start => self.cfg.finetune.start.clone().unwrap_or_else(|| self.cfg.policy.clone()),
+            StartFrom::Previous => policy_dir.to_path_buf(),
+        };
+        let sft_cfg = self.cfg.sft_config(&start, pool);
+        sft_cfg.validate().map_err(RsError::Config)?;
+        let dialogs: Vec<Vec<llama::Message>> = datasets::io::read_all::<SftRecord>(pool)?.into_iter().map(|r| r.messages).collect();
+        let examples = sft::trainer::examples_from_dialogs(self.tok, &dialogs, sft_cfg.train_on)?;
+        // A seeded held-out share of the pool for the evaluation loss, as `rlhf sft` does.
+        let order = sft::data::epoch_order(examples.len(), sft_cfg.train.seed ^ 0xE7A1, 0);
+        let n_eval = ((examples.len() as f64) * sft_cfg.eval_fraction).round() as usize;
+        let held: HashSet<usize> = order[..n_eval].iter().copied().collect();
+        let (mut train, mut eval) = (Vec::new(), Vec::new());
+        for (i, ex) in examples.into_iter().enumerate() {
+            if held.contains(&i) { eval.push(ex) } else { train.push(ex) }
+        }
+        tracing::info!("iteration {it}: fine-tuning {} on {} pooled samples ({} held out)", start.display(), train.len(), eval.len());
+        Ok(sft::train(&sft_cfg, &train, &eval, &self.iter_dir(it).join("sft"), true, &self.extra_files)?)
+    }
+
+    /// One iteration: sample, pool, fine-tune, evaluate, report.
+    fn iteration(&self, it: usize, policy_dir: &Path, prev_eval_after: Option<&Path>) -> Result<IterationReport> {
+        let dir = self.iter_dir(it);
+        mkdir(&dir)?;
+        let eval_before = dir.join("eval-before.json");
+        if let Some(p) = prev_eval_after.filter(|p| p.exists() && !eval_before.exists()) {
+            std::fs::copy(p, &eval_before).map_err(|e| RsError::io(&eval_before, e))?;
+        }
+        let (records, sweep, throughput) = self.sample(it, policy_dir, &eval_before)?;
+        let pool = self.pool(it, &records)?;
+        let outcome = self.finetune(it, policy_dir, &pool.path)?;
+        let eval_after = dir.join("eval-after.json");
+        if !self.eval_prompts.is_empty() && !eval_after.exists() {
+            let (_vs, policy) = load_policy(&outcome.final_model, self.device, self.kind)?;
+            let e = self.evaluate(&outcome.final_model, &policy, &self.scorer()?)?;
+            write_json(&eval_after, &e)?;
+        }
+        let sampled: Vec<&PromptSamples> = records.iter().filter(|r| r.skipped.is_none()).collect();
+        let n_samples: usize = sampled.iter().map(|r| r.samples.len()).sum();
+        let unfinished = sampled.iter().flat_map(|r| &r.samples).filter(|s| !s.finished).count();
+        let rewards: Vec<Vec<f64>> = sampled.iter().map(|r| r.rewards()).collect();
+        let read_eval = |p: &Path| -> Result<Option<PolicyEval>> { if p.exists() { read_json(p).map(Some) } else { Ok(None) } };
+        let report = IterationReport {
+            iteration: it,
+            policy: policy_dir.to_path_buf(),
+            temperature: self.cfg.temperature(it),
+            best_of_k: self.cfg.best_of_k,
+            prompts: sampled.len(),
+            skipped_prompts: records.len() - sampled.len(),
+            unfinished_share: unfinished as f64 / n_samples.max(1) as f64,
+            curve: BestOfKCurve::from_rewards(rewards.iter().map(Vec::as_slice), self.cfg.best_of_k),
+            sweep,
+            pool,
+            throughput,
+            model: outcome.final_model.clone(),
+            finetune: serde_json::to_value(&outcome).unwrap_or_default(),
+            eval_before: read_eval(&eval_before)?,
+            eval_after: read_eval(&eval_after)?,
+        };
+        write_json(&dir.join("report.json"), &report)?;
+        write_atomic(&dir.join("report.md"), report.markdown().as_bytes())?;
+        if let Err(e) = report.plots(&dir) {
+            tracing::warn!("iteration {it}: plots not drawn: {e}");
+        }
+        let done = DoneManifest {
+            iteration: it,
+            policy: policy_dir.to_path_buf(),
+            model: report.model.clone(),
+            pool: report.pool.path.clone(),
+            pool_size: report.pool.size,
+            config_hash: self.config_hash.clone(),
+        };
+        write_json(&dir.join("done.json"), &done)?;
+        Ok(report)
+    }
+
+    /// Every iteration; finished ones (`done.json`) are read back, not redone.
+    pub fn run(&self) -> Result<RsOutcome> {
+        let start = Instant::now();
+        let mut reports: Vec<IterationReport> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut policy = self.cfg.policy.clone();
+        for it in 1..=self.cfg.iterations {
+            let dir = self.iter_dir(it);
+            let report = if dir.join("done.json").exists() {
+                tracing::info!("iteration {it}: already done ({}), skipped", dir.join("done.json").display());
+                skipped.push(it);
+                read_json::<IterationReport>(&dir.join("report.json"))?
+            } else {
+                let prev = (it > 1).then(|| self.iter_dir(it - 1).join("eval-after.json"));
+                self.iteration(it, &policy, prev.as_deref())?
+            };
+            policy = report.model.clone();
+            reports.push(report);
+        }
+        let last = reports.last().expect("at least one iteration");
+        write_json(&self.out.join("report.json"), &serde_json::json!({ "iterations": reports }))?;
+        write_atomic(&self.out.join("report.md"), run_markdown(&reports).as_bytes())?;
+        let outcome = RsOutcome {
+            final_model: last.model.clone(),
+            pool: self.out.join("pool.jsonl"),
+            pool_size: last.pool.size,
+            iterations: reports.len(),
+            skipped_iterations: skipped,
+            report: self.out.join("report.md"),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        // The top-level pool is the last iteration's.
+        let text = std::fs::read(&last.pool.path).map_err(|e| RsError::io(&last.pool.path, e))?;
+        write_atomic(&self.out.join("pool.jsonl"), &text)?;
+        write_json(&self.out.join("summary.json"), &outcome)?;
+        Ok(outcome)
+    }
+}
+
+/// Prepares and runs rejection sampling into `out` (see the module docs for the layout).
+pub fn run(cfg: &RejectionSamplingConfig, tok: &Tokenizer, out: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<RsOutcome> {
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n as i32);
+    }
+    RejectionSampler::prepare(cfg, tok, out, resume, extra_files)?.run()
+}

@@ -1,0 +1,195 @@
+//! Best-of-K sampling and scoring of one prompt batch: each prompt is prefilled once and its KV
+//! cache expanded to K rows (`num_samples`), every reply is scored by the reward models, and the
+//! samples are ranked by Llama 2's combined reward `R_c` (Section 3.2.3).
+use crate::error::Result;
+use crate::select::{best_index, prompt_key, PromptSamples, Sample};
+use datasets::PromptRecord;
+use llama::{generate, Llama, SamplingParams, Tokenizer};
+use reward::combine::{combined, response_tokens, score_sequences, sigmoid};
+use reward::RewardModel;
+use std::path::Path;
+use std::time::Instant;
+use tch::{nn, Device, Kind};
+
+/// The helpfulness and/or safety reward model, and how their scores combine.
+pub struct Scorer {
+    helpfulness: Option<(nn::VarStore, RewardModel)>,
+    safety: Option<(nn::VarStore, RewardModel)>,
+    pub threshold: f64,
+    pub max_len: usize,
+    pub batch: usize,
+    device: Device,
+}
+
+/// Scores of one reply: sigmoid helpfulness and safety (where a model is given) and `R_c`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    pub helpfulness: Option<f64>,
+    pub safety: Option<f64>,
+    pub reward: f64,
+}
+
+fn load_rm(dir: &Path, device: Device, kind: Kind, what: &str) -> Result<(nn::VarStore, RewardModel)> {
+    let (vs, rm, fresh) = RewardModel::load(dir, device, kind, 0)?;
+    if fresh {
+        tracing::warn!("{what} reward model {} has no score head (a causal LM?): its scores are random", dir.display());
+    }
+    Ok((vs, rm))
+}
+
+impl Scorer {
+    pub fn load(helpfulness: Option<&Path>, safety: Option<&Path>, device: Device, kind: Kind, threshold: f64, max_len: usize, batch: usize) -> Result<Self> {
+        Ok(Scorer {
+            helpfulness: helpfulness.map(|d| load_rm(d, device, kind, "helpfulness")).transpose()?,
+            safety: safety.map(|d| load_rm(d, device, kind, "safety")).transpose()?,
+            threshold,
+            max_len,
+            batch,
+            device,
+        })
+    }
+
+    /// Scores each `(prompt, reply)`; `is_safety[i]` tags prompt i as Llama 2's IS_SAFETY(p).
+    pub fn score(&self, tok: &Tokenizer, items: &[(&PromptRecord, &str)]) -> Result<Vec<Scores>> {
+        let seqs = items
+            .iter()
+            .map(|(p, r)| response_tokens(tok, &p.prompt, r, self.max_len))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Sorting by length keeps padding low inside each reward-model batch.
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        let sorted: Vec<Vec<u32>> = order.iter().map(|&i| seqs[i].clone()).collect();
+        let run = |m: &Option<(nn::VarStore, RewardModel)>| -> Result<Option<Vec<f64>>> {
+            let Some((_, rm)) = m else { return Ok(None) };
+            let raw = score_sequences(rm, &sorted, self.device, self.batch)?;
+            let mut out = vec![0.0; raw.len()];
+            for (&i, r) in order.iter().zip(raw) {
+                out[i] = sigmoid(r);
+            }
+            Ok(Some(out))
+        };
+        let h = run(&self.helpfulness)?;
+        let s = run(&self.safety)?;
+        Ok((0..items.len())
+            .map(|i| {
+                let (hi, si) = (h.as_ref().map(|v| v[i]), s.as_ref().map(|v| v[i]));
+                Scores { helpfulness: hi, safety: si, reward: combined(si, hi, items[i].0.is_safety, self.threshold) }
+            })
+            .collect())
+    }
+}
+
+/// What sampling a batch needs besides the prompts.
+pub struct SampleSpec {
+    pub k: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: i64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub iteration: usize,
+    pub require_finished: bool,
+}
+
+/// K samples of every prompt of the batch, scored and with the winner marked. Prompts whose
+/// encoding plus `max_new_tokens` exceeds the model's context come back skipped (no samples).
+pub fn sample_batch(policy: &Llama, scorer: &Scorer, tok: &Tokenizer, prompts: &[&PromptRecord], spec: &SampleSpec) -> Result<Vec<PromptSamples>> {
+    let limit = policy.cfg.max_position_embeddings as usize;
+    let mut ids = Vec::with_capacity(prompts.len());
+    let mut fits = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let x = llama::chat::encode_prompt(tok, &p.prompt)?;
+        fits.push(x.len() + spec.max_new_tokens <= limit);
+        if x.len() + spec.max_new_tokens <= limit {
+            ids.push(x);
+        }
+    }
+    let params = SamplingParams {
+        max_new_tokens: spec.max_new_tokens,
+        temperature: spec.temperature,
+        top_p: spec.top_p,
+        top_k: spec.top_k,
+        seed: spec.seed,
+        stop_at_eos: true,
+        eos_token_id: policy.cfg.eos_token_id,
+        num_samples: spec.k,
+    };
+    let t0 = Instant::now();
+    let out = generate(policy, &ids, &params)?;
+    let gen_seconds = t0.elapsed().as_secs_f64();
+    let sampled: Vec<&PromptRecord> = prompts.iter().zip(&fits).filter(|(_, &f)| f).map(|(p, _)| *p).collect();
+    let texts = out.tokens.iter().map(|t| tok.decode(t).map(|s| s.trim().to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
+    let t1 = Instant::now();
+    let items: Vec<(&PromptRecord, &str)> = texts.iter().enumerate().map(|(r, t)| (sampled[r / spec.k], t.as_str())).collect();
+    let scores = scorer.score(tok, &items)?;
+    let score_seconds = t1.elapsed().as_secs_f64();
+    let share = 1.0 / sampled.len().max(1) as f64;
+
+    let mut results = Vec::with_capacity(prompts.len());
+    let mut next = 0usize;
+    for (p, &fit) in prompts.iter().zip(&fits) {
+        let mut r = PromptSamples {
+            key: prompt_key(&p.prompt),
+            prompt: p.prompt.clone(),
+            is_safety: p.is_safety,
+            iteration: spec.iteration,
+            temperature: spec.temperature,
+            samples: Vec::new(),
+            best: None,
+            skipped: None,
+            generation_seconds: 0.0,
+            scoring_seconds: 0.0,
+        };
+        if !fit {
+            r.skipped = Some(format!("prompt + max_new_tokens exceeds the model's {limit} positions"));
+            results.push(r);
+            continue;
+        }
+        for j in 0..spec.k {
+            let row = next * spec.k + j;
+            let s = scores[row];
+            r.samples.push(Sample {
+                text: texts[row].clone(),
+                tokens: out.tokens[row].len(),
+                finished: out.finished[row],
+                reward: s.reward,
+                helpfulness: s.helpfulness,
+                safety: s.safety,
+            });
+        }
+        r.best = best_index(&r.samples, spec.require_finished);
+        r.generation_seconds = gen_seconds * share;
+        r.scoring_seconds = score_seconds * share;
+        next += 1;
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// A stream seed for (iteration, batch, temperature), so that each batch samples the same way
+/// whether or not the run was interrupted before it.
+pub fn batch_seed(seed: u64, iteration: usize, batch: usize, temperature: f64) -> u64 {
+    let mut x = seed ^ 0x5253_5f53_4545_4400; // "RS_SEED"
+    for v in [iteration as u64, batch as u64, temperature.to_bits()] {
+        x = x.wrapping_add(v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_seeds_differ_and_repeat() {
+        let a = batch_seed(0, 1, 0, 1.0);
+        assert_eq!(a, batch_seed(0, 1, 0, 1.0));
+        assert_ne!(a, batch_seed(0, 1, 1, 1.0));
+        assert_ne!(a, batch_seed(0, 2, 0, 1.0));
+        assert_ne!(a, batch_seed(0, 1, 0, 1.2));
+        assert_ne!(a, batch_seed(1, 1, 0, 1.0));
+    }
+}

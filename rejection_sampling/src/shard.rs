@@ -1,0 +1,201 @@
+//! The resumable sample log: one JSON line per prompt with all K samples and their scores,
+//! appended a prompt batch at a time and fsync'd, so a killed run loses at most the batch it was
+//! generating. Reopening drops a torn last line (a write cut by the kill) and reports which
+//! prompts are done; the sampler then skips them.
+use crate::error::{Result, RsError};
+use crate::select::PromptSamples;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct SampleLog {
+    path: PathBuf,
+    file: File,
+    records: Vec<PromptSamples>,
+    done: HashSet<String>,
+}
+
+impl SampleLog {
+    /// Opens (or creates) the log, reading the records already in it. A last line that is not
+    /// newline-terminated or not valid JSON is the tail of an interrupted write: it is cut off.
+    /// A bad line anywhere else is an error.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |e| RsError::io(path, e);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| RsError::io(dir, e))?;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let mut records = Vec::new();
+        let mut good_len = 0usize;
+        let mut start = 0usize;
+        let mut line_no = 0usize;
+        while start < bytes.len() {
+            line_no += 1;
+            let end = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p);
+            let last = end.is_none_or(|e| e + 1 == bytes.len());
+            let line = &bytes[start..end.unwrap_or(bytes.len())];
+            match serde_json::from_slice::<PromptSamples>(line) {
+                Ok(r) if end.is_some() => {
+                    records.push(r);
+                    good_len = end.unwrap_or(0) + 1;
+                }
+                Ok(_) => {
+                    tracing::warn!("{}: line {line_no} was cut off by an interrupted write; dropped", path.display());
+                }
+                Err(e) if last => {
+                    tracing::warn!("{}: line {line_no} is incomplete ({e}); dropped (the run was interrupted)", path.display());
+                }
+                Err(e) => return Err(RsError::Shard { path: path.into(), line: line_no, msg: e.to_string() }),
+            }
+            match end {
+                Some(e) => start = e + 1,
+                None => break,
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io)?;
+        if good_len < bytes.len() {
+            file.set_len(good_len as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        let done = records.iter().map(|r| r.key.clone()).collect();
+        Ok(SampleLog { path: path.into(), file, records, done })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_done(&self, key: &str) -> bool {
+        self.done.contains(key)
+    }
+
+    pub fn done(&self) -> &HashSet<String> {
+        &self.done
+    }
+
+    /// Every record, in the order written.
+    pub fn records(&self) -> &[PromptSamples] {
+        &self.records
+    }
+
+    pub fn into_records(self) -> Vec<PromptSamples> {
+        self.records
+    }
+
+    /// Appends a batch in one write and fsyncs it. Records whose prompt is already logged are
+    /// skipped, so the log holds each prompt once.
+    pub fn append(&mut self, batch: Vec<PromptSamples>) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut fresh = Vec::new();
+        for r in batch {
+            if self.done.contains(&r.key) {
+                continue;
+            }
+            serde_json::to_writer(&mut buf, &r).map_err(|e| RsError::Shard { path: self.path.clone(), line: self.records.len() + 1, msg: e.to_string() })?;
+            buf.push(b'\n');
+            fresh.push(r);
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&buf).map_err(|e| RsError::io(&self.path, e))?;
+        self.file.sync_data().map_err(|e| RsError::io(&self.path, e))?;
+        for r in fresh {
+            self.done.insert(r.key.clone());
+            self.records.push(r);
+        }
+        Ok(())
+    }
+}
+
+/// Batches of prompt indices still to sample: batch b holds indices `[b*size, (b+1)*size)` of the
+/// prompt list, minus those already done; fully done batches are left out. Batches are fixed by
+/// position so that each keeps its seed across restarts.
+pub fn pending_batches(keys: &[String], batch_size: usize, done: &HashSet<String>) -> Vec<(usize, Vec<usize>)> {
+    let size = batch_size.max(1);
+    (0..keys.len().div_ceil(size))
+        .filter_map(|b| {
+            let idx: Vec<usize> = (b * size..((b + 1) * size).min(keys.len())).filter(|&i| !done.contains(&keys[i])).collect();
+            (!idx.is_empty()).then_some((b, idx))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::{prompt_key, Sample};
+    use llama::Message;
+
+    fn rec(text: &str) -> PromptSamples {
+        let prompt = vec![Message::user(text)];
+        PromptSamples {
+            key: prompt_key(&prompt),
+            prompt,
+            is_safety: false,
+            iteration: 1,
+            temperature: 1.0,
+            samples: vec![Sample { text: "x".into(), tokens: 1, finished: true, reward: 0.5, helpfulness: Some(0.5), safety: None }],
+            best: Some(0),
+            skipped: None,
+            generation_seconds: 0.1,
+            scoring_seconds: 0.01,
+        }
+    }
+
+    #[test]
+    fn reopen_keeps_done_prompts_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples-iter1.jsonl");
+        let mut log = SampleLog::open(&path).unwrap();
+        log.append(vec![rec("a"), rec("b")]).unwrap();
+        log.append(vec![rec("c"), rec("a")]).unwrap(); // "a" is already logged
+        drop(log);
+        let intact = std::fs::read(&path).unwrap();
+        assert_eq!(intact.iter().filter(|&&b| b == b'\n').count(), 3);
+        // A kill in the middle of the next write leaves half a line.
+        let mut torn = intact.clone();
+        torn.extend_from_slice(br#"{"key":"[{\"role\":\"user\",\"content\":\"d\"}]","prompt":[{"ro"#);
+        std::fs::write(&path, &torn).unwrap();
+
+        let mut log = SampleLog::open(&path).unwrap();
+        assert_eq!(log.records().len(), 3);
+        assert!(log.is_done(&prompt_key(&[Message::user("b")])));
+        assert!(!log.is_done(&prompt_key(&[Message::user("d")])));
+        assert_eq!(std::fs::read(&path).unwrap(), intact, "the torn tail is cut off");
+        log.append(vec![rec("d")]).unwrap();
+        drop(log);
+        let log = SampleLog::open(&path).unwrap();
+        let texts: Vec<&str> = log.records().iter().map(|r| r.prompt[0].content.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_complete_last_line_without_newline_is_dropped_and_a_bad_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let line = serde_json::to_string(&rec("a")).unwrap();
+        // The write stopped right before its newline: the line may be incomplete as data; resample it.
+        std::fs::write(&path, format!("{line}\n{line}")).unwrap();
+        assert_eq!(SampleLog::open(&path).unwrap().records().len(), 1);
+        std::fs::write(&path, format!("{line}\nnot json\n{line}\n")).unwrap();
+        let err = SampleLog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn pending_batches_skip_done_prompts_and_keep_positions() {
+        let keys: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        let none = HashSet::new();
+        assert_eq!(pending_batches(&keys, 2, &none), vec![(0, vec![0, 1]), (1, vec![2, 3]), (2, vec![4])]);
+        let done: HashSet<String> = ["a", "b", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pending_batches(&keys, 2, &done), vec![(1, vec![2]), (2, vec![4])]);
+        let all: HashSet<String> = keys.iter().cloned().collect();
+        assert!(pending_batches(&keys, 2, &all).is_empty());
+    }
+}

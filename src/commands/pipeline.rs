@@ -1,0 +1,382 @@
+//! `rlhf pipeline run CONFIG --out DIR` and `rlhf pipeline status DIR`: the Llama 2 recipe as one
+//! config. Stages run in order, each in `DIR/<name>/` with a `manifest.json` (fingerprint of its
+//! resolved config and of its inputs, outputs, metrics, wall time). A stage whose manifest matches
+//! is skipped; a changed config or input re-runs it and, through the fingerprints, everything
+//! downstream; an interrupted stage resumes from its own checkpoints.
+//!
+//! Config: `[pipeline]` (`eval_prompts`: held-out prompts for the ground-truth report) and
+//! `[[stages]]` tables with `name`, `kind` and a `config` table in that stage's own format.
+//! Strings may name earlier stages: `${sft}` is the output of stage `sft` (its model folder, or
+//! the data folder of a `demo_data` stage) and `${sft.dir}` its folder.
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use training::runner::fnv1a;
+
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Run (or resume) every stage of a pipeline config.
+    Run(RunArgs),
+    /// Print the stage table of a pipeline folder.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    pub config: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override a value of the pipeline config (`stages.sft.config.train.lr=1e-3` addresses a stage by name).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineConfig {
+    #[serde(default)]
+    pipeline: PipelineSection,
+    stages: Vec<StageSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineSection {
+    /// Held-out prompts for the ground-truth evaluation of every policy stage (demo world).
+    #[serde(default)]
+    eval_prompts: Option<String>,
+    /// Reply budget of that evaluation.
+    #[serde(default = "default_eval_tokens")]
+    eval_max_new_tokens: usize,
+    #[serde(default = "default_device")]
+    device: String,
+}
+
+fn default_eval_tokens() -> usize {
+    48
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageSpec {
+    name: String,
+    kind: String,
+    #[serde(default = "empty_table")]
+    config: toml::Value,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
+}
+
+/// What a finished stage left behind (`DIR/<name>/manifest.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub kind: String,
+    pub fingerprint: String,
+    pub config: serde_json::Value,
+    pub inputs: BTreeMap<String, String>,
+    /// The stage's output (a model or data folder).
+    pub output: PathBuf,
+    pub metrics: serde_json::Value,
+    pub ground_truth: Option<serde_json::Value>,
+    pub wall_seconds: f64,
+}
+
+const KINDS: &[&str] = &["demo_data", "init", "sft", "reward", "rejection_sampling", "ppo"];
+
+pub fn run(c: PipelineCommand) -> Result<()> {
+    match c {
+        PipelineCommand::Run(a) => run_pipeline(a),
+        PipelineCommand::Status(a) => status(&a.dir),
+    }
+}
+
+fn load_config(path: &Path, sets: &[String]) -> Result<PipelineConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut value = toml::Value::Table(text.parse::<toml::Table>().with_context(|| format!("{}: invalid TOML", path.display()))?);
+    for s in sets {
+        // `stages.<name>.x=v` addresses a stage by name.
+        let rewritten = match s.strip_prefix("stages.") {
+            Some(rest) => {
+                let (name, tail) = rest.split_once('.').with_context(|| format!("--set {s}: expected stages.<name>.<key>=<value>"))?;
+                let stages = value.get("stages").and_then(|v| v.as_array()).context("config has no [[stages]]")?;
+                let idx = stages.iter().position(|st| st.get("name").and_then(|n| n.as_str()) == Some(name)).with_context(|| format!("--set {s}: no stage named {name}"))?;
+                let (key, v) = tail.split_once('=').with_context(|| format!("--set {s}: expected key=value"))?;
+                let stage = value["stages"].as_array_mut().expect("checked above").get_mut(idx).expect("index found above");
+                super::config::apply_set(stage, &format!("{key}={v}"))?;
+                continue;
+            }
+            None => s.clone(),
+        };
+        super::config::apply_set(&mut value, &rewritten)?;
+    }
+    let cfg: PipelineConfig = value.try_into().with_context(|| format!("{}: invalid pipeline config", path.display()))?;
+    let mut seen = std::collections::HashSet::new();
+    for s in &cfg.stages {
+        if !KINDS.contains(&s.kind.as_str()) {
+            bail!("{}: stage {}: unknown kind {:?} (expected one of {})", path.display(), s.name, s.kind, KINDS.join(", "));
+        }
+        if !seen.insert(s.name.clone()) {
+            bail!("{}: two stages are named {}", path.display(), s.name);
+        }
+    }
+    Ok(cfg)
+}
+
+/// Replaces `${name}` / `${name.dir}` in every string; returns the names referenced.
+fn substitute(v: &mut toml::Value, outputs: &BTreeMap<String, (PathBuf, PathBuf)>, used: &mut Vec<String>) -> Result<()> {
+    match v {
+        toml::Value::String(s) => {
+            while let Some(start) = s.find("${") {
+                let end = s[start..].find('}').map(|e| start + e).with_context(|| format!("unclosed ${{ in {s:?}"))?;
+                let key = s[start + 2..end].to_string();
+                let (name, field) = key.split_once('.').unwrap_or((&key, "out"));
+                let (out, dir) = outputs.get(name).with_context(|| format!("{s:?} names stage {name:?}, which does not run before it"))?;
+                let path = if field == "dir" { dir } else { out };
+                s.replace_range(start..=end, &path.display().to_string());
+                used.push(name.to_string());
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().try_for_each(|x| substitute(x, outputs, used))?,
+        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, x)| substitute(x, outputs, used))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()
+}
+
+fn run_pipeline(a: RunArgs) -> Result<()> {
+    let cfg = load_config(&a.config, &a.sets)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut outputs: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
+    let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
+    let mut manifests = Vec::new();
+    let t0 = Instant::now();
+    for spec in &cfg.stages {
+        let dir = a.out.join(&spec.name);
+        let mut resolved = spec.config.clone();
+        let mut used = Vec::new();
+        substitute(&mut resolved, &outputs, &mut used).with_context(|| format!("stage {}", spec.name))?;
+        used.sort();
+        used.dedup();
+        let inputs: BTreeMap<String, String> = used.iter().map(|n| (n.clone(), fingerprints[n].clone())).collect();
+        let config_json = serde_json::to_value(&resolved)?;
+        let fingerprint = fnv1a(format!("{}|{}|{}", spec.kind, config_json, serde_json::to_string(&inputs)?).as_bytes());
+        let manifest = match read_manifest(&dir) {
+            Some(m) if m.fingerprint == fingerprint && m.output.exists() => {
+                tracing::info!("pipeline: {} is up to date, skipped", spec.name);
+                m
+            }
+            _ => {
+                prepare_dir(&dir, &fingerprint)?;
+                tracing::info!("pipeline: running {} ({})", spec.name, spec.kind);
+                let start = Instant::now();
+                let (output, metrics) = run_stage(&spec.kind, resolved, &dir).with_context(|| format!("stage {} ({})", spec.name, spec.kind))?;
+                let ground_truth = match (&cfg.pipeline.eval_prompts, is_policy(&spec.kind)) {
+                    (Some(p), true) => Some(ground_truth(&output, &resolve_str(p, &outputs)?, &cfg.pipeline)?),
+                    _ => None,
+                };
+                let m = Manifest {
+                    name: spec.name.clone(),
+                    kind: spec.kind.clone(),
+                    fingerprint: fingerprint.clone(),
+                    config: config_json,
+                    inputs,
+                    output,
+                    metrics,
+                    ground_truth,
+                    wall_seconds: start.elapsed().as_secs_f64(),
+                };
+                llama::checkpoint::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m)?.as_bytes())?;
+                m
+            }
+        };
+        let out_dir = dir.clone();
+        outputs.insert(spec.name.clone(), (manifest.output.clone(), out_dir));
+        fingerprints.insert(spec.name.clone(), manifest.fingerprint.clone());
+        manifests.push(manifest);
+    }
+    write_report(&a.out, &manifests)?;
+    println!("{}", serde_json::json!({"out": a.out, "stages": manifests.len(), "seconds": t0.elapsed().as_secs_f64(), "report": a.out.join("report.md")}));
+    Ok(())
+}
+
+fn resolve_str(s: &str, outputs: &BTreeMap<String, (PathBuf, PathBuf)>) -> Result<PathBuf> {
+    let mut v = toml::Value::String(s.to_string());
+    substitute(&mut v, outputs, &mut Vec::new())?;
+    Ok(PathBuf::from(v.as_str().unwrap_or_default()))
+}
+
+/// A stage folder holds the work of one fingerprint: a folder left by another config is cleared,
+/// one left by an interrupted run of the same config is kept (the stage resumes from it).
+fn prepare_dir(dir: &Path, fingerprint: &str) -> Result<()> {
+    let marker = dir.join(".fingerprint");
+    let same = std::fs::read_to_string(&marker).map(|f| f.trim() == fingerprint).unwrap_or(false);
+    if dir.exists() && !same {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    llama::checkpoint::write_atomic(&marker, fingerprint.as_bytes())?;
+    let _ = std::fs::remove_file(dir.join("manifest.json"));
+    Ok(())
+}
+
+fn is_policy(kind: &str) -> bool {
+    matches!(kind, "init" | "sft" | "rejection_sampling" | "ppo")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: toml::Value) -> Result<T> {
+    Ok(v.try_into()?)
+}
+
+/// Runs one stage in `dir`; returns its output path and summary metrics.
+fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    match kind {
+        "demo_data" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct DemoCfg {
+                #[serde(default = "d_sft")]
+                sft: usize,
+                #[serde(default = "d_pairs")]
+                pairs: usize,
+                #[serde(default = "d_prompts")]
+                prompts: usize,
+                #[serde(default)]
+                seed: u64,
+            }
+            fn d_sft() -> usize { 4000 }
+            fn d_pairs() -> usize { 6000 }
+            fn d_prompts() -> usize { 600 }
+            let c: DemoCfg = parse(cfg)?;
+            let out = dir.join("data");
+            let m = datasets::demo::write_demo(&out, datasets::demo::DemoSizes { sft: c.sft, pairs: c.pairs, prompts: c.prompts }, c.seed)?;
+            Ok((out, serde_json::to_value(&m)?))
+        }
+        "init" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct InitCfg {
+                preset: String,
+                #[serde(default)]
+                seed: u64,
+            }
+            let c: InitCfg = parse(cfg)?;
+            let out = dir.join("model");
+            super::init::init_model(&c.preset, c.seed, "float32", &out)?;
+            Ok((out, serde_json::json!({"preset": c.preset})))
+        }
+        "sft" => {
+            let c: sft::SftConfig = parse(cfg)?;
+            c.validate().map_err(anyhow::Error::msg)?;
+            let o = super::sft::run_config(&c, dir, true)?;
+            Ok((o.final_model.clone(), serde_json::to_value(&o)?))
+        }
+        "reward" => {
+            let c: reward::RewardConfig = parse(cfg)?;
+            c.validate().map_err(anyhow::Error::msg)?;
+            let (r, report) = super::reward::train_config(&c, dir, true)?;
+            Ok((r.final_model.clone(), serde_json::json!({"run": r, "eval": report})))
+        }
+        other => super::pipeline_stages::run_stage(other, cfg, dir),
+    }
+}
+
+/// Ground-truth helpfulness, safety and false refusals of a policy on held-out demo prompts.
+fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<serde_json::Value> {
+    let tok = super::tokenizer_for(model)?;
+    let recs: Vec<datasets::PromptRecord> = datasets::io::read_all(prompts).with_context(|| format!("reading {}", prompts.display()))?;
+    let (device, kind) = super::device_and_kind(&p.device, None)?;
+    let (_vs, m) = llama::checkpoint::load_causal_lm(model, device, kind)?;
+    let ev = training::demo_eval::evaluate_policy(&m, &tok, &recs, &training::demo_eval::greedy(p.eval_max_new_tokens, m.cfg.eos_token_id), 32)?;
+    Ok(serde_json::json!({
+        "helpful": ev.scores.helpful_rate,
+        "safe": ev.scores.safe_rate,
+        "false_refusal": ev.scores.false_refusal_rate,
+        "n": ev.scores.n,
+        "samples": ev.samples.iter().take(4).collect::<Vec<_>>(),
+    }))
+}
+
+fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
+    let stages: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds,
+                "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({"stages": stages});
+    llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let mut md = String::from("# Pipeline report\n\n## Ground truth on held-out demo prompts\n\n| stage | kind | helpful | safe | false refusal | wall s |\n|---|---|---|---|---|---|\n");
+    let (mut groups, mut h, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in manifests {
+        let gt = |k: &str| m.ground_truth.as_ref().and_then(|g| g[k].as_f64());
+        let fmt = |x: Option<f64>| x.map(|v| format!("{:.3}", v)).unwrap_or_else(|| "–".into());
+        md += &format!("| {} | {} | {} | {} | {} | {:.0} |\n", m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")), m.wall_seconds);
+        if m.ground_truth.is_some() {
+            groups.push(m.name.clone());
+            h.push(gt("helpful").unwrap_or(f64::NAN));
+            s.push(gt("safe").unwrap_or(f64::NAN));
+            f.push(gt("false_refusal").unwrap_or(f64::NAN));
+        }
+    }
+    let rm: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "reward").collect();
+    if !rm.is_empty() {
+        md += "\n## Reward models: test accuracy by rating (Llama 2 Table 8 layout)\n\n| RM | significantly better | better | slightly better | negligibly better / unsure | avg |\n|---|---|---|---|---|---|\n";
+        for m in rm {
+            let ev = &m.metrics["eval"];
+            let bins: Vec<String> = ev["by_rating"].as_array().map(|a| a.iter().map(|b| format!("{:.1}", 100.0 * b[1]["accuracy"].as_f64().unwrap_or(f64::NAN))).collect()).unwrap_or_default();
+            md += &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    if !groups.is_empty() {
+        let png = out.join("ground_truth.png");
+        training::plot::bar_chart(&png, "Ground truth on held-out prompts", "rate", &groups, &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)])?;
+        md += "\n![ground truth per stage](ground_truth.png)\n";
+    }
+    md += "\nPer-stage curves: `<stage>/curves.png`; manifests: `<stage>/manifest.json`.\n";
+    llama::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    Ok(())
+}
+
+fn status(dir: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    entries.sort_by_key(|p| std::fs::metadata(p.join(".fingerprint")).and_then(|m| m.modified()).ok());
+    println!("{:<22} {:<20} {:<12} {:>8}  {}", "stage", "kind", "status", "wall s", "ground truth (helpful/safe/false refusal)");
+    for p in entries {
+        let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        match read_manifest(&p) {
+            Some(m) => {
+                let gt = m.ground_truth.as_ref().map(|g| format!("{:.3}/{:.3}/{:.3}", g["helpful"].as_f64().unwrap_or(f64::NAN), g["safe"].as_f64().unwrap_or(f64::NAN), g["false_refusal"].as_f64().unwrap_or(f64::NAN))).unwrap_or_default();
+                println!("{:<22} {:<20} {:<12} {:>8.0}  {}", name, m.kind, "done", m.wall_seconds, gt);
+                rows.push(serde_json::json!({"stage": name, "status": "done"}));
+            }
+            None if p.join(".fingerprint").exists() => {
+                let step = training::checkpoint::CheckpointManager::new(&p, 1).latest().ok().flatten().map(|c| c.display().to_string()).unwrap_or_else(|| "no checkpoint".into());
+                println!("{:<22} {:<20} {:<12} {:>8}  {}", name, "?", "interrupted", "-", step);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
