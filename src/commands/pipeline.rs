@@ -95,7 +95,7 @@ pub struct Manifest {
     pub wall_seconds: f64,
 }
 
-const KINDS: &[&str] = &["demo_data", "init", "sft", "reward", "rejection_sampling", "ppo"];
+const KINDS: &[&str] = &["demo_data", "mix", "init", "sft", "reward", "rejection_sampling", "ppo"];
 
 pub fn run(c: PipelineCommand) -> Result<()> {
     match c {
