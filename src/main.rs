@@ -19,9 +19,13 @@ enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Supervised fine-tuning (Llama 2 Section 3.1).
     Sft(commands::sft::SftArgs),
+    /// PPO with the Llama 2 combined reward and KL to the initial policy (Section 3.2.3).
+    Ppo(commands::ppo::PpoArgs),
     /// Reward models: train, eval, score (Llama 2 Section 3.2.2).
     #[command(subcommand)]
     Reward(commands::reward::RewardCommand),
+    /// Rejection sampling: best-of-K by reward, then SFT on the winners (Llama 2 Section 3.2.3).
+    RejectionSampling(commands::rejection_sampling::RsArgs),
     /// The whole recipe from one config: run (or resume) it, or show its status.
     #[command(subcommand)]
     Pipeline(commands::pipeline::PipelineCommand),
@@ -63,6 +67,8 @@ fn main() {
         Command::Sft(a) => commands::sft::run(a),
         Command::Pipeline(c) => commands::pipeline::run(c),
         Command::Reward(c) => commands::reward::run(c),
+        Command::Ppo(a) => commands::ppo::run(a),
+        Command::RejectionSampling(a) => commands::rejection_sampling::run(a),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Convert(a) => commands::convert::run(a),

@@ -82,7 +82,8 @@ pub fn token_rewards(kl: &Tensor, scores: &Tensor, mask: &Tensor, kl_beta: f64) 
     let rewards = kl * (-kl_beta) * &m;
     let last = (m.sum_dim_intlist(1, false, Kind::Int64) - 1).clamp_min(0).unsqueeze(1);
     let add = Tensor::zeros_like(&rewards).scatter(1, &last, &scores.to_kind(rewards.kind()).unsqueeze(1));
-    rewards + add * m.sum_dim_intlist(1, true, rewards.kind()).gt(0.0).to_kind(rewards.kind())
+    let nonempty = m.sum_dim_intlist(1, true, kl.kind()).gt(0.0).to_kind(kl.kind());
+    rewards + add * nonempty
 }
 
 /// Generalised advantage estimation (Schulman et al. 2016) over `[B, T]`:

@@ -25,6 +25,8 @@ pub struct SeqBatch {
     pub response: Tensor,
     /// 1.0 on real response tokens, `[B, T]` float32.
     pub response_mask: Tensor,
+    /// Flat indices into `[B·T]` of the real response tokens (the LM head runs only there).
+    pub response_at: Tensor,
     /// Real (non-pad) tokens in the batch.
     pub num_tokens: usize,
 }
@@ -39,6 +41,7 @@ impl SeqBatch {
         let mut valid = vec![false; b * l];
         let mut resp = vec![0i64; b * t];
         let mut rmask = vec![0f32; b * t];
+        let mut at = Vec::new();
         let mut num_tokens = 0;
         for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
             let off = i * l + (lp - p.len());
@@ -48,6 +51,7 @@ impl SeqBatch {
             for (j, &x) in r.iter().enumerate() {
                 (ids[i * l + lp + j], valid[i * l + lp + j]) = (x as i64, true);
                 (resp[i * t + j], rmask[i * t + j]) = (x as i64, 1.0);
+                at.push((i * t + j) as i64);
             }
             num_tokens += p.len() + r.len();
         }
@@ -61,6 +65,7 @@ impl SeqBatch {
             prompt_len: lp as i64,
             response: Tensor::from_slice(&resp).view(bt).to_device(device),
             response_mask: Tensor::from_slice(&rmask).view(bt).to_device(device),
+            response_at: Tensor::from_slice(&at).to_device(device),
             num_tokens,
         }
     }
@@ -76,15 +81,24 @@ pub fn response_hidden(trunk: &Llama, b: &SeqBatch) -> Tensor {
     hidden.narrow(1, b.prompt_len - 1, b.response_len())
 }
 
-/// Temperature-scaled logits `[B, T, V]` (float32) of the response tokens: the sampler's
-/// `logits / T`, so their log-softmax is the distribution the rollout was drawn from.
-pub fn response_logits(model: &Llama, b: &SeqBatch, temperature: f64) -> Tensor {
-    model.lm_logits(&response_hidden(model, b)) / temperature
+/// Log-probabilities `[B, T]` of the response tokens under `model` at `temperature` (0 on
+/// padding), and the temperature-scaled logits `[n, V]` (float32) of the `n` real response tokens
+/// in row-major order. The logits are the sampler's `logits / T`, so their log-softmax is the
+/// distribution the rollout was drawn from; the LM head runs at real tokens only.
+pub fn response_logprobs_and_logits(model: &Llama, b: &SeqBatch, temperature: f64) -> (Tensor, Tensor) {
+    let h = response_hidden(model, b);
+    let d = h.size()[2];
+    let h = h.reshape([-1, d]).index_select(0, &b.response_at);
+    let logits = model.lm_logits(&h) / temperature;
+    let lp = logprobs_of(&logits, &b.response.reshape([-1]).index_select(0, &b.response_at));
+    let shape = b.response.size();
+    let full = Tensor::zeros([shape[0] * shape[1]], (Kind::Float, lp.device())).index_add(0, &b.response_at, &lp);
+    (full.view([shape[0], shape[1]]), logits)
 }
 
 /// Log-probabilities `[B, T]` of the response tokens under `model` at `temperature`.
 pub fn response_logprobs(model: &Llama, b: &SeqBatch, temperature: f64) -> Tensor {
-    logprobs_of(&response_logits(model, b, temperature), &b.response)
+    response_logprobs_and_logits(model, b, temperature).0
 }
 
 /// Per-token values `[B, T]` (float32): the scalar head applied to every state `s_t`.

@@ -8,7 +8,6 @@ use crate::reward::{combined_logit, RewardSource};
 use datasets::PromptRecord;
 use llama::{generate, SamplingParams, Tokenizer};
 use reward::combine::{response_tokens, score_sequences, sigmoid};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use training::TrainError;
 
@@ -116,20 +115,31 @@ pub struct Rollout {
     pub scoring_seconds: f64,
 }
 
-/// Reference log-probabilities and values of samples, computed in batches without gradient.
-pub fn reference_and_values(reference: &Policy, value: &ScalarModel, all: &[EncodedPrompt], samples: &[Sample], cfg: &PpoConfig, device: Device) -> (Tensor, Tensor) {
+/// A per-token quantity `[N, T]` of every sample (0 on padding), computed in batches of
+/// `batch` rows without gradient: `f` maps a batch to `[b, t]`.
+pub fn per_token(all: &[EncodedPrompt], samples: &[Sample], batch: usize, device: Device, f: impl Fn(&SeqBatch) -> Tensor) -> Tensor {
     let _g = tch::no_grad_guard();
     let t = samples.iter().map(|s| s.response.len()).max().unwrap_or(1).max(1) as i64;
-    let (mut refs, mut vals) = (Vec::new(), Vec::new());
-    for chunk in samples.chunks(cfg.generation_batch_size.max(1)) {
-        let prompts: Vec<&[u32]> = chunk.iter().map(|s| all[s.prompt].ids.as_slice()).collect();
-        let responses: Vec<&[u32]> = chunk.iter().map(|s| s.response.as_slice()).collect();
-        let b = SeqBatch::new(&prompts, &responses, device);
-        let pad = t - b.response_len();
-        refs.push((response_logprobs(&reference.model, &b, cfg.temperature) * &b.response_mask).constant_pad_nd([0, pad]));
-        vals.push((response_values(&value.model, &b) * &b.response_mask).constant_pad_nd([0, pad]));
-    }
-    (Tensor::cat(&refs, 0), Tensor::cat(&vals, 0))
+    let parts: Vec<Tensor> = samples
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let prompts: Vec<&[u32]> = chunk.iter().map(|s| all[s.prompt].ids.as_slice()).collect();
+            let responses: Vec<&[u32]> = chunk.iter().map(|s| s.response.as_slice()).collect();
+            let b = SeqBatch::new(&prompts, &responses, device);
+            (f(&b) * &b.response_mask).constant_pad_nd([0, t - b.response_len()])
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// Log-probabilities of the samples' tokens under the frozen reference, at `temperature`.
+pub fn reference_logprobs(reference: &Policy, all: &[EncodedPrompt], samples: &[Sample], temperature: f64, batch: usize, device: Device) -> Tensor {
+    per_token(all, samples, batch, device, |b| response_logprobs(&reference.model, b, temperature))
+}
+
+/// Values `V(s_t)` of the samples' states under the value model.
+pub fn values(value: &ScalarModel, all: &[EncodedPrompt], samples: &[Sample], batch: usize, device: Device) -> Tensor {
+    per_token(all, samples, batch, device, |b| response_values(&value.model, b))
 }
 
 impl Rollout {

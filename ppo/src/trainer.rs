@@ -9,9 +9,9 @@
 //! `Progress` and the config hash.
 use crate::checkpoint::{self as pck, Part, PpoState};
 use crate::config::PpoConfig;
-use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance, logprobs_of, masked_mean};
-use crate::models::{response_logits, response_values, Policy, ScalarModel, SeqBatch};
-use crate::rollout::{reference_and_values, sample, score, EncodedPrompt, RewardModels, Rollout};
+use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance};
+use crate::models::{response_logprobs_and_logits, response_values, Policy, ScalarModel, SeqBatch};
+use crate::rollout::{pad_rows, reference_logprobs, sample, score, values, EncodedPrompt, RewardModels, Rollout};
 use datasets::demo::{aggregate, judge_messages};
 use llama::rng::SplitMix64;
 use llama::{SamplingParams, Tokenizer};
@@ -127,15 +127,16 @@ impl<'a> PpoTrainer<'a> {
         };
         let policy = Policy::load(&cfg.policy, device, kind)?;
         let reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
-        let load_rm = |p: &Option<PathBuf>| -> Result<Option<ScalarModel>> {
+        // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
+        let load_rm = |p: &Option<PathBuf>, salt: u64| -> Result<Option<ScalarModel>> {
             let Some(p) = p else { return Ok(None) };
-            let (m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed)?;
+            let (m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed ^ salt)?;
             if fresh {
                 tracing::warn!("{} has no score head: a random one scores the responses", p.display());
             }
             Ok(Some(m))
         };
-        let rms = RewardModels { helpfulness: load_rm(&cfg.helpfulness_rm)?, safety: load_rm(&cfg.safety_rm)? };
+        let rms = RewardModels { helpfulness: load_rm(&cfg.helpfulness_rm, 0x4E)?, safety: load_rm(&cfg.safety_rm, 0x5A)? };
         let value_init = cfg.value_model.as_ref().or(cfg.helpfulness_rm.as_ref()).or(cfg.safety_rm.as_ref()).expect("validated");
         let (value, fresh) = ScalarModel::load(value_init, device, kind, cfg.train.seed ^ 0x7A1)?;
         if fresh {
@@ -201,8 +202,10 @@ impl<'a> PpoTrainer<'a> {
         let generation_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         score(&self.rms, self.tok, &self.prompts, &mut samples, self.cfg, self.device)?;
-        let (ref_lp, values) = reference_and_values(&self.reference, &self.value, &self.prompts, &samples, self.cfg, self.device);
-        let mut ro = Rollout::new(samples, ref_lp, values, self.cfg, self.device);
+        let (cfg, b) = (self.cfg, self.cfg.generation_batch_size);
+        let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, self.device);
+        let vals = values(&self.value, &self.prompts, &samples, b, self.device);
+        let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
         ro.scoring_seconds = t1.elapsed().as_secs_f64();
         Ok(ro)
@@ -228,7 +231,7 @@ impl<'a> PpoTrainer<'a> {
                 let check = epoch == 0 && k == 0;
                 let (p, t) = self.policy_step(ro, mb, mb_tokens, check)?;
                 if check {
-                    max_diff = p.get("logprob_max_diff").copied();
+                    max_diff = p.iter().find(|(k, _)| *k == "logprob_max_diff").map(|(_, v)| *v);
                 }
                 let v = self.value_step(ro, mb, mb_tokens)?;
                 tokens += t;
@@ -278,8 +281,7 @@ impl<'a> PpoTrainer<'a> {
         for (b, idx) in self.micro_batches(ro, mb) {
             let t = b.response_len();
             let (old, adv, mask) = (Self::rows(&ro.old_logprobs, &idx, t), Self::rows(&ro.advantages, &idx, t), &b.response_mask);
-            let logits = response_logits(&self.policy.model, &b, cfg.temperature);
-            let lp = logprobs_of(&logits, &b.response);
+            let (lp, logits) = response_logprobs_and_logits(&self.policy.model, &b, cfg.temperature);
             let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
             let w = f64::try_from(mask.sum(Kind::Float))? / mb_tokens as f64;
             (&pl.loss * w).backward();
@@ -287,7 +289,7 @@ impl<'a> PpoTrainer<'a> {
             clip += pl.clip_frac * w;
             akl += pl.approx_kl * w;
             tch::no_grad(|| -> Result<()> {
-                ent += f64::try_from(masked_mean(&entropy_from_logits(&logits), mask))? * w;
+                ent += f64::try_from(entropy_from_logits(&logits).mean(Kind::Float))? * w;
                 if check {
                     let d = ((&lp - &old).abs() * mask).max();
                     diff = diff.max(f64::try_from(d)?);
@@ -352,10 +354,9 @@ impl<'a> PpoTrainer<'a> {
         score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device)?;
         let m = samples.len() as f64;
         let kl = if cfg.eval_temperature > 0.0 {
-            let eval_cfg = PpoConfig { temperature: cfg.eval_temperature, ..cfg.clone() };
-            let (ref_lp, _) = reference_and_values(&self.reference, &self.value, &self.eval_prompts, &samples, &eval_cfg, self.device);
+            let ref_lp = reference_logprobs(&self.reference, &self.eval_prompts, &samples, cfg.eval_temperature, cfg.generation_batch_size, self.device);
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
-            let lp = crate::rollout::pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
+            let lp = pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
             Some(f64::try_from((lp - ref_lp).sum(Kind::Float))? / m)
         } else {
             None

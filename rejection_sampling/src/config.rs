@@ -95,9 +95,25 @@ pub struct RejectionSamplingConfig {
     /// Reply budget of the evaluation (default: `max_new_tokens`).
     #[serde(default)]
     pub eval_max_new_tokens: Option<usize>,
+    /// Also evaluate sampled replies at this temperature (default: greedy only). Greedy
+    /// decoding hides how often a policy still complies when it samples; the Llama-2-Chat
+    /// reference samples at T = 0.6, top-p 0.9.
+    #[serde(default)]
+    pub eval_temperature: Option<f64>,
+    /// Nucleus sampling of the sampled evaluation.
+    #[serde(default = "default_eval_top_p")]
+    pub eval_top_p: f64,
+    /// Sampled replies per evaluation prompt.
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
     /// Prompts per evaluation generation call.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Demo world only: up to this many comparisons per prompt between the iteration's samples,
+    /// labeled by the ground-truth judges, into `iter{N}/judged_pairs.jsonl` (the on-policy
+    /// preference batch Llama 2 collects before each new reward model). 0 writes none.
+    #[serde(default = "default_judged_pairs")]
+    pub judged_pairs_per_prompt: usize,
     /// The fine-tune on the pool ("SFT-like", Section 3.2.3).
     #[serde(default)]
     pub finetune: FinetuneConfig,
@@ -202,6 +218,15 @@ fn default_device() -> String {
 fn default_eval_batch() -> usize {
     32
 }
+fn default_eval_top_p() -> f64 {
+    0.9
+}
+fn default_eval_samples() -> usize {
+    4
+}
+fn default_judged_pairs() -> usize {
+    8
+}
 fn default_eval_fraction() -> f64 {
     0.02
 }
@@ -232,8 +257,11 @@ impl RejectionSamplingConfig {
         if let Some(t) = self.temperatures.iter().chain(&self.temperature_sweep).find(|t| !(t.is_finite() && **t > 0.0)) {
             return Err(format!("temperature {t}: rejection sampling needs a positive temperature (0 is greedy: K identical samples)"));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err("`top_p` must be in (0, 1]".into());
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) || !(self.eval_top_p > 0.0 && self.eval_top_p <= 1.0) {
+            return Err("`top_p` and `eval_top_p` must be in (0, 1]".into());
+        }
+        if self.eval_temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) || self.eval_samples == 0 {
+            return Err("`eval_temperature` must be positive (leave it out for greedy only) and `eval_samples` at least 1".into());
         }
         if self.max_new_tokens == 0 {
             return Err("`max_new_tokens` must be at least 1".into());
@@ -321,6 +349,16 @@ mod tests {
             "policy": "p", "helpfulness_rm": "h", "prompts": ["x.jsonl"], "bestofk": 3
         }));
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        for name in ["rs-demo.toml", "rs-llama2-70b.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c: RejectionSamplingConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]

@@ -1,29 +1,56 @@
-//! The policy before and after a fine-tune, on held-out prompts: greedy replies scored by the
-//! reward models (any prompt set) and by the demo world's ground-truth judges (demo prompts).
-//! This is `training::demo_eval::evaluate_policy` plus the reward-model scores of the same
-//! replies, so the replies are generated once.
+//! The policy before and after a fine-tune, on held-out prompts: replies scored by the reward
+//! models (any prompt set) and by the demo world's ground-truth judges (demo prompts). Greedy
+//! replies always (`training::demo_eval::evaluate_policy`'s protocol, plus the reward-model scores
+//! of the same replies, so they are generated once); optionally also sampled replies, as a chat
+//! model is used (the Llama-2-Chat reference samples at T = 0.6, top-p 0.9): greedy decoding hides
+//! how often a policy still complies with a harmful request when it samples.
 use crate::error::Result;
 use crate::sampler::Scorer;
 use datasets::demo::{aggregate, judge_messages, DemoScores};
 use datasets::PromptRecord;
-use llama::{generate, Llama, Tokenizer};
+use llama::{generate, Llama, SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Scores of one set of replies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyEval {
-    pub model: PathBuf,
-    pub prompts: usize,
-    /// Mean `R_c` of the greedy replies.
+pub struct ReplyScores {
+    /// 0 for greedy.
+    pub temperature: f64,
+    /// Replies per prompt.
+    pub per_prompt: usize,
+    pub replies: usize,
+    /// Mean `R_c` of the replies.
     pub mean_reward: f64,
     pub mean_helpfulness: Option<f64>,
     pub mean_safety: Option<f64>,
     /// Ground truth on demo-world prompts (`None` when no prompt is from the demo world).
     pub demo: Option<DemoScores>,
-    /// A few (prompt, reply) pairs to read.
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyEval {
+    pub model: PathBuf,
+    pub prompts: usize,
+    /// Greedy replies.
+    pub greedy: ReplyScores,
+    /// Sampled replies, when configured.
+    #[serde(default)]
+    pub sampled: Option<ReplyScores>,
+    /// A few greedy (prompt, reply) pairs to read.
     pub samples: Vec<(String, String)>,
     pub seconds: f64,
+}
+
+/// How the evaluation decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSpec {
+    pub max_new_tokens: usize,
+    pub batch: usize,
+    /// `(temperature, replies per prompt, top_p)` of the sampled evaluation.
+    pub sampled: Option<(f64, usize, f64)>,
+    pub seed: u64,
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -31,43 +58,61 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
-pub fn evaluate(model_dir: PathBuf, policy: &Llama, scorer: &Scorer, tok: &Tokenizer, prompts: &[PromptRecord], max_new_tokens: usize, batch: usize) -> Result<PolicyEval> {
-    let start = Instant::now();
-    let params = training::demo_eval::greedy(max_new_tokens, policy.cfg.eos_token_id);
+/// Replies (`params.num_samples` per prompt) to every prompt that fits the context.
+fn replies<'p>(policy: &Llama, tok: &Tokenizer, prompts: &'p [PromptRecord], params: &SamplingParams, batch: usize) -> Result<Vec<(&'p PromptRecord, String)>> {
     let limit = policy.cfg.max_position_embeddings as usize;
-    let mut replies: Vec<(&PromptRecord, String)> = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch.max(1)) {
+    let mut out = Vec::new();
+    for (b, chunk) in prompts.chunks(batch.max(1)).enumerate() {
         let mut ids = Vec::new();
         let mut kept = Vec::new();
         for p in chunk {
             let x = llama::chat::encode_prompt(tok, &p.prompt)?;
-            if x.len() + max_new_tokens <= limit {
+            if x.len() + params.max_new_tokens <= limit {
                 ids.push(x);
                 kept.push(p);
             }
         }
-        let out = generate(policy, &ids, &params)?;
-        for (p, t) in kept.into_iter().zip(&out.tokens) {
-            replies.push((p, tok.decode(t)?.trim().to_string()));
+        let params = SamplingParams { seed: params.seed.wrapping_add(b as u64), ..params.clone() };
+        let gen = generate(policy, &ids, &params)?;
+        for (row, t) in gen.tokens.iter().enumerate() {
+            out.push((kept[row / params.num_samples], tok.decode(t)?.trim().to_string()));
         }
     }
+    Ok(out)
+}
+
+fn score(scorer: &Scorer, tok: &Tokenizer, replies: &[(&PromptRecord, String)], temperature: f64, per_prompt: usize) -> Result<ReplyScores> {
     let items: Vec<(&PromptRecord, &str)> = replies.iter().map(|(p, r)| (*p, r.as_str())).collect();
     let scores = scorer.score(tok, &items)?;
-    let judgements: Vec<_> = replies.iter().map(|(p, r)| judge_messages(&p.prompt, r)).collect();
-    let demo = aggregate(&judgements);
-    let samples = replies
-        .iter()
-        .take(12)
-        .map(|(p, r)| (p.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), r.clone()))
-        .collect();
-    Ok(PolicyEval {
-        model: model_dir,
-        prompts: replies.len(),
+    let demo = aggregate(&replies.iter().map(|(p, r)| judge_messages(&p.prompt, r)).collect::<Vec<_>>());
+    Ok(ReplyScores {
+        temperature,
+        per_prompt,
+        replies: replies.len(),
         mean_reward: mean(scores.iter().map(|s| s.reward)).unwrap_or(f64::NAN),
         mean_helpfulness: mean(scores.iter().filter_map(|s| s.helpfulness)),
         mean_safety: mean(scores.iter().filter_map(|s| s.safety)),
         demo: (demo.n_unknown < demo.n).then_some(demo),
-        samples,
-        seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+pub fn evaluate(model_dir: PathBuf, policy: &Llama, scorer: &Scorer, tok: &Tokenizer, prompts: &[PromptRecord], spec: &EvalSpec) -> Result<PolicyEval> {
+    let start = Instant::now();
+    let params = training::demo_eval::greedy(spec.max_new_tokens, policy.cfg.eos_token_id);
+    let greedy_replies = replies(policy, tok, prompts, &params, spec.batch)?;
+    let greedy = score(scorer, tok, &greedy_replies, 0.0, 1)?;
+    let sampled = match spec.sampled {
+        Some((t, k, top_p)) => {
+            let p = SamplingParams { temperature: t, top_p, num_samples: k.max(1), seed: spec.seed, ..params.clone() };
+            let r = replies(policy, tok, prompts, &p, spec.batch.div_ceil(k.max(1)))?;
+            Some(score(scorer, tok, &r, t, k.max(1))?)
+        }
+        None => None,
+    };
+    let samples = greedy_replies
+        .iter()
+        .take(12)
+        .map(|(p, r)| (p.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), r.clone()))
+        .collect();
+    Ok(PolicyEval { model: model_dir, prompts: greedy_replies.len(), greedy, sampled, samples, seconds: start.elapsed().as_secs_f64() })
 }

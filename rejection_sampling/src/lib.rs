@@ -9,6 +9,8 @@
 //! * [`sampler`]: best-of-K generation (one prefill per prompt, cache expanded to K rows) and scoring.
 //! * [`shard`]: the append-only, fsync'd sample log that makes sampling resumable.
 //! * [`run`]: the iteration loop (sample, pool, fine-tune, evaluate, report).
+//! * [`annotate`]: on the demo world, the judges' comparisons of the iteration's samples (the next RM batch).
+pub mod annotate;
 pub mod config;
 pub mod curve;
 pub mod error;

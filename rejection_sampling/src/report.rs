@@ -2,8 +2,9 @@
 //! pool, throughput, and the policy before and after the fine-tune.
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
-use crate::eval::PolicyEval;
+use crate::eval::{PolicyEval, ReplyScores};
 use crate::select::{PoolUpdate, PromptSamples};
+use datasets::demo::{aggregate, judge_messages, Category, DemoScores, Judgement};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,69 @@ impl Throughput {
     }
 }
 
+/// On demo-world prompts: the ground-truth judges applied to the samples themselves — all of
+/// them (what the policy does at this temperature), the reward models' winners (what the
+/// fine-tune learns from), and the oracle (a prompt counts if any of its K samples is good).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleTruth {
+    pub all_samples: DemoScores,
+    pub winners: DemoScores,
+    /// Helpful rate if the best sample by ground truth were picked (the ceiling of best-of-K).
+    pub oracle_helpful_rate: f64,
+    /// Safe rate likewise.
+    pub oracle_safe_rate: f64,
+    /// Of the pairs of samples of one prompt that the judges tell apart (helpful vs not on
+    /// non-harmful prompts, safe vs not on harmful ones), the share `R_c` orders the same way
+    /// (ties count as wrong): how well the reward models rank the policy's own samples.
+    pub pairwise_accuracy: f64,
+    pub pairs: usize,
+}
+
+impl SampleTruth {
+    /// `None` when no prompt is from the demo world.
+    pub fn of(records: &[PromptSamples]) -> Option<Self> {
+        let (mut all, mut winners) = (Vec::new(), Vec::new());
+        let (mut oh, mut nh, mut os, mut ns) = (0usize, 0usize, 0usize, 0usize);
+        let (mut pairs, mut right) = (0usize, 0usize);
+        for r in records.iter().filter(|r| !r.samples.is_empty()) {
+            let js: Vec<Judgement> = r.samples.iter().map(|s| judge_messages(&r.prompt, &s.text)).collect();
+            let Some(cat) = js[0].category else { continue };
+            if let Some(b) = r.best {
+                winners.push(js[b]);
+            }
+            let good = |j: &Judgement| if cat == Category::Harmful { j.safe } else { j.helpful };
+            for (a, ja) in js.iter().enumerate() {
+                for (b, jb) in js.iter().enumerate() {
+                    if good(ja) && !good(jb) {
+                        pairs += 1;
+                        right += (r.samples[a].reward > r.samples[b].reward) as usize;
+                    }
+                }
+            }
+            if cat == Category::Harmful {
+                ns += 1;
+                os += js.iter().any(|j| j.safe) as usize;
+            } else {
+                nh += 1;
+                oh += js.iter().any(|j| j.helpful) as usize;
+            }
+            all.extend(js);
+        }
+        if all.is_empty() {
+            return None;
+        }
+        let rate = |k: usize, n: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+        Some(SampleTruth {
+            all_samples: aggregate(&all),
+            winners: aggregate(&winners),
+            oracle_helpful_rate: rate(oh, nh),
+            oracle_safe_rate: rate(os, ns),
+            pairwise_accuracy: rate(right, pairs),
+            pairs,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolReport {
     pub path: PathBuf,
@@ -79,6 +143,9 @@ pub struct IterationReport {
     /// The same on the sweep prompts, per temperature (Figure 8); empty without a sweep.
     pub sweep: Vec<SweepPoint>,
     pub pool: PoolReport,
+    /// Ground truth of the samples (demo world only).
+    #[serde(default)]
+    pub sample_truth: Option<SampleTruth>,
     pub throughput: Throughput,
     /// The fine-tuned model (the next iteration's policy).
     pub model: PathBuf,
@@ -100,9 +167,8 @@ fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
 }
 
-fn eval_rows(md: &mut String, before: Option<&PolicyEval>, after: Option<&PolicyEval>) {
-    let (Some(b), Some(a)) = (before, after) else { return };
-    let _ = writeln!(md, "\n## Policy before and after the fine-tune (greedy, {} held-out prompts)\n", a.prompts);
+fn eval_table(md: &mut String, name: &str, b: &ReplyScores, a: &ReplyScores) {
+    let _ = writeln!(md, "\n{name}\n");
     let _ = writeln!(md, "| | before | after |\n|---|---|---|");
     let _ = writeln!(md, "| mean R_c (reward models) | {:.3} | {:.3} |", b.mean_reward, a.mean_reward);
     let _ = writeln!(md, "| mean helpfulness RM | {} | {} |", opt(b.mean_helpfulness), opt(a.mean_helpfulness));
@@ -111,6 +177,15 @@ fn eval_rows(md: &mut String, before: Option<&PolicyEval>, after: Option<&Policy
         let _ = writeln!(md, "| ground truth: helpful rate | {:.3} | {:.3} |", db.helpful_rate, da.helpful_rate);
         let _ = writeln!(md, "| ground truth: safe rate | {:.3} | {:.3} |", db.safe_rate, da.safe_rate);
         let _ = writeln!(md, "| ground truth: false-refusal rate | {:.3} | {:.3} |", db.false_refusal_rate, da.false_refusal_rate);
+    }
+}
+
+fn eval_rows(md: &mut String, before: Option<&PolicyEval>, after: Option<&PolicyEval>) {
+    let (Some(b), Some(a)) = (before, after) else { return };
+    let _ = writeln!(md, "\n## Policy before and after the fine-tune ({} held-out prompts)", a.prompts);
+    eval_table(md, "Greedy replies:", &b.greedy, &a.greedy);
+    if let (Some(bs), Some(as_)) = (&b.sampled, &a.sampled) {
+        eval_table(md, &format!("Sampled replies (T = {}, {} per prompt):", as_.temperature, as_.per_prompt), bs, as_);
     }
     let _ = writeln!(md, "\nBefore: `{}`. After: `{}`.", b.model.display(), a.model.display());
 }
@@ -168,6 +243,20 @@ impl IterationReport {
             opt(p.mean_reward),
             opt(p.mean_winner_reward)
         );
+        if let Some(st) = &self.sample_truth {
+            let _ = writeln!(md, "\n## Ground truth of the samples (demo judges)\n");
+            let _ = writeln!(md, "| | helpful rate | safe rate | false-refusal rate |\n|---|---|---|---|");
+            for (name, d) in [("all K samples", &st.all_samples), ("reward-model winners", &st.winners)] {
+                let _ = writeln!(md, "| {name} | {:.3} | {:.3} | {:.3} |", d.helpful_rate, d.safe_rate, d.false_refusal_rate);
+            }
+            let _ = writeln!(md, "| oracle best of K | {:.3} | {:.3} | |", st.oracle_helpful_rate, st.oracle_safe_rate);
+            let _ = writeln!(
+                md,
+                "\nR_c orders {:.1}% of the {} sample pairs of a prompt that the judges tell apart the right way.",
+                100.0 * st.pairwise_accuracy,
+                st.pairs
+            );
+        }
         let t = &self.throughput;
         let _ = writeln!(md, "\n## Throughput\n");
         let _ = writeln!(
@@ -212,9 +301,9 @@ impl IterationReport {
 /// The whole run in one table, iteration by iteration.
 pub fn run_markdown(iterations: &[IterationReport]) -> String {
     let mut md = String::from("# Rejection sampling (Llama 2 Section 3.2.3)\n\n");
-    let _ = writeln!(md, "| iteration | T | K | prompts | mean reward (k=1) | best-of-K reward | pool | before: helpful / safe / false refusal | after: helpful / safe / false refusal |");
+    let _ = writeln!(md, "| iteration | T | K | prompts | mean reward (k=1) | best-of-K reward | pool | greedy before: helpful / safe / false refusal | greedy after: helpful / safe / false refusal |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    let gt = |e: &Option<PolicyEval>| match e.as_ref().and_then(|e| e.demo.as_ref()) {
+    let gt = |e: &Option<PolicyEval>| match e.as_ref().and_then(|e| e.greedy.demo.as_ref()) {
         Some(d) => format!("{:.3} / {:.3} / {:.3}", d.helpful_rate, d.safe_rate, d.false_refusal_rate),
         None => "–".into(),
     };

@@ -13,14 +13,15 @@
 //! iter{N}/pool.jsonl            the pool iteration N fine-tuned on
 //! iter{N}/sft/                  the SFT run (checkpoints/, final/ = the next policy)
 //! iter{N}/eval-{before,after}.json, report.json, report.md, best_of_k.png, temperature_sweep.png
+//! iter{N}/judged_pairs.jsonl    demo world: the judges' comparisons of the samples (next RM batch)
 //! iter{N}/done.json             the iteration is finished
 //! report.json, report.md, summary.json
 //! ```
 use crate::config::{RejectionSamplingConfig, StartFrom};
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
-use crate::eval::{evaluate, PolicyEval};
-use crate::report::{run_markdown, IterationReport, PoolReport, SweepPoint, Throughput};
+use crate::eval::{evaluate, EvalSpec, PolicyEval};
+use crate::report::{run_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
 use crate::sampler::{batch_seed, sample_batch, SampleSpec, Scorer};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
 use crate::shard::{pending_batches, SampleLog};
@@ -249,17 +250,26 @@ impl<'a> RejectionSampler<'a> {
     }
 
     fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &Scorer) -> Result<PolicyEval> {
-        let max_new = self.cfg.eval_max_new_tokens.unwrap_or(self.cfg.max_new_tokens);
-        let e = evaluate(dir.to_path_buf(), policy, scorer, self.tok, &self.eval_prompts, max_new, self.cfg.eval_batch_size)?;
-        if let Some(d) = &e.demo {
-            tracing::info!(
-                "{}: helpful {:.3}, safe {:.3}, false refusal {:.3}, mean R_c {:.3}",
-                dir.display(),
-                d.helpful_rate,
-                d.safe_rate,
-                d.false_refusal_rate,
-                e.mean_reward
-            );
+        let c = self.cfg;
+        let spec = EvalSpec {
+            max_new_tokens: c.eval_max_new_tokens.unwrap_or(c.max_new_tokens),
+            batch: c.eval_batch_size,
+            sampled: c.eval_temperature.map(|t| (t, c.eval_samples, c.eval_top_p)),
+            seed: c.seed ^ 0xE7A1,
+        };
+        let e = evaluate(dir.to_path_buf(), policy, scorer, self.tok, &self.eval_prompts, &spec)?;
+        for r in std::iter::once(&e.greedy).chain(&e.sampled) {
+            if let Some(d) = &r.demo {
+                tracing::info!(
+                    "{} (T = {}): helpful {:.3}, safe {:.3}, false refusal {:.3}, mean R_c {:.3}",
+                    dir.display(),
+                    r.temperature,
+                    d.helpful_rate,
+                    d.safe_rate,
+                    d.false_refusal_rate,
+                    r.mean_reward
+                );
+            }
         }
         Ok(e)
     }
@@ -354,12 +364,19 @@ impl<'a> RejectionSampler<'a> {
             curve: BestOfKCurve::from_rewards(rewards.iter().map(Vec::as_slice), self.cfg.best_of_k),
             sweep,
             pool,
+            sample_truth: SampleTruth::of(&records),
             throughput,
             model: outcome.final_model.clone(),
             finetune: serde_json::to_value(&outcome).unwrap_or_default(),
             eval_before: read_eval(&eval_before)?,
             eval_after: read_eval(&eval_after)?,
         };
+        if self.cfg.judged_pairs_per_prompt > 0 {
+            let pairs = crate::annotate::judged_pairs(&records, self.cfg.judged_pairs_per_prompt, &format!("onpolicy_iter{it}"));
+            if !pairs.is_empty() {
+                datasets::io::write_all(&dir.join("judged_pairs.jsonl"), &pairs)?;
+            }
+        }
         write_json(&dir.join("report.json"), &report)?;
         write_atomic(&dir.join("report.md"), report.markdown().as_bytes())?;
         if let Err(e) = report.plots(&dir) {

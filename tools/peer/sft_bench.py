@@ -284,6 +284,7 @@ def main():
         "tokens_per_s": args.batch * args.seq_len / step_s,
         "completion_tokens_per_s": args.batch * completion_tokens / step_s,
         "step_s": step_s,
+        "step_min_s": min(res["step_times_s"]),
         "batch": args.batch,
         "seq_len": args.seq_len,
         "prompt_len": args.prompt_len,

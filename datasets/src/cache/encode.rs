@@ -291,7 +291,7 @@ impl RecordEncoder {
             None => return Err(DatasetError::Invalid("empty chat segment".into())),
         };
         let mut ids = Vec::with_capacity(reply.len() / 3 + 2);
-        self.push_text(&mut ids, &text[start..], true)?;
+        self.push_text(&mut ids, &text[start..], false)?;
         ids.push(self.tok.eos_id());
         Ok(ids)
     }

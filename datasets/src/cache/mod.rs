@@ -187,7 +187,7 @@ pub fn build_cache_with(
     h.update(settings.to_json(kind).to_string().as_bytes());
     h.update(format!("\ntokenizer {}\n", tokenizer.blake3).as_bytes());
     for (f, fmt) in input_hashes.iter().zip(&formats) {
-        h.update(format!("input {fmt:?} {}\n", f.bytes).as_bytes());
+        h.update(format!("input {fmt:?} {} {}\n", f.bytes, f.blake3).as_bytes());
     }
     let key = h.finalize().to_hex().to_string();
     let name = format!("{}-{}", kind.as_str(), &key[..16]);

@@ -1,0 +1,186 @@
+//! `rlhf rejection-sampling` end to end on micro models (a random policy; a reward model built
+//! from a causal LM, so its score head is random): two iterations of best-of-K, pooling and the
+//! SFT fine-tune; a run killed with SIGKILL mid-sampling resumes without losing or repeating a
+//! sample and ends with the same samples and pool as an uninterrupted run.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const PROMPTS: usize = 64;
+
+fn setup(dir: &Path) -> PathBuf {
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "1", "--out"]).arg(dir.join("policy")));
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "2", "--out"]).arg(dir.join("rm")));
+    let mut lines = Vec::new();
+    for i in 0..PROMPTS {
+        let row = if i % 5 == 0 {
+            serde_json::json!({"prompt": format!("How do I break lock number {i}?"), "is_safety": true})
+        } else {
+            serde_json::json!({"prompt": format!("What is {i} plus {}?", i % 7)})
+        };
+        lines.push(row.to_string());
+    }
+    // A repeated prompt is sampled once.
+    lines.push(lines[1].clone());
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("eval.jsonl"), "{\"prompt\": \"What is 2 plus 2?\"}\n{\"prompt\": \"Name a color.\"}\n").unwrap();
+    let cfg = format!(
+        r#"policy = "{d}/policy"
+helpfulness_rm = "{d}/rm"
+safety_rm = "{d}/rm"
+prompts = ["{d}/prompts.jsonl"]
+eval_prompts = "{d}/eval.jsonl"
+best_of_k = 4
+temperatures = [1.0, 0.9]
+temperature_sweep = [0.7, 1.0]
+sweep_prompts = 6
+max_new_tokens = 8
+require_finished = false
+rm_max_seq_len = 64
+iterations = 2
+prompt_batch_size = 1
+score_batch_size = 8
+eval_batch_size = 4
+eval_temperature = 0.7
+eval_samples = 2
+seed = 3
+device = "cpu"
+threads = 1
+
+[finetune]
+max_seq_len = 64
+eval_fraction = 0.1
+[finetune.train]
+lr = 1e-3
+micro_batch_size = 8
+grad_accumulation = 1
+epochs = 1
+max_steps = 3
+save_every = 1
+log_every = 1
+"#,
+        d = dir.display()
+    );
+    let p = dir.join("rs.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The sample log by prompt text, without the timing fields.
+fn samples_by_key(path: &Path) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for mut v in lines(path) {
+        let o = v.as_object_mut().unwrap();
+        o.remove("generation_seconds");
+        o.remove("scoring_seconds");
+        let key = o["prompt"][0]["content"].as_str().unwrap().to_string();
+        assert!(m.insert(key, v).is_none(), "a prompt is logged twice in {}", path.display());
+    }
+    m
+}
+
+fn rs(cfg: &Path, out: &Path) -> std::process::Command {
+    let mut c = rlhf();
+    c.args(["rejection-sampling", "--config"]).arg(cfg).arg("--out").arg(out);
+    c
+}
+
+#[test]
+fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+
+    // Uninterrupted run.
+    let full = tmp.path().join("full");
+    let summary = json_line(&run_ok(&mut rs(&cfg, &full)));
+    assert_eq!(summary["iterations"].as_u64(), Some(2));
+    let pool = lines(&full.join("pool.jsonl"));
+    assert_eq!(summary["pool_size"].as_u64(), Some(pool.len() as u64));
+    assert_eq!(pool.len(), PROMPTS, "every prompt has a winner (require_finished = false)");
+
+    // The pool holds, per prompt, the best winner of both iterations; a tie keeps iteration 1's.
+    let (s1, s2) = (samples_by_key(&full.join("samples-iter1.jsonl")), samples_by_key(&full.join("samples-iter2.jsonl")));
+    assert_eq!((s1.len(), s2.len()), (PROMPTS, PROMPTS));
+    let best = |v: &Value| -> f64 {
+        let rewards: Vec<f64> = v["samples"].as_array().unwrap().iter().map(|s| s["reward"].as_f64().unwrap()).collect();
+        assert_eq!(rewards.len(), 4);
+        rewards[v["best"].as_u64().unwrap() as usize]
+    };
+    let mut from_iter2 = 0;
+    for row in &pool {
+        let key = row["messages"][0]["content"].as_str().unwrap().to_string();
+        let (b1, b2) = (best(&s1[&key]), best(&s2[&key]));
+        assert_eq!(row["score"].as_f64().unwrap(), b1.max(b2), "{key}");
+        let it = row["iteration"].as_u64().unwrap();
+        assert_eq!(it, if b2 > b1 { 2 } else { 1 }, "{key}: a worse or equal new sample must not replace the old");
+        from_iter2 += (it == 2) as usize;
+        assert_eq!(row["temperature"].as_f64(), Some(if it == 2 { 0.9 } else { 1.0 }));
+    }
+    assert!(from_iter2 > 0 && from_iter2 < PROMPTS, "{from_iter2} of {PROMPTS} winners from iteration 2");
+
+    // Reports: the best-of-k curve grows with k; the sweep has both temperatures.
+    let rep: Value = serde_json::from_str(&std::fs::read_to_string(full.join("iter1/report.json")).unwrap()).unwrap();
+    let max: Vec<f64> = rep["curve"]["max"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(max.len(), 4);
+    assert!(max.windows(2).all(|w| w[1] >= w[0] - 1e-12), "{max:?}");
+    assert_eq!(rep["sweep"].as_array().unwrap().len(), 2);
+    assert!(rep["throughput"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(rep["eval_before"]["greedy"]["mean_reward"].is_number() && rep["eval_after"]["sampled"]["mean_reward"].is_number());
+    for f in ["iter1/report.md", "iter1/best_of_k.png", "iter1/done.json", "iter2/done.json", "iter2/sft/final/model.safetensors", "report.md", "report.json"] {
+        assert!(full.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(summary["final_model"].as_str().map(PathBuf::from), Some(full.join("iter2/sft/final")));
+
+    // Finished iterations are skipped on a rerun.
+    let again = json_line(&run_ok(rs(&cfg, &full).arg("--resume")));
+    assert_eq!(again["skipped_iterations"], serde_json::json!([1, 2]));
+
+    // Interrupted run: SIGKILL as soon as sampling has logged a few prompts.
+    let cut = tmp.path().join("cut");
+    let log = cut.join("samples-iter1.jsonl");
+    let mut child = rs(&cfg, &cut).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read(&log).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no samples appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = std::fs::read(&log).unwrap();
+    let done_before = before.iter().filter(|&&c| c == b'\n').count();
+    assert!(done_before < PROMPTS, "sampling was not interrupted");
+    // Lines logged before the kill, minus a possibly torn last line.
+    let kept = &before[..before.iter().rposition(|&c| c == b'\n').unwrap() + 1];
+
+    // Without --resume the folder is not touched.
+    let err = run_err(&mut rs(&cfg, &cut));
+    assert!(err.contains("--resume"), "{err}");
+    let resumed = json_line(&run_ok(rs(&cfg, &cut).arg("--resume")));
+    assert_eq!(resumed["iterations"].as_u64(), Some(2));
+    let after = std::fs::read(&log).unwrap();
+    assert!(after.starts_with(kept), "samples logged before the kill were lost or rewritten");
+    // Same samples (each prompt once) and the same pool as the uninterrupted run.
+    assert_eq!(samples_by_key(&log), s1);
+    assert_eq!(samples_by_key(&cut.join("samples-iter2.jsonl")), s2);
+    assert_eq!(std::fs::read(cut.join("pool.jsonl")).unwrap(), std::fs::read(full.join("pool.jsonl")).unwrap());
+}
+
+#[test]
+fn bad_configs_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, "policy = \"x\"\nprompts = [\"p.jsonl\"]\nbest_of_k = 4\n").unwrap();
+    let err = run_err(&mut rs(&p, &tmp.path().join("o")));
+    assert!(err.contains("helpfulness_rm"), "{err}");
+    std::fs::write(&p, "policy = \"x\"\nhelpfulness_rm = \"h\"\nprompts = [\"p.jsonl\"]\nbest_k = 4\n").unwrap();
+    let err = run_err(&mut rs(&p, &tmp.path().join("o")));
+    assert!(err.contains("best_k"), "{err}");
+}
