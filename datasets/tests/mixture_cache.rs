@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use datasets::cache::demo_scale::write_demo_scale;
 use datasets::cache::encode::{Encoding, RecordEncoder};
 use datasets::cache::{build_cache, CacheSettings, PreferenceCache, PromptCache, SftCache};
 use datasets::demo::{generate, DemoData, DemoShares, DemoSizes};
@@ -538,4 +539,24 @@ fn a_bad_row_fails_the_build_naming_file_and_line_and_leaves_nothing() {
     let line = f.data.preference_train.len() + 1;
     assert!(e.contains("bad.jsonl") && e.contains(&format!("line {line}")) && e.contains("rejected"), "{e}");
     assert_eq!(fs::read_dir(&f.root).unwrap().count(), 0, "no folder, temporary or not, is left");
+}
+
+#[test]
+fn demo_scale_is_deterministic_and_counts_reply_tokens_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let summary = write_demo_scale(&a, 40, 60, 2, &tok).unwrap();
+    write_demo_scale(&b, 40, 60, 2, &tok).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    let records: Vec<PreferenceRecord> = read_all(&a).unwrap();
+    assert_eq!(records.len(), 40);
+    let lens: Vec<usize> = records
+        .iter()
+        .flat_map(|r| [&r.chosen, &r.rejected])
+        .map(|t| tok.encode(t, false, false).unwrap().len())
+        .collect();
+    assert!(lens.iter().all(|&n| (60..100).contains(&n)), "{lens:?}");
+    assert_eq!(summary.mean_reply_tokens, lens.iter().sum::<usize>() as f64 / lens.len() as f64);
+    assert!(records.iter().all(|r| r.kind.is_some() && r.rating.is_some() && r.source.is_some()));
 }

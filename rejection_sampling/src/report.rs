@@ -322,6 +322,19 @@ pub fn run_markdown(iterations: &[IterationReport]) -> String {
             gt(&r.eval_after)
         );
     }
+    fn sampled(e: &Option<PolicyEval>) -> Option<(f64, &DemoScores)> {
+        e.as_ref().and_then(|e| e.sampled.as_ref()).and_then(|s| s.demo.as_ref().map(|d| (s.temperature, d)))
+    }
+    if iterations.iter().any(|r| sampled(&r.eval_after).is_some()) {
+        let _ = writeln!(md, "\nSampled evaluation (helpful / safe / false refusal):\n");
+        let _ = writeln!(md, "| iteration | T | before | after |\n|---|---|---|---|");
+        for r in iterations {
+            if let (Some((t, b)), Some((_, a))) = (sampled(&r.eval_before), sampled(&r.eval_after)) {
+                let f = |d: &DemoScores| format!("{:.3} / {:.3} / {:.3}", d.helpful_rate, d.safe_rate, d.false_refusal_rate);
+                let _ = writeln!(md, "| {} | {t} | {} | {} |", r.iteration, f(b), f(a));
+            }
+        }
+    }
     for r in iterations {
         let _ = writeln!(md, "\nIteration {}: see `iter{}/report.md`; fine-tuned model `{}`.", r.iteration, r.iteration, r.model.display());
     }

@@ -168,7 +168,8 @@ impl<'a> RejectionSampler<'a> {
         Scorer::load(c.helpfulness_rm.as_deref(), c.safety_rm.as_deref(), self.device, self.kind, c.safety_threshold, c.rm_max_seq_len, c.score_batch_size)
     }
 
-    /// Samples every prompt of `idx` not yet in `log`, a batch at a time, appending each batch.
+    /// Samples each of the first `count` prompts not yet in `log`, a batch at a time, appending
+    /// every batch as soon as it is scored.
     fn sample_into(&self, log: &mut SampleLog, policy: &Llama, scorer: &Scorer, it: usize, temperature: f64, count: usize) -> Result<()> {
         let keys = &self.keys[..count];
         let batches = pending_batches(keys, self.cfg.prompt_batch_size, log.done());
@@ -211,7 +212,9 @@ impl<'a> RejectionSampler<'a> {
         let t = cfg.temperature(it);
         let mut log = SampleLog::open(&self.log_path(it))?;
         let n_sweep = cfg.sweep_prompts.min(self.prompts.len());
-        let sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| x != t).collect();
+        let mut sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| x != t).collect();
+        sweep_temps.sort_by(f64::total_cmp);
+        sweep_temps.dedup();
         let mut sweep_logs = sweep_temps
             .iter()
             .map(|x| SampleLog::open(&self.out.join(format!("sweep-iter{it}-t{x}.jsonl"))))

@@ -27,8 +27,10 @@ compares the first `--check` comparisons' ids with our cache folder (`tokens.u32
 prompt ++ chosen and prompt ++ rejected) and reports `same_ids_as_ours`.
 
 Prints one JSON line on stdout: records, tokens (all ids of both full sequences), load_s, map_s,
-seconds, records_per_s, tokens_per_s, num_proc, versions. Run it under `/usr/bin/time -v` for the
-peak RSS (with --num-proc > 1, GNU time reports the largest single process, not the sum).
+seconds, records_per_s, tokens_per_s, memory (VmHWM = peak RSS so far, and RssAnon / RssFile, in KiB,
+after the load and after the map: read before anything else touches the results), num_proc, versions.
+Under `/usr/bin/time -v` the "Maximum resident set size" covers the whole script, the id check
+included (with --num-proc > 1, GNU time reports the largest single process, not the sum).
 """
 from __future__ import annotations
 
@@ -80,6 +82,18 @@ def make_tokenize(tok):
     return tokenize
 
 
+def memory_kib():
+    """Peak RSS so far (VmHWM) and the current split of RSS into anonymous and file-backed pages
+    (HF datasets memory-maps its Arrow files: pages of them that were read count as resident)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0])
+    return out
+
+
 def check_ours(ds, cache_dir, n):
     import numpy as np
 
@@ -120,6 +134,7 @@ def main():
     tok = PreTrainedTokenizerFast(tokenizer_file=a.tokenizer)
     ds = load_dataset(kind, data_files=a.data, split="train", cache_dir=os.path.join(a.out, "hf"))
     t1 = time.perf_counter()
+    mem_load = memory_kib()
     out = ds.map(
         make_tokenize(tok),
         batched=True,
@@ -130,6 +145,7 @@ def main():
         desc=None,
     )
     t2 = time.perf_counter()
+    mem_map = memory_kib()
 
     lengths = out.with_format("arrow")
     tokens = 0
@@ -145,6 +161,8 @@ def main():
         "seconds": seconds,
         "records_per_s": len(out) / seconds,
         "tokens_per_s": tokens / seconds,
+        "memory_kib_after_load": mem_load,
+        "memory_kib_after_map": mem_map,
         "num_proc": a.num_proc,
         "batch_size": a.batch_size,
         "cache_files": [f["filename"] for f in out.cache_files],

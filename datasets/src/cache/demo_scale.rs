@@ -5,10 +5,14 @@
 //! `seed`) gives the prompts, the labels (rating, kind, source, safety flags) and a pool of reply
 //! texts (every distinct chosen, rejected and SFT reply). Comparison `i` copies base comparison
 //! `u mod 20,000` and lengthens each reply by appending pool texts drawn uniformly (space
-//! separated) until the sum of the pieces' token counts reaches the target; the stream of
-//! comparison `i` is `SplitMix64::for_step(seed, i)`, so the file is the same for the same
-//! arguments however it is cut into batches. Token counts are those of `encode("{text} ")`, so the
-//! real count of a reply is within a few tokens of the target.
+//! separated) until it has at least `tokens_per_side` tokens; the stream of comparison `i` is
+//! `SplitMix64::for_step(seed, i)`, so the file is the same for the same arguments however it is
+//! cut into batches.
+//!
+//! The counts are exact without encoding the long texts: the pieces are stripped and joined by one
+//! space, so the normalised reply is `"▁p1▁p2…"` with a word boundary before every `"▁pk"` (see
+//! [`super::encode`]), and `encode(reply)` is the concatenation of the `encode(pk)`. In the chat
+//! format a reply then takes that many ids plus two (the trailing `"▁"` of `" {a} "` and EOS).
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -34,7 +38,7 @@ pub struct DemoScaleSummary {
     pub seed: u64,
     /// Distinct texts the replies are made of.
     pub pool_texts: usize,
-    /// Mean estimated tokens per reply (sum of its pieces' counts).
+    /// Mean tokens per reply, `encode(reply)` (exact; see the module docs).
     pub mean_reply_tokens: f64,
     pub bytes: u64,
 }
@@ -59,35 +63,35 @@ pub fn write_demo_scale(
             texts.insert(m.content.trim().to_string());
         }
     }
-    let pool: Vec<(String, usize)> = texts
+    let pool: Vec<(usize, String)> = texts
         .into_iter()
         .filter(|t| !t.is_empty())
-        .map(|t| Ok((format!("{t} "), tok.encode(&format!("{t} "), false, false)?.len())))
+        .map(|t| Ok((tok.encode(&t, false, false)?.len(), t)))
         .collect::<Result<_>>()?;
     let base_pairs: Vec<PreferenceRecord> = base.preference_train.into_iter().chain(base.preference_test).collect();
     if pool.is_empty() || base_pairs.is_empty() {
         return Err(DatasetError::Invalid("demo world produced no comparisons".into()));
     }
 
-    let lengthen = |start: &str, rng: &mut SplitMix64| -> (String, usize) {
+    let lengthen = |start: &str, rng: &mut SplitMix64| -> Result<(String, usize)> {
         let mut text = start.trim().to_string();
-        text.push(' ');
-        let mut n = tok.encode(&text, false, false).map(|v| v.len()).unwrap_or(text.len() / 4);
+        let mut n = tok.encode(&text, false, false)?.len();
         while n < tokens_per_side {
-            let (piece, len) = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+            let (len, piece) = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+            text.push(' ');
             text.push_str(piece);
             n += len;
         }
-        (text.trim_end().to_string(), n)
+        Ok((text, n))
     };
-    let make = |i: usize| -> (PreferenceRecord, usize) {
+    let make = |i: usize| -> Result<(PreferenceRecord, usize)> {
         let mut rng = SplitMix64::for_step(seed, i as u64);
         let b = &base_pairs[(rng.next_u64() % base_pairs.len() as u64) as usize];
         loop {
-            let (chosen, nc) = lengthen(&b.chosen, &mut rng);
-            let (rejected, nr) = lengthen(&b.rejected, &mut rng);
+            let (chosen, nc) = lengthen(&b.chosen, &mut rng)?;
+            let (rejected, nr) = lengthen(&b.rejected, &mut rng)?;
             if chosen != rejected {
-                return (PreferenceRecord { chosen, rejected, ..b.clone() }, nc + nr);
+                return Ok((PreferenceRecord { chosen, rejected, ..b.clone() }, nc + nr));
             }
         }
     };
@@ -96,7 +100,7 @@ pub fn write_demo_scale(
     let mut total_tokens = 0usize;
     for start in (0..pairs).step_by(CHUNK) {
         let chunk: Vec<(PreferenceRecord, usize)> =
-            (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect();
+            (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect::<Result<_>>()?;
         total_tokens += chunk.iter().map(|(_, n)| n).sum::<usize>();
         let records: Vec<PreferenceRecord> = chunk.into_iter().map(|(r, _)| r).collect();
         writer.write_batch(&records)?;

@@ -1,5 +1,5 @@
 //! Times the pieces of one PPO policy micro-batch (16 rows) on a checkpoint (CPU): forward with the
-//! LM head at response tokens, entropy, backward, AdamW. `cargo run --release -p ppo --example profile_step -- DIR`
+//! LM head at response tokens, entropy, backward, AdamW. `cargo run --release -p ppo --example profile_ppo -- DIR`
 use ppo::math::*;
 use ppo::models::*;
 use std::time::Instant;
