@@ -257,7 +257,8 @@ impl RejectionSamplingConfig {
         if let Some(t) = self.temperatures.iter().chain(&self.temperature_sweep).find(|t| !(t.is_finite() && **t > 0.0)) {
             return Err(format!("temperature {t}: rejection sampling needs a positive temperature (0 is greedy: K identical samples)"));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) || !(self.eval_top_p > 0.0 && self.eval_top_p <= 1.0) {
+        let in_unit = |p: f64| p > 0.0 && p <= 1.0;
+        if !in_unit(self.top_p) || !in_unit(self.eval_top_p) {
             return Err("`top_p` and `eval_top_p` must be in (0, 1]".into());
         }
         if self.eval_temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) || self.eval_samples == 0 {
