@@ -49,7 +49,7 @@ impl Scorer {
         })
     }
 
-    /// Scores each `(prompt, reply)`; `is_safety[i]` tags prompt i as Llama 2's IS_SAFETY(p).
+    /// Scores each `(prompt, reply)`; the prompt record's `is_safety` is Llama 2's IS_SAFETY(p).
     pub fn score(&self, tok: &Tokenizer, items: &[(&PromptRecord, &str)]) -> Result<Vec<Scores>> {
         let seqs = items
             .iter()
