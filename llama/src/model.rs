@@ -114,24 +114,33 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
-        let (b, t, _) = x.size3().expect("hidden states must be [B, T, D]");
-        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
-        let q = apply_rope(&q, cos, sin);
-        let k = apply_rope(&k, cos, sin);
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v),
-            None => (k, v),
-        };
+        let t = x.size()[1];
         let (attn_mask, is_causal) = match mask {
             Mask::Causal => (None, t > 1),
             Mask::None => (None, false),
             Mask::Explicit(m) => (Some(m), false),
         };
+        self.attend(x, x, (cos, sin), (cos, sin), attn_mask, is_causal, cache)
+    }
+
+    /// Attention of the queries from `xq` `[B, R, D]` over the keys and values from `xkv`
+    /// `[B, T, D]` (plus the cache), each rotated by its own cos/sin.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&self, xq: &Tensor, xkv: &Tensor, rope_q: (&Tensor, &Tensor), rope_k: (&Tensor, &Tensor), attn_mask: Option<&Tensor>, is_causal: bool, cache: Option<&mut LayerCache>) -> Tensor {
+        let (b, r, _) = xq.size3().expect("hidden states must be [B, T, D]");
+        let t = xkv.size()[1];
+        let q = self.q_proj.forward(xq).view([b, r, self.n_heads, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(xkv).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(xkv).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let q = apply_rope(&q, rope_q.0, rope_q.1);
+        let k = apply_rope(&k, rope_k.0, rope_k.1);
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v),
+            None => (k, v),
+        };
         let gqa = self.n_kv != self.n_heads;
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None::<f64>, gqa);
-        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        let y = y.transpose(1, 2).reshape([b, r, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
 }
@@ -178,6 +187,30 @@ impl DecoderLayer {
     }
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    /// The layer's output at the row-local positions `read` `[B, R]` only: keys and values come
+    /// from every position, queries and the MLP only from the read ones. Each output row equals
+    /// the same row of [`DecoderLayer::forward`].
+    fn forward_at(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, read: &Tensor) -> Tensor {
+        let (b, t, d) = x.size3().expect("hidden states must be [B, T, D]");
+        let r = read.size()[1];
+        let hd = cos.size()[3];
+        let xn = self.input_layernorm.forward(x);
+        let pick = |z: &Tensor| z.gather(1, &read.unsqueeze(-1).expand([b, r, d], false), false);
+        let rope_rows = |z: &Tensor| z.gather(2, &read.view([b, 1, r, 1]).expand([b, 1, r, hd], false), false);
+        let (cos_q, sin_q) = (rope_rows(cos), rope_rows(sin));
+        let rows = match mask {
+            Mask::Causal => {
+                let k_pos = Tensor::arange(t, (Kind::Int64, x.device())).view([1, 1, 1, t]);
+                Some(k_pos.le_tensor(&read.view([b, 1, r, 1])))
+            }
+            Mask::None => None,
+            Mask::Explicit(m) => Some(m.gather(2, &read.view([b, 1, r, 1]).expand([b, 1, r, m.size()[3]], false), false)),
+        };
+        let a = self.self_attn.attend(&pick(&xn), &xn, (&cos_q, &sin_q), (cos, sin), rows.as_ref(), false, None);
+        let h = pick(x) + a;
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 }
@@ -346,6 +379,27 @@ impl Llama {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, &cos, &sin, mask, lc);
         }
+        self.norm.forward(&x)
+    }
+
+    /// Final hidden states at the row-local positions `read` `[B, R]` only, `[B, R, D]`: equal to
+    /// gathering them from [`Llama::forward`], but the last layer computes queries, attention
+    /// output and MLP for the read positions alone (scalar heads read one token per sequence,
+    /// so on a shallow model that is most of a layer saved). No cache.
+    pub fn forward_at(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, read: &Tensor) -> Tensor {
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let (cos, sin) = self.rope.at(positions);
+        let n = self.layers.len();
+        for layer in &self.layers[..n.saturating_sub(1)] {
+            x = layer.forward(&x, &cos, &sin, mask, None);
+        }
+        let x = match self.layers.last() {
+            Some(last) => last.forward_at(&x, &cos, &sin, mask, read),
+            None => {
+                let (b, r, d) = (read.size()[0], read.size()[1], x.size()[2]);
+                x.gather(1, &read.unsqueeze(-1).expand([b, r, d], false), false)
+            }
+        };
         self.norm.forward(&x)
     }
 

@@ -1,6 +1,7 @@
 //! Sampler and generation behaviour: the categorical draw follows the distribution, top-k/top-p
 //! truncate it, seeds reproduce, K samples share one prefill, EOS stops each row.
 use llama::generate::{sample_categorical, sample_next};
+use llama::model::Mask;
 use llama::rng::SplitMix64;
 use llama::{checkpoint, generate, SamplingParams};
 use std::path::Path;
@@ -114,4 +115,24 @@ fn rejects_prompts_past_the_context() {
     let p = SamplingParams { max_new_tokens: 4096, ..Default::default() };
     let e = generate(&m, &[vec![1u32, 2, 3]], &p).unwrap_err();
     assert!(e.to_string().contains("max_position_embeddings"), "{e}");
+}
+
+/// `forward_at` (last layer only at the read positions) equals gathering from the full forward,
+/// under each kind of mask, and its gradient flows to the same parameters.
+#[test]
+fn forward_at_equals_the_gathered_full_forward() {
+    let (_vs, m) = model();
+    let (b, t) = (3i64, 9i64);
+    let ids = Tensor::randint_low(3, m.cfg.vocab_size, [b, t], (Kind::Int64, Device::Cpu));
+    let pos = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    let read = Tensor::from_slice(&[8i64, 3, 0, 5, 6, 8]).view([b, 2]);
+    let seg = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1, 2, 2, 2]).unsqueeze(0).expand([b, t], false).contiguous();
+    for mask in [Mask::Causal, Mask::None, Mask::shared_prefix(&seg), Mask::packed(&seg)] {
+        let full = tch::no_grad(|| m.forward(&ids, &pos, &mask, None));
+        let d = full.size()[2];
+        let want = full.gather(1, &read.unsqueeze(-1).expand([b, 2, d], false), false);
+        let got = tch::no_grad(|| m.forward_at(&ids, &pos, &mask, &read));
+        let diff = f64::try_from((&got - &want).abs().max()).unwrap();
+        assert!(diff < 1e-5, "{mask:?}: max diff {diff}");
+    }
 }

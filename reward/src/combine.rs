@@ -28,7 +28,7 @@ pub fn score_sequences(model: &RewardModel, seqs: &[Vec<u32>], device: Device, b
     for chunk in seqs.chunks(batch.max(1)) {
         let refs: Vec<&[u32]> = chunk.iter().map(|s| s.as_slice()).collect();
         let (ids, pos, mask, at) = collate_single(&refs, device);
-        let s: Vec<f32> = Vec::try_from(model.scores_at(&ids, &pos, &mask, &at).to_device(Device::Cpu))?;
+        let s: Vec<f32> = Vec::try_from(model.scores_at(&ids, &pos, &mask, &at).view([-1]).to_device(Device::Cpu))?;
         out.extend(s.into_iter().map(f64::from));
     }
     Ok(out)

@@ -66,9 +66,8 @@ pub struct PairBatch {
     pub ids: Tensor,
     pub positions: Tensor,
     pub mask: Mask,
-    /// Flat indices of the chosen and rejected score tokens, `[B]` each.
-    pub chosen_at: Tensor,
-    pub rejected_at: Tensor,
+    /// Row-local indices of the chosen and rejected score tokens, `[B, 2]`.
+    pub read: Tensor,
     pub num_tokens: usize,
 }
 
@@ -78,7 +77,7 @@ pub fn collate(pairs: &[&PairTokens], device: Device) -> PairBatch {
     let mut ids = vec![0i64; b * t];
     let mut pos = vec![0i64; b * t];
     let mut seg = vec![-1i64; b * t];
-    let (mut c_at, mut r_at) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    let mut read = Vec::with_capacity(2 * b);
     let mut num_tokens = 0;
     for (row, p) in pairs.iter().enumerate() {
         let base = row * t;
@@ -93,8 +92,7 @@ pub fn collate(pairs: &[&PairTokens], device: Device) -> PairBatch {
                 (ids[base + k], pos[base + k], seg[base + k]) = (x as i64, (np + i) as i64, s);
                 k += 1;
             }
-            let at = (base + k - 1) as i64;
-            if s == 1 { c_at.push(at) } else { r_at.push(at) }
+            read.push((k - 1) as i64);
         }
         num_tokens += k;
     }
@@ -104,13 +102,13 @@ pub fn collate(pairs: &[&PairTokens], device: Device) -> PairBatch {
         ids: Tensor::from_slice(&ids).view(shape).to_device(device),
         positions: Tensor::from_slice(&pos).view(shape).to_device(device),
         mask: Mask::shared_prefix(&segments),
-        chosen_at: Tensor::from_slice(&c_at).to_device(device),
-        rejected_at: Tensor::from_slice(&r_at).to_device(device),
+        read: Tensor::from_slice(&read).view([b as i64, 2]).to_device(device),
         num_tokens,
     }
 }
 
-/// One row per sequence (prompt + reply), right-padded: for scoring single responses.
+/// One row per sequence (prompt + reply), right-padded: for scoring single responses. Returns
+/// ids, positions, mask and the row-local index `[B, 1]` of each sequence's last token.
 pub fn collate_single(seqs: &[&[u32]], device: Device) -> (Tensor, Tensor, Mask, Tensor) {
     let b = seqs.len();
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
@@ -122,10 +120,10 @@ pub fn collate_single(seqs: &[&[u32]], device: Device) -> (Tensor, Tensor, Mask,
             ids[r * t + i] = x as i64;
             seg[r * t + i] = 0;
         }
-        at.push((r * t + s.len() - 1) as i64);
+        at.push((s.len() - 1) as i64);
     }
     let shape = [b as i64, t as i64];
     let positions = Tensor::arange(t as i64, (Kind::Int64, device)).unsqueeze(0).expand(shape, false);
     let segments = Tensor::from_slice(&seg).view(shape).to_device(device);
-    (Tensor::from_slice(&ids).view(shape).to_device(device), positions, Mask::packed(&segments), Tensor::from_slice(&at).to_device(device))
+    (Tensor::from_slice(&ids).view(shape).to_device(device), positions, Mask::packed(&segments), Tensor::from_slice(&at).view([b as i64, 1]).to_device(device))
 }

@@ -39,11 +39,10 @@ impl RewardModel {
         ck::save(vs, &cfg, dir, &opts)
     }
 
-    /// Scores at the given flat positions (`[N]` indices into `[B*T]`) of a forward over `ids`.
-    pub fn scores_at(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, read_at: &Tensor) -> Tensor {
-        let hidden = self.trunk.forward(ids, positions, mask, None);
-        let d = hidden.size()[2];
-        let h = hidden.reshape([-1, d]).index_select(0, read_at);
+    /// Scores `[B, R]` at the row-local positions `read` `[B, R]` of a forward over `ids`. The
+    /// trunk's last layer runs only at the read positions ([`Llama::forward_at`]).
+    pub fn scores_at(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, read: &Tensor) -> Tensor {
+        let h = self.trunk.forward_at(ids, positions, mask, read);
         self.score.forward(&h).squeeze_dim(-1).to_kind(Kind::Float)
     }
 }

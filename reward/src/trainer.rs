@@ -29,10 +29,8 @@ pub struct RewardRun<'a> {
 /// Scores of a batch's chosen and rejected responses, `[B]` each.
 pub fn pair_scores(model: &RewardModel, pairs: &[&PairTokens], device: Device) -> (Tensor, Tensor, usize) {
     let b = collate(pairs, device);
-    let at = Tensor::cat(&[&b.chosen_at, &b.rejected_at], 0);
-    let s = model.scores_at(&b.ids, &b.positions, &b.mask, &at);
-    let n = pairs.len() as i64;
-    (s.narrow(0, 0, n), s.narrow(0, n, n), b.num_tokens)
+    let s = model.scores_at(&b.ids, &b.positions, &b.mask, &b.read);
+    (s.select(1, 0), s.select(1, 1), b.num_tokens)
 }
 
 fn margins(cfg: &RewardConfig, pairs: &[&PairTokens], device: Device) -> Tensor {

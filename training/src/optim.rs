@@ -88,8 +88,9 @@ impl AdamW {
             if grads.is_empty() {
                 return 0.0;
             }
-            let sq: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
-            let total = f64::try_from(Tensor::stack(&sq, 0).sum(Kind::Float).sqrt()).unwrap_or(f64::NAN);
+            // Per-tensor L2 norms, then the norm of those (as torch): one pass, no temporaries.
+            let norms: Vec<Tensor> = grads.iter().map(|g| if g.kind() == Kind::Float { g.norm() } else { g.to_kind(Kind::Float).norm() }).collect();
+            let total = f64::try_from(Tensor::stack(&norms, 0).norm()).unwrap_or(f64::NAN);
             if max_norm > 0.0 && total.is_finite() {
                 let coef = max_norm / (total + 1e-6);
                 if coef < 1.0 {
