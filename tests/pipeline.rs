@@ -37,7 +37,13 @@ fn smoke_pipeline_killed_resumed_and_reported() {
     for k in ["helpful", "safe", "false_refusal"] {
         let v = gt[k].as_f64().unwrap_or_else(|| panic!("ground_truth.{k} missing: {gt}"));
         assert!((0.0..=1.0).contains(&v));
+        let g = gt["greedy"][k].as_f64().unwrap_or_else(|| panic!("ground_truth.greedy.{k} missing: {gt}"));
+        assert!((0.0..=1.0).contains(&g));
     }
+    // The sampled rates pool `samples_per_prompt` replies of every held-out prompt.
+    let per = gt["samples_per_prompt"].as_u64().expect("samples_per_prompt");
+    assert!(per > 1);
+    assert_eq!(gt["n"].as_u64().unwrap(), per * gt["greedy"]["n"].as_u64().unwrap(), "{gt}");
     let acc = stages[2]["metrics"]["eval"]["overall"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert!(out.join("report.md").exists() && out.join("ground_truth.png").exists() && out.join("sft/curves.png").exists());

@@ -581,5 +581,13 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
     };
     let summary = serde_json::to_string_pretty(&outcome).expect("outcome serialises");
     llama::checkpoint::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
+    // Reward, KL and the rest per iteration as a PNG; a plotting failure costs the picture only.
+    let keys = [
+        "reward_raw_mean", "eval_reward", "kl", "eval_kl", "entropy", "clip_frac", "value_loss", "explained_variance",
+        "eval_helpful_rate", "eval_safe_rate", "eval_false_refusal_rate", "response_length",
+    ];
+    if let Err(e) = training::plot::metrics_grid(&run_dir.join("metrics.jsonl"), &run_dir.join("curves.png"), &keys, "ppo") {
+        tracing::warn!("ppo: could not draw curves.png: {e}");
+    }
     Ok(outcome)
 }

@@ -28,6 +28,9 @@ pub struct EvalDemoArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Replies per prompt when sampling (temperature > 0), pooled into the rates.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
@@ -180,7 +183,7 @@ fn eval_demo(a: EvalDemoArgs) -> Result<()> {
     let mut params = training::demo_eval::greedy(a.max_new_tokens, model.cfg.eos_token_id);
     params.temperature = a.temperature;
     params.seed = a.seed;
-    let ev = training::demo_eval::evaluate_policy(&model, &tok, &prompts, &params, a.batch_size)?;
+    let ev = training::demo_eval::evaluate_policy_n(&model, &tok, &prompts, &params, a.batch_size, a.samples)?;
     println!("{}", serde_json::to_string(&ev)?);
     Ok(())
 }

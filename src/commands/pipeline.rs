@@ -4,7 +4,8 @@
 //! is skipped; a changed config or input re-runs it and, through the fingerprints, everything
 //! downstream; an interrupted stage resumes from its own checkpoints.
 //!
-//! Config: `[pipeline]` (`eval_prompts`: held-out prompts for the ground-truth report) and
+//! Config: `[pipeline]` (`eval_prompts`: held-out prompts for the ground-truth report, judged
+//! from `eval_samples` sampled replies per prompt at `eval_temperature` plus one greedy reply) and
 //! `[[stages]]` tables with `name`, `kind` and a `config` table in that stage's own format.
 //! Strings may name earlier stages: `${sft}` is the output of stage `sft` (its model folder, or
 //! the data folder of a `demo_data` stage) and `${sft.dir}` its folder.
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use llama::SamplingParams;
 use training::runner::fnv1a;
 
 #[derive(Subcommand)]
@@ -56,12 +58,25 @@ struct PipelineSection {
     /// Reply budget of that evaluation.
     #[serde(default = "default_eval_tokens")]
     eval_max_new_tokens: usize,
+    /// Sampling temperature of the primary evaluation (0 = greedy only). A greedy evaluation is
+    /// always reported beside it (`ground_truth.greedy`).
+    #[serde(default = "default_eval_temperature")]
+    eval_temperature: f64,
+    /// Replies per prompt of the sampled evaluation, pooled into its rates.
+    #[serde(default = "default_eval_samples")]
+    eval_samples: usize,
     #[serde(default = "default_device")]
     device: String,
 }
 
 fn default_eval_tokens() -> usize {
     48
+}
+fn default_eval_temperature() -> f64 {
+    1.0
+}
+fn default_eval_samples() -> usize {
+    8
 }
 fn default_device() -> String {
     "auto".into()
@@ -298,20 +313,35 @@ fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde
     }
 }
 
-/// Ground-truth helpfulness, safety and false refusals of a policy on held-out demo prompts.
+/// Ground-truth helpfulness, safety and false refusals of a policy on held-out demo prompts:
+/// the top-level rates from `eval_samples` sampled replies per prompt at `eval_temperature`
+/// (greedy replies saturate: a tiny policy that refuses every harmful prompt greedily still
+/// complies in a share of its samples), and the greedy rates under `greedy`.
 fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<serde_json::Value> {
+    use training::demo_eval::{evaluate_policy_n, greedy};
     let tok = super::tokenizer_for(model)?;
     let recs: Vec<datasets::PromptRecord> = datasets::io::read_all(prompts).with_context(|| format!("reading {}", prompts.display()))?;
     let (device, kind) = super::device_and_kind(&p.device, None)?;
     let (_vs, m) = llama::checkpoint::load_causal_lm(model, device, kind)?;
-    let ev = training::demo_eval::evaluate_policy(&m, &tok, &recs, &training::demo_eval::greedy(p.eval_max_new_tokens, m.cfg.eos_token_id), 32)?;
-    Ok(serde_json::json!({
-        "helpful": ev.scores.helpful_rate,
-        "safe": ev.scores.safe_rate,
-        "false_refusal": ev.scores.false_refusal_rate,
-        "n": ev.scores.n,
-        "samples": ev.samples.iter().take(4).collect::<Vec<_>>(),
-    }))
+    let params = greedy(p.eval_max_new_tokens, m.cfg.eos_token_id);
+    let g = evaluate_policy_n(&m, &tok, &recs, &params, 64, 1)?;
+    let rates = |e: &training::demo_eval::PolicyEval| {
+        serde_json::json!({
+            "helpful": e.scores.helpful_rate, "safe": e.scores.safe_rate, "false_refusal": e.scores.false_refusal_rate,
+            "n": e.scores.n, "per_family": e.scores.per_family,
+        })
+    };
+    let mut out = rates(&g);
+    if p.eval_temperature > 0.0 {
+        let sampled = SamplingParams { temperature: p.eval_temperature, seed: 0, ..params };
+        let sv = evaluate_policy_n(&m, &tok, &recs, &sampled, 64, p.eval_samples.max(1))?;
+        out = rates(&sv);
+        out["temperature"] = p.eval_temperature.into();
+        out["samples_per_prompt"] = p.eval_samples.max(1).into();
+        out["greedy"] = rates(&g);
+    }
+    out["examples"] = serde_json::to_value(g.samples.iter().take(4).collect::<Vec<_>>())?;
+    Ok(out)
 }
 
 fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
@@ -326,12 +356,20 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         .collect();
     let report = serde_json::json!({"stages": stages});
     llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    let mut md = String::from("# Pipeline report\n\n## Ground truth on held-out demo prompts\n\n| stage | kind | helpful | safe | false refusal | wall s |\n|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "# Pipeline report\n\n## Ground truth on held-out demo prompts\n\nSampled: the pooled rates of several sampled replies per prompt (temperature and count in \
+         report.json); greedy: one greedy reply per prompt.\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | wall s |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
     let (mut groups, mut h, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for m in manifests {
         let gt = |k: &str| m.ground_truth.as_ref().and_then(|g| g[k].as_f64());
         let fmt = |x: Option<f64>| x.map(|v| format!("{:.3}", v)).unwrap_or_else(|| "–".into());
-        md += &format!("| {} | {} | {} | {} | {} | {:.0} |\n", m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")), m.wall_seconds);
+        let gg = |k: &str| m.ground_truth.as_ref().and_then(|g| g["greedy"][k].as_f64());
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")),
+            fmt(gg("helpful")), fmt(gg("safe")), fmt(gg("false_refusal")), m.wall_seconds
+        );
         if m.ground_truth.is_some() {
             groups.push(m.name.clone());
             h.push(gt("helpful").unwrap_or(f64::NAN));
@@ -346,6 +384,18 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             let ev = &m.metrics["eval"];
             let bins: Vec<String> = ev["by_rating"].as_array().map(|a| a.iter().map(|b| format!("{:.1}", 100.0 * b[1]["accuracy"].as_f64().unwrap_or(f64::NAN))).collect()).unwrap_or_default();
             md += &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
+    if !ppo.is_empty() {
+        md += "\n## PPO: held-out reward and KL (the stage's own evaluation)\n\n| stage | iterations | eval reward LOGIT(Rc) start → end | KL to π_0 (nats/reply) at the end | curves |\n|---|---|---|---|---|\n";
+        for m in ppo {
+            let x = &m.metrics;
+            let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+            md += &format!(
+                "| {} | {} | {} → {} | {} | `{}/curves.png` |\n",
+                m.name, x["iterations"], f(&x["initial_eval"]["reward"]), f(&x["final_eval"]["reward"]), f(&x["final_eval"]["kl"]), m.name
+            );
         }
     }
     if !groups.is_empty() {
