@@ -1,9 +1,10 @@
 //! Where a reward-model step's time goes on the bench model (developer tool):
-//! `cargo run --release -p reward --example profile_step -- runs/bench-20m`.
+//! `cargo run --release -p reward --example profile_rm_step -- runs/bench-20m [causal]` (`causal`: time
+//! the trunk under a plain causal mask instead of the shared-prefix one, to see what the mask costs).
 use reward::data::{collate, PairTokens};
 use reward::model::RewardModel;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 use training::optim::{AdamW, AdamWConfig};
 
 fn main() {
