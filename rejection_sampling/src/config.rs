@@ -315,6 +315,7 @@ impl RejectionSamplingConfig {
             packing: f.packing,
             train_on: f.train_on,
             save_dtype: f.save_dtype.clone(),
+            token_cache: None,
             train,
         }
     }

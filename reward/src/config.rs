@@ -31,6 +31,11 @@ pub struct RewardConfig {
     /// Sigmoid-score threshold below which a response counts as unsafe (Table 29 uses 0.5).
     #[serde(default = "default_threshold")]
     pub threshold: f64,
+    /// Root of the tokenized on-disk cache (`rlhf data cache`, e.g. `.cache/tokens`): the data
+    /// files are tokenized once into it and read back from it on later runs with the same files,
+    /// tokenizer and settings. Unset: tokenize in memory every run. Same ids either way.
+    #[serde(default)]
+    pub token_cache: Option<PathBuf>,
     /// On-disk dtype of the saved model.
     #[serde(default = "default_save_dtype")]
     pub save_dtype: String,

@@ -39,8 +39,26 @@ fn full(tok: &Tokenizer, prompt: &[Message], reply: &str) -> Result<Vec<u32>, ll
 /// Tokenizes one record; both sequences are cut to `max_len` from the left of the reply side
 /// (the prompt's start is dropped first) so the final token (EOS) where the score is read stays.
 pub fn encode_pair(tok: &Tokenizer, r: &PreferenceRecord, max_len: usize) -> Result<PairTokens, llama::LlamaError> {
-    let mut c = full(tok, &r.prompt, &r.chosen)?;
-    let mut j = full(tok, &r.prompt, &r.rejected)?;
+    let c = full(tok, &r.prompt, &r.chosen)?;
+    let j = full(tok, &r.prompt, &r.rejected)?;
+    let meta = PairMeta { rating: r.rating, kind: r.kind, source: r.source.clone(), chosen_safe: r.chosen_safe, rejected_safe: r.rejected_safe };
+    Ok(pair_from_sequences(c, j, max_len, meta))
+}
+
+/// What a pair carries besides its tokens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PairMeta {
+    pub rating: Option<Rating>,
+    pub kind: Option<datasets::PreferenceKind>,
+    pub source: Option<String>,
+    pub chosen_safe: Option<bool>,
+    pub rejected_safe: Option<bool>,
+}
+
+/// The one-row layout of a pair from its two full encodings (prompt + chosen, prompt +
+/// rejected), each cut to `max_len` as [`encode_pair`] does. Shared by the tokenizing path and
+/// the tokenized cache (`datasets::cache`), so both give the same rows.
+pub fn pair_from_sequences(mut c: Vec<u32>, mut j: Vec<u32>, max_len: usize, meta: PairMeta) -> PairTokens {
     for s in [&mut c, &mut j] {
         if s.len() > max_len {
             s.drain(..s.len() - max_len);
@@ -49,16 +67,16 @@ pub fn encode_pair(tok: &Tokenizer, r: &PreferenceRecord, max_len: usize) -> Res
     let common = c.iter().zip(&j).take_while(|(a, b)| a == b).count();
     // Each continuation keeps at least its last token (the score is read there).
     let common = common.min(c.len() - 1).min(j.len() - 1);
-    Ok(PairTokens {
+    PairTokens {
         prefix: c[..common].to_vec(),
         chosen: c[common..].to_vec(),
         rejected: j[common..].to_vec(),
-        rating: r.rating,
-        kind: r.kind,
-        source: r.source.clone(),
-        chosen_safe: r.chosen_safe,
-        rejected_safe: r.rejected_safe,
-    })
+        rating: meta.rating,
+        kind: meta.kind,
+        source: meta.source,
+        chosen_safe: meta.chosen_safe,
+        rejected_safe: meta.rejected_safe,
+    }
 }
 
 /// A batch of pairs, one row each.

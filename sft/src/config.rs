@@ -34,6 +34,11 @@ pub struct SftConfig {
     #[serde(default)]
     pub train_on: AssistantMask,
     /// On-disk dtype of saved models (`float32`, `bfloat16`, `float16`).
+    /// Root of the tokenized on-disk cache (`rlhf data cache`, e.g. `.cache/tokens`): the data
+    /// files are tokenized once into it and read back from it on later runs with the same files,
+    /// tokenizer and settings. Unset: tokenize in memory every run. Same ids either way.
+    #[serde(default)]
+    pub token_cache: Option<PathBuf>,
     #[serde(default = "default_save_dtype")]
     pub save_dtype: String,
     #[serde(default = "sft_train_defaults")]

@@ -190,6 +190,7 @@ fn bench_sft(a: BenchSftArgs) -> Result<()> {
         packing: false,
         train_on: llama::AssistantMask::AllTurns,
         save_dtype: "float32".into(),
+        token_cache: None,
         train: sft::config::sft_train_defaults(),
     };
     cfg.train.lr = 1e-5;
@@ -271,6 +272,7 @@ fn bench_reward(a: BenchSftArgs) -> Result<()> {
         max_seq_len: a.seq_len,
         threshold: 0.5,
         save_dtype: "float32".into(),
+        token_cache: None,
         train,
     };
     let n_steps = a.warmup + a.steps;

@@ -13,7 +13,7 @@ pub enum DataCommand {
     Demo(super::data_demo::DemoArgs),
     /// Build the Llama 2 helpfulness / safety reward-model mixtures.
     Mix(super::data_cache::MixArgs),
-    /// Tokenize once into an on-disk, memory-mapped cache (library: `datasets::cache`; the training stages still tokenize their inputs themselves).
+    /// Tokenize once into the on-disk, memory-mapped cache that `rlhf sft` and `rlhf reward train` read with `token_cache`.
     Cache(super::data_cache::CacheArgs),
     /// Write the demo world at benchmark scale (1.4M comparisons, ~300 tokens a reply).
     DemoScale(super::data_cache::DemoScaleArgs),

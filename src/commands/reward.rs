@@ -93,6 +93,24 @@ fn encode_all(tok: &llama::Tokenizer, recs: &[PreferenceRecord], max_len: usize)
         .collect()
 }
 
+/// Comparisons through the tokenized cache under `root` (built on first use, reused after).
+fn cached_pairs(files: &[PathBuf], tok_path: &Path, max_len: usize, root: &Path) -> Result<Vec<PairTokens>> {
+    use datasets::cache::{build_cache, CacheSettings, PreferenceCache};
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let h = build_cache(datasets::RecordKind::Preference, files, tok_path, &CacheSettings::default(), root)?;
+    tracing::info!("comparisons from the token cache {} ({}, {} pairs)", h.dir.display(), if h.reused { "reused" } else { "built" }, h.manifest.records);
+    let cache = PreferenceCache::open(&h.dir)?;
+    Ok((0..cache.len())
+        .filter_map(|i| cache.get(i))
+        .map(|p| {
+            let meta = reward::data::PairMeta { rating: p.rating, kind: p.kind, source: p.source.map(String::from), chosen_safe: p.chosen_safe, rejected_safe: p.rejected_safe };
+            reward::data::pair_from_sequences(p.chosen_full(), p.rejected_full(), max_len, meta)
+        })
+        .collect())
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     let cfg: reward::RewardConfig = super::config::load(&a.config, &a.sets)?;
     cfg.validate().map_err(anyhow::Error::msg).with_context(|| a.config.display().to_string())?;
@@ -105,8 +123,14 @@ fn train(a: TrainArgs) -> Result<()> {
 /// (also the pipeline's entry point).
 pub fn train_config(cfg: &reward::RewardConfig, out: &Path, resume: bool) -> Result<(training::runner::RunResult, Option<reward::eval::RmReport>)> {
     let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.model))?;
-    let pairs = encode_all(&tok, &read_pairs(&cfg.train_data)?, cfg.max_seq_len)?;
-    let eval_pairs = encode_all(&tok, &read_pairs(&cfg.eval_data)?, cfg.max_seq_len)?;
+    let pairs_of = |files: &[PathBuf]| -> Result<Vec<PairTokens>> {
+        match &cfg.token_cache {
+            Some(root) => cached_pairs(files, &tok_path, cfg.max_seq_len, root),
+            None => encode_all(&tok, &read_pairs(files)?, cfg.max_seq_len),
+        }
+    };
+    let pairs = pairs_of(&cfg.train_data)?;
+    let eval_pairs = pairs_of(&cfg.eval_data)?;
     let extra = super::tokenizer_files(&tok_path);
     let r = reward::trainer::train(cfg, &pairs, &eval_pairs, out, resume, &extra)?;
     let mut report = None;

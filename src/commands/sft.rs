@@ -48,13 +48,28 @@ pub fn run(a: SftArgs) -> Result<()> {
     Ok(())
 }
 
+/// SFT examples through the tokenized cache under `root` (built on first use, reused after).
+fn cached_examples(files: &[PathBuf], tok_path: &Path, mask: llama::AssistantMask, root: &Path) -> Result<Vec<sft::Example>> {
+    use datasets::cache::{build_cache, CacheSettings, SftCache};
+    let settings = CacheSettings { mask, length: None };
+    let h = build_cache(datasets::RecordKind::Sft, files, tok_path, &settings, root)?;
+    tracing::info!("SFT data from the token cache {} ({}, {} examples)", h.dir.display(), if h.reused { "reused" } else { "built" }, h.manifest.records);
+    let cache = SftCache::open(&h.dir)?;
+    Ok(cache.iter().map(|e| sft::Example { ids: e.ids.to_vec(), loss_mask: e.loss_mask.iter().map(|&m| m != 0).collect() }).collect())
+}
+
 /// Runs SFT from a parsed config (also the pipeline's entry point).
 pub fn run_config(cfg: &sft::SftConfig, out: &Path, resume: bool) -> Result<sft::SftOutcome> {
     let (tok, tok_path) = stage_tokenizer(cfg.tokenizer.as_deref(), cfg.model.as_deref())?;
-    let dialogs = read_dialogs(&cfg.train_data)?;
-    let mut train = sft::trainer::examples_from_dialogs(&tok, &dialogs, cfg.train_on)?;
+    let examples = |files: &[PathBuf]| -> Result<Vec<sft::Example>> {
+        match &cfg.token_cache {
+            Some(root) => cached_examples(files, &tok_path, cfg.train_on, root),
+            None => Ok(sft::trainer::examples_from_dialogs(&tok, &read_dialogs(files)?, cfg.train_on)?),
+        }
+    };
+    let mut train = examples(&cfg.train_data)?;
     let eval = match &cfg.eval_data {
-        Some(p) => sft::trainer::examples_from_dialogs(&tok, &read_dialogs(std::slice::from_ref(p))?, cfg.train_on)?,
+        Some(p) => examples(std::slice::from_ref(p))?,
         None => {
             // Hold out a seeded share of the training examples.
             let order = sft::data::epoch_order(train.len(), cfg.train.seed ^ 0xE7A1, 0);
