@@ -430,3 +430,64 @@ fn status(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")
+    }
+
+    fn check_stage(kind: &str, cfg: toml::Value, what: &str) {
+        let r: Result<()> = (|| {
+            match kind {
+                "sft" => parse::<sft::SftConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+                "reward" => parse::<reward::RewardConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+                "rejection_sampling" => parse::<rejection_sampling::RejectionSamplingConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+                "ppo" => parse::<ppo::PpoConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+                _ => Ok(()),
+            }
+        })();
+        if let Err(e) = r {
+            panic!("{what}: {e:#}");
+        }
+    }
+
+    /// Every shipped config parses into its stage's type (unknown keys are errors) and passes
+    /// validation; in pipeline configs every `${stage}` names an earlier stage.
+    #[test]
+    fn every_shipped_config_parses_and_validates() {
+        let mut n = 0;
+        for e in std::fs::read_dir(configs_dir()).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".toml") {
+                continue;
+            }
+            n += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value = toml::Value::Table(text.parse::<toml::Table>().unwrap_or_else(|e| panic!("{name}: {e}")));
+            if value.get("stages").is_some() {
+                let cfg = load_config(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                let mut outputs = BTreeMap::new();
+                for st in &cfg.stages {
+                    let mut c = st.config.clone();
+                    substitute(&mut c, &outputs, &mut Vec::new()).unwrap_or_else(|e| panic!("{name}: stage {}: {e:#}", st.name));
+                    check_stage(&st.kind, c, &format!("{name}: stage {}", st.name));
+                    outputs.insert(st.name.clone(), (PathBuf::from(format!("out/{}", st.name)), PathBuf::from(format!("dir/{}", st.name))));
+                }
+            } else {
+                let kind = match name.split('-').next().unwrap() {
+                    "sft" => "sft",
+                    "reward" => "reward",
+                    "rs" => "rejection_sampling",
+                    "ppo" => "ppo",
+                    other => panic!("{name}: no stage kind for prefix {other:?}"),
+                };
+                check_stage(kind, value, &name);
+            }
+        }
+        assert!(n >= 10, "only {n} configs found");
+    }
+}
