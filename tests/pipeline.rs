@@ -44,6 +44,10 @@ fn smoke_pipeline_killed_resumed_and_reported() {
     let per = gt["samples_per_prompt"].as_u64().expect("samples_per_prompt");
     assert!(per > 1);
     assert_eq!(gt["n"].as_u64().unwrap(), per * gt["greedy"]["n"].as_u64().unwrap(), "{gt}");
+    for i in [1, 2] {
+        let t = stages[i]["tokens_per_s"].as_str().unwrap_or_else(|| panic!("no tokens/s for stage {i}: {}", stages[i]));
+        assert!(t.ends_with(" train") && t.split(' ').next().unwrap().parse::<f64>().unwrap() > 0.0, "{t}");
+    }
     let acc = stages[2]["metrics"]["eval"]["overall"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert!(out.join("report.md").exists() && out.join("ground_truth.png").exists() && out.join("sft/curves.png").exists());

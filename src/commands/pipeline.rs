@@ -344,12 +344,40 @@ fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<ser
     Ok(out)
 }
 
+/// A stage's throughput for the report, from its manifest and run folder: training tokens/s (SFT,
+/// RM), generated tokens/s of sampling (rejection sampling), rollout and training tokens/s (PPO,
+/// medians over iterations).
+fn throughput(out: &Path, m: &Manifest) -> Option<String> {
+    let x = &m.metrics;
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    match m.kind.as_str() {
+        "sft" => x["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
+        "reward" => x["run"]["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
+        "rejection_sampling" => {
+            let path = out.join(&m.name).join("report.json");
+            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            let t = r["iterations"].as_array()?.last()?["throughput"]["tokens_per_s"].as_f64()?;
+            Some(format!("{t:.0} generated"))
+        }
+        "ppo" => {
+            let recs = training::metrics::read_metrics(&out.join(&m.name).join("metrics.jsonl")).ok()?;
+            let col = |k: &str| median(recs.iter().filter_map(|r| r.get(k)?.as_f64()).collect());
+            Some(format!("{:.0} rollout, {:.0} train", col("rollout_tokens_per_s")?, col("train_tokens_per_s")?))
+        }
+        _ => None,
+    }
+}
+
 fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     let stages: Vec<serde_json::Value> = manifests
         .iter()
         .map(|m| {
             serde_json::json!({
-                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds,
+                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds, "tokens_per_s": throughput(out, m),
                 "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint,
             })
         })
@@ -358,7 +386,7 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     let mut md = String::from(
         "# Pipeline report\n\n## Ground truth on held-out demo prompts\n\nSampled: the pooled rates of several sampled replies per prompt (temperature and count in \
-         report.json); greedy: one greedy reply per prompt.\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | wall s |\n|---|---|---|---|---|---|---|---|---|\n",
+         report.json); greedy: one greedy reply per prompt.\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | wall s | tokens/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let (mut groups, mut h, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for m in manifests {
@@ -366,9 +394,10 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         let fmt = |x: Option<f64>| x.map(|v| format!("{:.3}", v)).unwrap_or_else(|| "–".into());
         let gg = |k: &str| m.ground_truth.as_ref().and_then(|g| g["greedy"][k].as_f64());
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
             m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")),
-            fmt(gg("helpful")), fmt(gg("safe")), fmt(gg("false_refusal")), m.wall_seconds
+            fmt(gg("helpful")), fmt(gg("safe")), fmt(gg("false_refusal")), m.wall_seconds,
+            throughput(out, m).unwrap_or_else(|| "–".into())
         );
         if m.ground_truth.is_some() {
             groups.push(m.name.clone());
