@@ -415,6 +415,38 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             md += &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
         }
     }
+    // What every run has, judges or not: the reward models' scores of each policy's held-out
+    // replies (rejection sampling: greedy replies before and after; PPO: sampled replies).
+    let mut rm_rows = String::new();
+    for m in manifests {
+        let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        match m.kind.as_str() {
+            "rejection_sampling" => {
+                let Ok(text) = std::fs::read_to_string(out.join(&m.name).join("report.json")) else { continue };
+                let Ok(r) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                let Some(its) = r["iterations"].as_array() else { continue };
+                let (Some(first), Some(last)) = (its.first(), its.last()) else { continue };
+                let (b, a) = (&first["eval_before"]["greedy"], &last["eval_after"]["greedy"]);
+                rm_rows += &format!(
+                    "| {} | greedy, {} prompts | R_c {} → {} | helpfulness {} → {} | safety {} → {} |\n",
+                    m.name, last["eval_after"]["prompts"], f(&b["mean_reward"]), f(&a["mean_reward"]),
+                    f(&b["mean_helpfulness"]), f(&a["mean_helpfulness"]), f(&b["mean_safety"]), f(&a["mean_safety"])
+                );
+            }
+            "ppo" => {
+                let x = &m.metrics;
+                rm_rows += &format!(
+                    "| {} | sampled, {} replies | LOGIT(R_c) {} → {} | | |\n",
+                    m.name, x["final_eval"]["responses"], f(&x["initial_eval"]["reward"]), f(&x["final_eval"]["reward"])
+                );
+            }
+            _ => {}
+        }
+    }
+    if !rm_rows.is_empty() {
+        md += "\n## Reward-model scores of the held-out replies, start → end of each policy stage\n\n| stage | replies | combined | helpfulness RM (sigmoid) | safety RM (sigmoid) |\n|---|---|---|---|---|\n";
+        md += &rm_rows;
+    }
     let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
     if !ppo.is_empty() {
         md += "\n## PPO: held-out reward and KL (the stage's own evaluation)\n\n| stage | iterations | eval reward LOGIT(Rc) start → end | KL to π_0 (nats/reply) at the end | curves |\n|---|---|---|---|---|\n";
