@@ -461,7 +461,7 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     }
     if !groups.is_empty() {
         let png = out.join("ground_truth.png");
-        training::plot::bar_chart(&png, "Ground truth on held-out prompts", "rate", &groups, &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)])?;
+        training::plot::bar_chart(&png, "Ground truth on held-out prompts (sampled replies; greedy in report.md)", "rate", &groups, &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)])?;
         md += "\n![ground truth per stage](ground_truth.png)\n";
     }
     md += "\nPer-stage curves: `<stage>/curves.png`; manifests: `<stage>/manifest.json`.\n";
