@@ -2,24 +2,16 @@
 //! resumed, report checked, and an unchanged re-run skips every stage.
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn smoke_pipeline_killed_resumed_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/smoke.toml");
-    let mut child = rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out)
-        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     // Kill it inside the SFT stage, once that stage has a checkpoint.
-    let t0 = Instant::now();
-    while !out.join("sft/checkpoints/latest").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "SFT never checkpointed");
-        assert!(child.try_wait().unwrap().is_none(), "pipeline finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let latest = out.join("sft/checkpoints/latest");
+    kill_when(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out), || latest.exists(), Duration::from_secs(120), Duration::ZERO, "an SFT checkpoint");
     assert!(out.join("data/manifest.json").exists(), "the finished data stage keeps its manifest");
     assert!(!out.join("sft/manifest.json").exists(), "the killed stage has no manifest");
     let status = run_ok(rlhf().args(["pipeline", "status"]).arg(&out));

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A micro policy; the reward models and the value model start from it with random score heads.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
@@ -95,17 +95,8 @@ fn killed_and_resumed_ppo_run_is_bit_identical() {
 
     // Interrupted run: SIGKILL once a checkpoint exists.
     let cut = tmp.path().join("cut");
-    let mut child = rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut)
-        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    while !cut.join("checkpoints/latest").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let latest = cut.join("checkpoints/latest");
+    kill_when(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut), || latest.exists(), Duration::from_secs(120), Duration::from_millis(100), "a checkpoint");
     assert!(!cut.join("final").exists(), "the run was not interrupted");
 
     let err = run_err(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut));

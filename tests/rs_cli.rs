@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PROMPTS: usize = 64;
 
@@ -145,15 +145,8 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
     // Interrupted run: SIGKILL as soon as sampling has logged a few prompts.
     let cut = tmp.path().join("cut");
     let log = cut.join("samples-iter1.jsonl");
-    let mut child = rs(&cfg, &cut).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    while std::fs::read(&log).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0) < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no samples appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let logged = || std::fs::read(&log).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0) >= 2;
+    kill_when(&mut rs(&cfg, &cut), logged, Duration::from_secs(60), Duration::ZERO, "two sampled prompts");
     let before = std::fs::read(&log).unwrap();
     let done_before = before.iter().filter(|&&c| c == b'\n').count();
     assert!(done_before < PROMPTS, "sampling was not interrupted");

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn write_data(dir: &Path) -> std::path::PathBuf {
     let mut lines = Vec::new();
@@ -56,17 +56,8 @@ fn killed_and_resumed_run_is_bit_identical() {
 
     // Interrupted run: SIGKILL once a checkpoint exists, at whatever point the run has reached.
     let cut = tmp.path().join("cut");
-    let mut child = rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut)
-        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    while !cut.join("checkpoints/latest").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(150));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let latest = cut.join("checkpoints/latest");
+    kill_when(rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut), || latest.exists(), Duration::from_secs(120), Duration::from_millis(150), "a checkpoint");
     assert!(!cut.join("final").exists(), "the run was not interrupted");
 
     // Without --resume the folder is not overwritten.

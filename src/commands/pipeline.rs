@@ -347,7 +347,7 @@ fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<ser
 /// A stage's throughput for the report, from its manifest and run folder: training tokens/s (SFT,
 /// RM), generated tokens/s of sampling (rejection sampling), rollout and training tokens/s (PPO,
 /// medians over iterations).
-fn throughput(out: &Path, m: &Manifest) -> Option<String> {
+fn throughput(out: &Path, m: &Manifest, rs_report: Option<&serde_json::Value>) -> Option<String> {
     let x = &m.metrics;
     let median = |mut v: Vec<f64>| -> Option<f64> {
         v.retain(|x| x.is_finite());
@@ -358,9 +358,7 @@ fn throughput(out: &Path, m: &Manifest) -> Option<String> {
         "sft" => x["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
         "reward" => x["run"]["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
         "rejection_sampling" => {
-            let path = out.join(&m.name).join("report.json");
-            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-            let t = r["iterations"].as_array()?.last()?["throughput"]["tokens_per_s"].as_f64()?;
+            let t = rs_report?["iterations"].as_array()?.last()?["throughput"]["tokens_per_s"].as_f64()?;
             Some(format!("{t:.0} generated"))
         }
         "ppo" => {
@@ -372,12 +370,21 @@ fn throughput(out: &Path, m: &Manifest) -> Option<String> {
     }
 }
 
+/// A rejection-sampling stage's own `report.json` (per iteration: evaluations, throughput).
+fn rs_report(out: &Path, m: &Manifest) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join(&m.name).join("report.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
+    let rs_reports: BTreeMap<&str, serde_json::Value> =
+        manifests.iter().filter(|m| m.kind == "rejection_sampling").filter_map(|m| Some((m.name.as_str(), rs_report(out, m)?))).collect();
+    let rs_of = |m: &Manifest| rs_reports.get(m.name.as_str());
     let stages: Vec<serde_json::Value> = manifests
         .iter()
         .map(|m| {
             serde_json::json!({
-                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds, "tokens_per_s": throughput(out, m),
+                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds, "tokens_per_s": throughput(out, m, rs_of(m)),
                 "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint,
             })
         })
@@ -397,7 +404,7 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
             m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")),
             fmt(gg("helpful")), fmt(gg("safe")), fmt(gg("false_refusal")), m.wall_seconds,
-            throughput(out, m).unwrap_or_else(|| "–".into())
+            throughput(out, m, rs_of(m)).unwrap_or_else(|| "–".into())
         );
         if m.ground_truth.is_some() {
             groups.push(m.name.clone());
@@ -422,9 +429,7 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
         match m.kind.as_str() {
             "rejection_sampling" => {
-                let Ok(text) = std::fs::read_to_string(out.join(&m.name).join("report.json")) else { continue };
-                let Ok(r) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-                let Some(its) = r["iterations"].as_array() else { continue };
+                let Some(its) = rs_of(m).and_then(|r| r["iterations"].as_array()) else { continue };
                 let (Some(first), Some(last)) = (its.first(), its.last()) else { continue };
                 let (b, a) = (&first["eval_before"]["greedy"], &last["eval_after"]["greedy"]);
                 rm_rows += &format!(

@@ -1,6 +1,7 @@
-//! Pipeline stages of the rejection-sampling and PPO crates: the same library calls as
-//! `rlhf rejection-sampling` and `rlhf ppo`, always resuming inside the stage folder.
-use anyhow::{bail, Context, Result};
+//! Pipeline stages of kinds mix, rejection sampling and PPO: the mixture of `rlhf data mix`, and the
+//! same entry points as `rlhf rejection-sampling` and `rlhf ppo`, always resuming inside the stage
+//! folder.
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 pub fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
@@ -36,28 +37,13 @@ pub fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, s
         "rejection_sampling" => {
             let c: rejection_sampling::RejectionSamplingConfig = cfg.try_into()?;
             c.validate().map_err(anyhow::Error::msg)?;
-            let (tok, tok_path) = super::sft::stage_tokenizer(c.tokenizer.as_deref(), Some(&c.policy))?;
-            let o = rejection_sampling::run(&c, &tok, dir, true, &super::tokenizer_files(&tok_path))?;
+            let o = super::rejection_sampling::run_config(&c, dir, true)?;
             Ok((o.final_model.clone(), serde_json::to_value(&o)?))
         }
         "ppo" => {
             let c: ppo::PpoConfig = cfg.try_into()?;
             c.validate().map_err(anyhow::Error::msg)?;
-            let (tok, tok_path) = super::sft::stage_tokenizer(c.tokenizer.as_deref(), Some(&c.policy))?;
-            let read = |paths: &[PathBuf]| -> Result<Vec<datasets::PromptRecord>> {
-                let mut out = Vec::new();
-                for p in paths {
-                    out.extend(datasets::io::read_all::<datasets::PromptRecord>(p).with_context(|| format!("reading prompts {}", p.display()))?);
-                }
-                Ok(out)
-            };
-            let inputs = ppo::RunInputs {
-                tokenizer: &tok,
-                extra_files: super::tokenizer_files(&tok_path),
-                train_prompts: read(&c.train_prompts)?,
-                eval_prompts: read(&c.eval_prompts)?,
-            };
-            let o = ppo::train(&c, inputs, dir, true)?;
+            let o = super::ppo::run_config(&c, dir, true)?;
             Ok((o.final_model.clone(), serde_json::to_value(&o)?))
         }
         other => bail!("unknown stage kind {other}"),

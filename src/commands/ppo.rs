@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use datasets::PromptRecord;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct PpoArgs {
@@ -32,6 +32,13 @@ fn read_prompts(paths: &[PathBuf]) -> Result<Vec<PromptRecord>> {
 pub fn run(a: PpoArgs) -> Result<()> {
     let cfg: ppo::PpoConfig = super::config::load(&a.config, &a.sets)?;
     cfg.validate().map_err(anyhow::Error::msg).with_context(|| a.config.display().to_string())?;
+    let outcome = run_config(&cfg, &a.out, a.resume)?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
+
+/// Runs PPO from a parsed, validated config (also the pipeline's entry point).
+pub fn run_config(cfg: &ppo::PpoConfig, out: &Path, resume: bool) -> Result<ppo::PpoOutcome> {
     let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.policy))?;
     let inputs = ppo::RunInputs {
         tokenizer: &tok,
@@ -39,7 +46,5 @@ pub fn run(a: PpoArgs) -> Result<()> {
         train_prompts: read_prompts(&cfg.train_prompts)?,
         eval_prompts: read_prompts(&cfg.eval_prompts)?,
     };
-    let outcome = ppo::train(&cfg, inputs, &a.out, a.resume)?;
-    println!("{}", serde_json::to_string(&outcome)?);
-    Ok(())
+    Ok(ppo::train(cfg, inputs, out, resume)?)
 }

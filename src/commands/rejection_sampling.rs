@@ -1,7 +1,7 @@
 //! `rlhf rejection-sampling --config FILE [--set key=value ...] --out DIR [--resume]`.
 use anyhow::{Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct RsArgs {
@@ -23,8 +23,13 @@ pub struct RsArgs {
 pub fn run(a: RsArgs) -> Result<()> {
     let cfg: rejection_sampling::RejectionSamplingConfig = super::config::load(&a.config, &a.sets)?;
     cfg.validate().map_err(anyhow::Error::msg).with_context(|| a.config.display().to_string())?;
-    let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.policy))?;
-    let outcome = rejection_sampling::run(&cfg, &tok, &a.out, a.resume, &super::tokenizer_files(&tok_path))?;
+    let outcome = run_config(&cfg, &a.out, a.resume)?;
     println!("{}", serde_json::to_string(&outcome)?);
     Ok(())
+}
+
+/// Runs rejection sampling from a parsed, validated config (also the pipeline's entry point).
+pub fn run_config(cfg: &rejection_sampling::RejectionSamplingConfig, out: &Path, resume: bool) -> Result<rejection_sampling::RsOutcome> {
+    let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.policy))?;
+    Ok(rejection_sampling::run(cfg, &tok, out, resume, &super::tokenizer_files(&tok_path))?)
 }

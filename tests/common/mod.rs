@@ -40,3 +40,20 @@ pub fn json_line(s: &str) -> serde_json::Value {
     let line = s.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {s:?}"));
     serde_json::from_str(line).unwrap()
 }
+
+/// Starts `cmd` (output discarded) and kills it with SIGKILL `grace` after `ready()` first holds.
+/// Fails if the process ends before that or `ready` does not hold within `limit`; `what` names
+/// the awaited state in that message.
+pub fn kill_when(cmd: &mut Command, ready: impl Fn() -> bool, limit: std::time::Duration, grace: std::time::Duration, what: &str) {
+    use std::time::{Duration, Instant};
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(t0.elapsed() < limit, "never reached: {what}");
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(grace);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}

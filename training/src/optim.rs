@@ -89,7 +89,8 @@ impl AdamW {
                 return 0.0;
             }
             // Per-tensor L2 norms, then the norm of those (as torch): one pass, no temporaries.
-            let norms: Vec<Tensor> = grads.iter().map(|g| if g.kind() == Kind::Float { g.norm() } else { g.to_kind(Kind::Float).norm() }).collect();
+            // (`to_kind` of a float32 gradient returns it as is, no copy.)
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
             let total = f64::try_from(Tensor::stack(&norms, 0).norm()).unwrap_or(f64::NAN);
             if max_norm > 0.0 && total.is_finite() {
                 let coef = max_norm / (total + 1e-6);
