@@ -21,7 +21,7 @@ fn main() {
     let mut cache = KvCache::new(&model.cfg, b, 200, Device::Cpu, Kind::Float);
     let ids = Tensor::randint_low(3, 32000, [b, 32], (Kind::Int64, Device::Cpu));
     let pos = Tensor::arange(32, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, 32], false);
-    model.forward(&ids, &pos, &Mask::Causal, Some(&mut cache));
+    let _ = model.forward(&ids, &pos, &Mask::Causal, Some(&mut cache));
     let tok = Tensor::randint_low(3, 32000, [b, 1], (Kind::Int64, Device::Cpu));
     let p1 = Tensor::full([b, 1], 40, (Kind::Int64, Device::Cpu));
     let h = model.forward(&tok, &p1, &Mask::None, None);
