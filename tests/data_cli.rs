@@ -11,9 +11,9 @@ fn write(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     p
 }
 
-const GOOD: &str =
-    r#"{"prompt": "q1", "chosen": "a", "rejected": "b", "rating": "better", "kind": "helpfulness", "source": "s1"}"#;
-const GOOD2: &str = r#"{"prompt": [{"role": "user", "content": "q2"}], "chosen": "c", "rejected": "d", "rating": "unsure", "kind": "safety"}"#;
+const GOOD: &str = r#"{"prompt": "q1", "chosen": "a", "rejected": "b", "rating": "better", "kind": "helpfulness", "source": "s1"}"#;
+const GOOD2: &str =
+    r#"{"prompt": [{"role": "user", "content": "q2"}], "chosen": "c", "rejected": "d", "rating": "unsure", "kind": "safety"}"#;
 const EMPTY_CHOSEN: &str = r#"{"prompt": "q3", "chosen": "  ", "rejected": "d"}"#;
 const BAD_RATING: &str = r#"{"prompt": "q4", "chosen": "c", "rejected": "d", "rating": "meh"}"#;
 
@@ -46,17 +46,14 @@ fn validate_skip_invalid_writes_rejects() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(dir.path(), "a.jsonl", &[GOOD, EMPTY_CHOSEN, "{oops", BAD_RATING, GOOD2]);
     let b = write(dir.path(), "b.jsonl", &[GOOD]);
-    let v =
-        json_line(&run_ok(rlhf().args(["data", "validate", "--kind", "preference", "--skip-invalid"]).arg(&a).arg(&b)));
+    let v = json_line(&run_ok(rlhf().args(["data", "validate", "--kind", "preference", "--skip-invalid"]).arg(&a).arg(&b)));
     assert_eq!((v["rows"].as_u64(), v["valid"].as_u64(), v["invalid"].as_u64()), (Some(6), Some(3), Some(3)));
     assert_eq!(v["invalid_by_reason"], serde_json::json!({"empty_text": 1, "invalid_json": 1, "unknown_rating": 1}));
     let rejects = dir.path().join("a.rejects.jsonl");
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&rejects).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let got: Vec<_> = lines
-        .iter()
-        .map(|l| (l["line"].as_u64().unwrap(), l["field"].as_str().unwrap(), l["reason"].as_str().unwrap()))
-        .collect();
+    let got: Vec<_> =
+        lines.iter().map(|l| (l["line"].as_u64().unwrap(), l["field"].as_str().unwrap(), l["reason"].as_str().unwrap())).collect();
     assert_eq!(got, [(2, "chosen", "empty_text"), (3, "", "invalid_json"), (4, "rating", "unknown_rating")]);
     assert_eq!(lines[1]["raw"], "{oops");
     assert_eq!(lines[0]["file"], a.display().to_string());
@@ -64,13 +61,7 @@ fn validate_skip_invalid_writes_rejects() {
 
     // One shared rejects file.
     let shared = dir.path().join("all.rejects.jsonl");
-    run_ok(
-        rlhf()
-            .args(["data", "validate", "--kind", "preference", "--skip-invalid", "--rejects"])
-            .arg(&shared)
-            .arg(&a)
-            .arg(&b),
-    );
+    run_ok(rlhf().args(["data", "validate", "--kind", "preference", "--skip-invalid", "--rejects"]).arg(&shared).arg(&a).arg(&b));
     assert_eq!(std::fs::read_to_string(&shared).unwrap().lines().count(), 3);
 }
 
@@ -82,9 +73,7 @@ fn import_hh_rlhf_then_validate() {
         "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 5"
     })
     .to_string();
-    let mismatch =
-        serde_json::json!({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"})
-            .to_string();
+    let mismatch = serde_json::json!({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}).to_string();
     let input = write(dir.path(), "hh.jsonl", &[&row, &mismatch]);
     for ext in ["jsonl", "parquet"] {
         let out = dir.path().join(format!("out.{ext}"));
@@ -94,10 +83,7 @@ fn import_hh_rlhf_then_validate() {
         assert!(!out.exists(), "a failed import leaves no output");
         let args = ["data", "import", "--format", "auto", "--kind", "safety", "--source", "hh", "--skip-invalid"];
         let v = json_line(&run_ok(rlhf().args(args).arg(&input).arg("--out").arg(&out)));
-        assert_eq!(
-            (v["format"].as_str(), v["written"].as_u64(), v["invalid"].as_u64()),
-            (Some("hh-rlhf"), Some(1), Some(1))
-        );
+        assert_eq!((v["format"].as_str(), v["written"].as_u64(), v["invalid"].as_u64()), (Some("hh-rlhf"), Some(1), Some(1)));
         let v = json_line(&run_ok(rlhf().args(["data", "validate", "--kind", "preference"]).arg(&out)));
         assert_eq!((v["rows"].as_u64(), v["valid"].as_u64()), (Some(1), Some(1)));
         assert_eq!(v["counts"]["kind"]["safety"], 1);
@@ -129,13 +115,8 @@ fn import_trl_and_length_policy() {
     let err = run_err(rlhf().args(base).arg(&model).arg(&out));
     assert!(err.contains("row 2: field `chosen`") && err.contains("more than --max-tokens 64"), "{err}");
     let fitted = dir.path().join("fitted.jsonl");
-    let v = json_line(&run_ok(
-        rlhf().args(base).arg(&model).args(["--overlong", "truncate", "--out"]).arg(&fitted).arg(&out),
-    ));
-    assert_eq!(
-        v["overlong"],
-        serde_json::json!({"max_tokens": 64, "policy": "truncate", "over": 1, "truncated": 1, "dropped": 0})
-    );
+    let v = json_line(&run_ok(rlhf().args(base).arg(&model).args(["--overlong", "truncate", "--out"]).arg(&fitted).arg(&out)));
+    assert_eq!(v["overlong"], serde_json::json!({"max_tokens": 64, "policy": "truncate", "over": 1, "truncated": 1, "dropped": 0}));
     assert!(v["tokens"]["max"].as_u64().unwrap() > 400 && v["tokens"]["p50"].as_u64().unwrap() < 64, "{v}");
     assert_eq!(v["written"], 2);
     let v = json_line(&run_ok(rlhf().args(base).arg(&model).arg(&fitted)));

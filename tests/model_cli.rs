@@ -11,7 +11,13 @@ fn eval_lm_matches_transformers_nll() {
             serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap();
         let want = expected["nll"]["mean_nll"].as_f64().expect("expected.json has nll.mean_nll");
         let want_n = expected["nll"]["n_tokens"].as_i64().unwrap();
-        let out = run_ok(rlhf().args(["eval", "lm", "--device", "cpu", "--batch-size", "2", "--model"]).arg(fixture(name)).arg("--data").arg(fixture("lm_eval.jsonl")));
+        let out = run_ok(
+            rlhf()
+                .args(["eval", "lm", "--device", "cpu", "--batch-size", "2", "--model"])
+                .arg(fixture(name))
+                .arg("--data")
+                .arg(fixture("lm_eval.jsonl")),
+        );
         let got = json_line(&out);
         assert_eq!(got["n_tokens"].as_i64().unwrap(), want_n, "{name}: token count");
         let nll = got["mean_nll"].as_f64().unwrap();
@@ -21,13 +27,34 @@ fn eval_lm_matches_transformers_nll() {
 
 #[test]
 fn generate_json_and_tokenize_shapes() {
-    let out = run_ok(rlhf().args(["generate", "--device", "cpu", "--prompt", "Hello", "--max-new-tokens", "5", "--temperature", "0", "--json", "--model"]).arg(fixture("tiny-gqa")));
+    let out = run_ok(
+        rlhf()
+            .args(["generate", "--device", "cpu", "--prompt", "Hello", "--max-new-tokens", "5", "--temperature", "0", "--json", "--model"])
+            .arg(fixture("tiny-gqa")),
+    );
     let v = json_line(&out);
     assert!(v["completion"].is_string());
     let ids = v["token_ids"].as_array().unwrap();
     assert!(!ids.is_empty() && ids.len() <= 5);
     // Same seed, same sample; the chat path works with a system prompt.
-    let args = ["generate", "--device", "cpu", "--chat", "--system", "Be brief.", "--prompt", "Hi there", "--max-new-tokens", "8", "--temperature", "1.0", "--seed", "7", "--json", "--model"];
+    let args = [
+        "generate",
+        "--device",
+        "cpu",
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--prompt",
+        "Hi there",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "7",
+        "--json",
+        "--model",
+    ];
     let a = json_line(&run_ok(rlhf().args(args).arg(fixture("tiny-mha"))));
     let b = json_line(&run_ok(rlhf().args(args).arg(fixture("tiny-mha"))));
     assert_eq!(a["token_ids"], b["token_ids"]);
@@ -35,7 +62,9 @@ fn generate_json_and_tokenize_shapes() {
     let tmp = tempfile::tempdir().unwrap();
     let dialog = tmp.path().join("d.json");
     std::fs::write(&dialog, r#"[{"role":"user","content":"Hello world!"}]"#).unwrap();
-    let ids: Vec<u32> = serde_json::from_str(run_ok(rlhf().args(["tokenize", "--model"]).arg(fixture("tiny-gqa")).arg("--dialog").arg(&dialog)).trim()).unwrap();
+    let ids: Vec<u32> =
+        serde_json::from_str(run_ok(rlhf().args(["tokenize", "--model"]).arg(fixture("tiny-gqa")).arg("--dialog").arg(&dialog)).trim())
+            .unwrap();
     // <s>[INST] Hello world! [/INST]
     assert_eq!(ids[0], 1);
     assert_eq!(&ids[1..4], &[518, 25580, 29962]);
@@ -53,11 +82,8 @@ fn missing_tensor_is_named() {
     let f = CheckpointFiles::open(&dir).unwrap();
     let mut names: Vec<String> = f.names().map(String::from).collect();
     names.sort();
-    let kept: Vec<(String, tch::Tensor)> = names
-        .iter()
-        .filter(|n| n.as_str() != "model.layers.1.mlp.up_proj.weight")
-        .map(|n| (n.clone(), f.tensor(n).unwrap()))
-        .collect();
+    let kept: Vec<(String, tch::Tensor)> =
+        names.iter().filter(|n| n.as_str() != "model.layers.1.mlp.up_proj.weight").map(|n| (n.clone(), f.tensor(n).unwrap())).collect();
     drop(f);
     write_safetensors(&dir.join("model.safetensors"), &kept).unwrap();
     let err = eval_err(&dir);

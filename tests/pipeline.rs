@@ -11,7 +11,13 @@ fn smoke_pipeline_killed_resumed_and_reported() {
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/smoke.toml");
     // Kill it inside the SFT stage, once that stage has a checkpoint.
     let latest = out.join("sft/checkpoints/latest");
-    kill_when(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out), || latest.exists(), Duration::from_secs(120), Duration::ZERO, "an SFT checkpoint");
+    kill_when(
+        rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out),
+        || latest.exists(),
+        Duration::from_secs(120),
+        Duration::ZERO,
+        "an SFT checkpoint",
+    );
     assert!(out.join("data/manifest.json").exists(), "the finished data stage keeps its manifest");
     assert!(!out.join("sft/manifest.json").exists(), "the killed stage has no manifest");
     let status = run_ok(rlhf().args(["pipeline", "status"]).arg(&out));
@@ -49,6 +55,8 @@ fn smoke_pipeline_killed_resumed_and_reported() {
     run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out));
     assert_eq!(before, std::fs::metadata(out.join("sft/manifest.json")).unwrap().modified().unwrap());
     // A changed downstream config re-runs only that stage.
-    run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out).args(["--set", "stages.rm_helpfulness.config.train.lr=2e-3"]));
+    run_ok(
+        rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out).args(["--set", "stages.rm_helpfulness.config.train.lr=2e-3"]),
+    );
     assert_eq!(before, std::fs::metadata(out.join("sft/manifest.json")).unwrap().modified().unwrap());
 }

@@ -22,10 +22,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         ("Count the letters in dog.", false),
         ("Which animal says moo?", false),
     ];
-    let lines: Vec<String> = questions
-        .iter()
-        .map(|(q, s)| serde_json::json!({"prompt": q, "is_safety": s}).to_string())
-        .collect();
+    let lines: Vec<String> = questions.iter().map(|(q, s)| serde_json::json!({"prompt": q, "is_safety": s}).to_string()).collect();
     std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
     let cfg = format!(
         r#"policy = "{p}"
@@ -63,8 +60,11 @@ keep_last = 2
 }
 
 fn steps(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path).unwrap().lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -75,13 +75,26 @@ fn killed_and_resumed_ppo_run_is_bit_identical() {
     let summary = json_line(&run_ok(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&full)));
     assert_eq!(summary["iterations"].as_u64(), Some(8));
 
-    let m: Vec<serde_json::Value> = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let m: Vec<serde_json::Value> =
+        std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(m[0]["step"], 0, "the initial policy is evaluated first");
     assert!(m[0]["eval_reward"].is_number());
     for key in [
-        "reward_raw_mean", "reward_whitened_mean", "kl", "entropy", "clip_frac", "approx_kl", "value_loss",
-        "explained_variance", "response_length", "rollout_tokens_per_s", "train_tokens_per_s",
-        "time_generation_s", "time_scoring_s", "time_training_s", "safety_rm_share",
+        "reward_raw_mean",
+        "reward_whitened_mean",
+        "kl",
+        "entropy",
+        "clip_frac",
+        "approx_kl",
+        "value_loss",
+        "explained_variance",
+        "response_length",
+        "rollout_tokens_per_s",
+        "train_tokens_per_s",
+        "time_generation_s",
+        "time_scoring_s",
+        "time_training_s",
+        "safety_rm_share",
     ] {
         assert!(m[1][key].is_number(), "metrics lack {key}: {}", m[1]);
     }
@@ -96,7 +109,13 @@ fn killed_and_resumed_ppo_run_is_bit_identical() {
     // Interrupted run: SIGKILL once a checkpoint exists.
     let cut = tmp.path().join("cut");
     let latest = cut.join("checkpoints/latest");
-    kill_when(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut), || latest.exists(), Duration::from_secs(120), Duration::from_millis(100), "a checkpoint");
+    kill_when(
+        rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut),
+        || latest.exists(),
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        "a checkpoint",
+    );
     assert!(!cut.join("final").exists(), "the run was not interrupted");
 
     let err = run_err(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&cut));
@@ -112,8 +131,11 @@ fn killed_and_resumed_ppo_run_is_bit_identical() {
     }
     assert_eq!(steps(&cut.join("metrics.jsonl")), (0..=8).collect::<Vec<_>>());
     assert_eq!(std::fs::read(full.join("samples.jsonl")).unwrap(), std::fs::read(cut.join("samples.jsonl")).unwrap());
-    let n = std::fs::read_dir(cut.join("checkpoints")).unwrap().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("step-")).count();
+    let n = std::fs::read_dir(cut.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .count();
     assert!((2..=3).contains(&n), "{n} checkpoints kept");
 }
 

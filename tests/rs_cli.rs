@@ -133,7 +133,15 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
     assert_eq!(rep["sweep"].as_array().unwrap().len(), 2);
     assert!(rep["throughput"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(rep["eval_before"]["greedy"]["mean_reward"].is_number() && rep["eval_after"]["sampled"]["mean_reward"].is_number());
-    for f in ["iter1/report.md", "iter1/best_of_k.png", "iter1/done.json", "iter2/done.json", "iter2/sft/final/model.safetensors", "report.md", "report.json"] {
+    for f in [
+        "iter1/report.md",
+        "iter1/best_of_k.png",
+        "iter1/done.json",
+        "iter2/done.json",
+        "iter2/sft/final/model.safetensors",
+        "report.md",
+        "report.json",
+    ] {
         assert!(full.join(f).exists(), "{f} missing");
     }
     assert_eq!(summary["final_model"].as_str().map(PathBuf::from), Some(full.join("iter2/sft/final")));

@@ -57,7 +57,13 @@ fn killed_and_resumed_run_is_bit_identical() {
     // Interrupted run: SIGKILL once a checkpoint exists, at whatever point the run has reached.
     let cut = tmp.path().join("cut");
     let latest = cut.join("checkpoints/latest");
-    kill_when(rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut), || latest.exists(), Duration::from_secs(120), Duration::from_millis(150), "a checkpoint");
+    kill_when(
+        rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut),
+        || latest.exists(),
+        Duration::from_secs(120),
+        Duration::from_millis(150),
+        "a checkpoint",
+    );
     assert!(!cut.join("final").exists(), "the run was not interrupted");
 
     // Without --resume the folder is not overwritten.
@@ -72,12 +78,18 @@ fn killed_and_resumed_run_is_bit_identical() {
     let b = std::fs::read(cut.join("final/model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");
     // Every step is logged once.
-    let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap().lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=14).collect::<Vec<_>>());
     // Keep-last-2 pruning (the best-by-eval checkpoint may be kept as well).
-    let n = std::fs::read_dir(cut.join("checkpoints")).unwrap().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("step-")).count();
+    let n = std::fs::read_dir(cut.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .count();
     assert!((2..=3).contains(&n), "{n} checkpoints kept");
 }
 
@@ -87,8 +99,15 @@ fn sft_reduces_loss_and_rejects_bad_config() {
     let data = write_data(tmp.path());
     let cfg = write_config(tmp.path(), &data);
     let out = tmp.path().join("run");
-    run_ok(rlhf().args(["sft", "--config"]).arg(&cfg).args(["--set", "train.max_steps=40", "--set", "train.epochs=40", "--set", "train.lr=5e-3", "--out"]).arg(&out));
-    let m: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    run_ok(
+        rlhf()
+            .args(["sft", "--config"])
+            .arg(&cfg)
+            .args(["--set", "train.max_steps=40", "--set", "train.epochs=40", "--set", "train.lr=5e-3", "--out"])
+            .arg(&out),
+    );
+    let m: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let first = m[0]["loss"].as_f64().unwrap();
     let last = m.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < first * 0.7, "loss {first} -> {last}");

@@ -35,7 +35,10 @@ fn sft_and_reward_through_the_cache_equal_in_memory_tokenization() {
     let out = rlhf().args(["sft", "--config"]).arg(&sft_cfg).args(["--set", &cache_set, "--out"]).arg(&cached).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("built"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(same_file(&plain.join("final/model.safetensors"), &cached.join("final/model.safetensors")), "SFT through the cache trained differently");
+    assert!(
+        same_file(&plain.join("final/model.safetensors"), &cached.join("final/model.safetensors")),
+        "SFT through the cache trained differently"
+    );
     let again = t.join("sft-again");
     let out = rlhf().args(["sft", "--config"]).arg(&sft_cfg).args(["--set", &cache_set, "--out"]).arg(&again).output().unwrap();
     assert!(out.status.success());
@@ -51,6 +54,9 @@ fn sft_and_reward_through_the_cache_equal_in_memory_tokenization() {
     run_ok(rlhf().args(["reward", "train", "--config"]).arg(&rm_cfg).arg("--out").arg(&rm_plain));
     let rm_cached = t.join("rm-cached");
     run_ok(rlhf().args(["reward", "train", "--config"]).arg(&rm_cfg).args(["--set", &cache_set, "--out"]).arg(&rm_cached));
-    assert!(same_file(&rm_plain.join("final/model.safetensors"), &rm_cached.join("final/model.safetensors")), "RM through the cache trained differently");
+    assert!(
+        same_file(&rm_plain.join("final/model.safetensors"), &rm_cached.join("final/model.safetensors")),
+        "RM through the cache trained differently"
+    );
     assert!(same_file(&rm_plain.join("eval/report.json"), &rm_cached.join("eval/report.json")), "RM eval through the cache differs");
 }

@@ -119,11 +119,7 @@ pub fn split_transcript(text: &str, field: &str) -> Result<Vec<Message>, FieldEr
         return Err(bad("not an HH-RLHF transcript: text before the first \"\\n\\nHuman:\" turn".into()));
     }
     let ends = markers.iter().skip(1).map(|m| m.0).chain([text.len()]);
-    Ok(markers
-        .iter()
-        .zip(ends)
-        .map(|(&(start, role, len), end)| Message::new(role, text[start + len..end].trim()))
-        .collect())
+    Ok(markers.iter().zip(ends).map(|(&(start, role, len), end)| Message::new(role, text[start + len..end].trim())).collect())
 }
 
 /// A dialog's final assistant reply and the prompt before it.
@@ -157,16 +153,7 @@ fn pair(chosen: Vec<Message>, rejected: Vec<Message>) -> Result<PreferenceRecord
             ),
         ));
     }
-    Ok(PreferenceRecord {
-        prompt,
-        chosen,
-        rejected,
-        rating: None,
-        kind: None,
-        chosen_safe: None,
-        rejected_safe: None,
-        source: None,
-    })
+    Ok(PreferenceRecord { prompt, chosen, rejected, rating: None, kind: None, chosen_safe: None, rejected_safe: None, source: None })
 }
 
 /// An HH-RLHF row.

@@ -315,11 +315,7 @@ impl<R: Record> Iterator for RecordReader<R> {
 }
 
 /// Calls `f` on batches of up to `batch_rows` rows of `path` (bad rows included, as errors).
-pub fn for_each_batch<R: Record>(
-    path: &Path,
-    batch_rows: usize,
-    mut f: impl FnMut(Vec<Row<R>>) -> Result<()>,
-) -> Result<()> {
+pub fn for_each_batch<R: Record>(path: &Path, batch_rows: usize, mut f: impl FnMut(Vec<Row<R>>) -> Result<()>) -> Result<()> {
     let mut reader = RecordReader::<R>::open(path)?;
     loop {
         let batch = reader.next_batch(batch_rows.max(1))?;

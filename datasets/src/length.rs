@@ -175,12 +175,7 @@ fn fit_shared_prompt(tok: &Tokenizer, prompt: &[Message], max: usize) -> Result<
 }
 
 /// A prompt and its replies truncated to `max` tokens each (prompt + reply), or `None`.
-pub fn truncate_example(
-    tok: &Tokenizer,
-    prompt: &[Message],
-    replies: &[&str],
-    max: usize,
-) -> Result<Option<(Vec<Message>, Vec<String>)>> {
+pub fn truncate_example(tok: &Tokenizer, prompt: &[Message], replies: &[&str], max: usize) -> Result<Option<(Vec<Message>, Vec<String>)>> {
     let Some(prompt) = fit_shared_prompt(tok, prompt, max)? else { return Ok(None) };
     let mut out = Vec::with_capacity(replies.len());
     for r in replies {

@@ -14,7 +14,7 @@ pub mod records;
 pub mod scored;
 pub mod validate;
 
-pub use records::{PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};
 pub use error::{DatasetError, FieldError, Location, Reason, RowError};
 pub use io::{for_each_batch, read_all, write_all, Format, RecordReader, RecordWriter, Row};
 pub use parse::{Record, RecordKind};
+pub use records::{PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};

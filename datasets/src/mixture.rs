@@ -209,8 +209,7 @@ pub fn plan_mix(input: &MixInput, spec: &MixSpec) -> Result<MixPlan> {
     }
 
     // 2. All of the target's own data; a uniform sample of the rest.
-    let sampled_sources: HashSet<u32> =
-        spec.sampled_sources.iter().filter_map(|s| input.ids.get(s.as_str()).copied()).collect();
+    let sampled_sources: HashSet<u32> = spec.sampled_sources.iter().filter_map(|s| input.ids.get(s.as_str()).copied()).collect();
     let mut pool = Vec::new();
     let mut primary = 0usize;
     for (i, a) in assign.iter_mut().enumerate() {
@@ -260,10 +259,7 @@ pub fn plan_mix(input: &MixInput, spec: &MixSpec) -> Result<MixPlan> {
 }
 
 /// The mix and the test split of records in memory (input order kept).
-pub fn mix_records(
-    records: &[PreferenceRecord],
-    spec: &MixSpec,
-) -> Result<(Vec<PreferenceRecord>, Vec<PreferenceRecord>, MixSummary)> {
+pub fn mix_records(records: &[PreferenceRecord], spec: &MixSpec) -> Result<(Vec<PreferenceRecord>, Vec<PreferenceRecord>, MixSummary)> {
     let mut input = MixInput::default();
     for r in records {
         input.push(r.kind, r.source.as_deref());

@@ -30,12 +30,9 @@ pub fn column_to_json(s: &Series) -> PolarsResult<Vec<Value>> {
         DataType::Struct(_) => struct_to_json(s)?,
         DataType::Categorical(..) | DataType::Enum(..) => column_to_json(&s.cast(&DataType::String)?)?,
         d if d.is_integer() => s.cast(&DataType::Int64)?.i64()?.iter().map(|v| null_or(v.map(Value::from))).collect(),
-        d if d.is_float() => s
-            .cast(&DataType::Float64)?
-            .f64()?
-            .iter()
-            .map(|v| null_or(v.and_then(Number::from_f64).map(Value::Number)))
-            .collect(),
+        d if d.is_float() => {
+            s.cast(&DataType::Float64)?.f64()?.iter().map(|v| null_or(v.and_then(Number::from_f64).map(Value::Number))).collect()
+        }
         d => polars_bail!(ComputeError: "unsupported type {d}: expected string, bool or list<struct{{role, content}}>"),
     })
 }
@@ -49,8 +46,7 @@ fn struct_to_json(s: &Series) -> PolarsResult<Vec<Value>> {
             if nulls.get(i).unwrap_or(false) {
                 return Value::Null;
             }
-            let obj: Map<String, Value> =
-                fields.iter().zip(&columns).map(|(f, c)| (f.name().to_string(), c[i].clone())).collect();
+            let obj: Map<String, Value> = fields.iter().zip(&columns).map(|(f, c)| (f.name().to_string(), c[i].clone())).collect();
             Value::Object(obj)
         })
         .collect())
@@ -60,14 +56,12 @@ fn struct_to_json(s: &Series) -> PolarsResult<Vec<Value>> {
 pub fn frame_to_rows(df: &DataFrame) -> PolarsResult<Vec<Value>> {
     let mut columns = Vec::with_capacity(df.width());
     for c in df.columns() {
-        let values = column_to_json(c.as_materialized_series())
-            .map_err(|e| polars_err!(ComputeError: "column `{}`: {e}", c.name()))?;
+        let values = column_to_json(c.as_materialized_series()).map_err(|e| polars_err!(ComputeError: "column `{}`: {e}", c.name()))?;
         columns.push((c.name().to_string(), values.into_iter()));
     }
     Ok((0..df.height())
         .map(|_| {
-            let obj: Map<String, Value> =
-                columns.iter_mut().map(|(name, it)| (name.clone(), it.next().unwrap_or(Value::Null))).collect();
+            let obj: Map<String, Value> = columns.iter_mut().map(|(name, it)| (name.clone(), it.next().unwrap_or(Value::Null))).collect();
             Value::Object(obj)
         })
         .collect())
@@ -132,9 +126,7 @@ pub fn preference_frame(rows: &[PreferenceRecord]) -> PolarsResult<DataFrame> {
 }
 
 pub fn prompt_frame(rows: &[PromptRecord]) -> PolarsResult<DataFrame> {
-    let columns = vec![
-        dialog_column("prompt", rows.iter().map(|r| &r.prompt[..]))?,
-        opt_bools("is_safety", rows.iter().map(|r| Some(r.is_safety))),
-    ];
+    let columns =
+        vec![dialog_column("prompt", rows.iter().map(|r| &r.prompt[..]))?, opt_bools("is_safety", rows.iter().map(|r| Some(r.is_safety)))];
     DataFrame::new(rows.len(), columns)
 }

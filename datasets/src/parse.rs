@@ -91,8 +91,7 @@ impl Record for SftRecord {
 impl Record for PreferenceRecord {
     const KIND: RecordKind = RecordKind::Preference;
     const LONG_FIELD: &'static str = "chosen";
-    const COLUMNS: &'static [&'static str] =
-        &["prompt", "chosen", "rejected", "rating", "kind", "chosen_safe", "rejected_safe", "source"];
+    const COLUMNS: &'static [&'static str] = &["prompt", "chosen", "rejected", "rating", "kind", "chosen_safe", "rejected_safe", "source"];
     fn from_json(row: &Value) -> Result<Self, FieldError> {
         parse_preference(row)
     }
@@ -191,11 +190,7 @@ pub fn parse_kind(s: &str) -> Result<PreferenceKind, FieldError> {
     match s {
         "helpfulness" => Ok(PreferenceKind::Helpfulness),
         "safety" => Ok(PreferenceKind::Safety),
-        _ => Err(FieldError::new(
-            "kind",
-            Reason::UnknownValue,
-            format!("unknown kind {s:?}: expected helpfulness or safety"),
-        )),
+        _ => Err(FieldError::new("kind", Reason::UnknownValue, format!("unknown kind {s:?}: expected helpfulness or safety"))),
     }
 }
 
@@ -203,17 +198,13 @@ fn unknown_rating(s: &str) -> FieldError {
     FieldError::new(
         "rating",
         Reason::UnknownRating,
-        format!(
-            "unknown rating {s:?}: expected significantly_better, better, slightly_better, negligibly_better or unsure"
-        ),
+        format!("unknown rating {s:?}: expected significantly_better, better, slightly_better, negligibly_better or unsure"),
     )
 }
 
 /// The row as a JSON object.
 pub fn object(row: &Value) -> Result<&Map<String, Value>, FieldError> {
-    row.as_object().ok_or_else(|| {
-        FieldError::new("", Reason::WrongType, format!("expected a JSON object, got {}", type_name(row)))
-    })
+    row.as_object().ok_or_else(|| FieldError::new("", Reason::WrongType, format!("expected a JSON object, got {}", type_name(row))))
 }
 
 /// A field's value, `None` when absent or null (a Parquet null is the absence of a value).
@@ -280,11 +271,7 @@ fn message(v: &Value, field: &str) -> Result<Message, FieldError> {
     let role = match present(obj, "role") {
         None => return Err(missing(&role_field, "missing field")),
         Some(Value::String(s)) => parse_role(s).ok_or_else(|| {
-            FieldError::new(
-                &role_field,
-                Reason::UnknownValue,
-                format!("unknown role {s:?}: expected system, user or assistant"),
-            )
+            FieldError::new(&role_field, Reason::UnknownValue, format!("unknown role {s:?}: expected system, user or assistant"))
         })?,
         Some(v) => return Err(wrong_type(&role_field, "a string", v)),
     };

@@ -54,11 +54,7 @@ pub fn check_sft(r: &SftRecord) -> Result<(), FieldError> {
         Some(m) if m.role != Role::Assistant => Err(FieldError::new(
             "messages",
             Reason::DialogNotEndingWithAssistant,
-            format!(
-                "an SFT dialog must end with an assistant reply, but message {} is {}",
-                r.messages.len() - 1,
-                m.role
-            ),
+            format!("an SFT dialog must end with an assistant reply, but message {} is {}", r.messages.len() - 1, m.role),
         )),
         _ => Ok(()),
     }
@@ -162,15 +158,7 @@ pub struct ValidateOptions {
 
 impl Default for ValidateOptions {
     fn default() -> Self {
-        ValidateOptions {
-            skip_invalid: false,
-            rejects: None,
-            format: None,
-            tokenizer: None,
-            length: None,
-            out: None,
-            batch_rows: 1024,
-        }
+        ValidateOptions { skip_invalid: false, rejects: None, format: None, tokenizer: None, length: None, out: None, batch_rows: 1024 }
     }
 }
 
@@ -188,12 +176,7 @@ pub fn validate_files<R: Record>(files: &[PathBuf], opts: &ValidateOptions) -> R
 
 /// Validates `files` whose rows `parse` turns into records (an importer), reading `columns` of
 /// Parquet inputs.
-pub fn validate_with<R: Record>(
-    files: &[PathBuf],
-    parse: Parser<R>,
-    columns: &[&str],
-    opts: &ValidateOptions,
-) -> Result<Summary> {
+pub fn validate_with<R: Record>(files: &[PathBuf], parse: Parser<R>, columns: &[&str], opts: &ValidateOptions) -> Result<Summary> {
     let mut run = Run::<R>::new(files, opts)?;
     for file in files {
         run.file(RecordReader::open_with(file, opts.format, parse.clone(), columns)?)?;
@@ -216,18 +199,13 @@ impl<'a, R: Record> Run<'a, R> {
         let summary = Summary {
             kind: R::KIND.as_str(),
             files: files.iter().map(|f| f.display().to_string()).collect(),
-            overlong: opts.length.map(|p| OverlongCounts {
-                max_tokens: p.max_tokens,
-                policy: p.overlong.as_str(),
-                ..Default::default()
-            }),
+            overlong: opts.length.map(|p| OverlongCounts { max_tokens: p.max_tokens, policy: p.overlong.as_str(), ..Default::default() }),
             ..Default::default()
         };
         let rejects = match (&opts.rejects, opts.skip_invalid) {
             (Some(p), true) => {
                 // The rejects file is truncated up front: never one of the inputs.
-                let same =
-                    |f: &PathBuf| f == p || f.canonicalize().ok().is_some_and(|c| p.canonicalize().ok() == Some(c));
+                let same = |f: &PathBuf| f == p || f.canonicalize().ok().is_some_and(|c| p.canonicalize().ok() == Some(c));
                 if files.iter().any(same) {
                     return Err(DatasetError::Invalid(format!("--rejects {} is also an input", p.display())));
                 }

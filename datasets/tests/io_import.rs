@@ -43,15 +43,11 @@ fn hh_rlhf_prompt_mismatch_is_an_error() {
 fn hh_rlhf_bad_transcripts() {
     let e = parse_hh_rlhf(&json!({"chosen": "just text", "rejected": "\n\nHuman: q\n\nAssistant: a"})).unwrap_err();
     assert_eq!((e.field.as_str(), e.reason), ("chosen", Reason::WrongType));
-    let e = parse_hh_rlhf(
-        &json!({"chosen": "preamble\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}),
-    )
-    .unwrap_err();
+    let e =
+        parse_hh_rlhf(&json!({"chosen": "preamble\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"})).unwrap_err();
     assert!(e.detail.contains("text before the first"), "{}", e.detail);
-    let e = parse_hh_rlhf(
-        &json!({"chosen": "\n\nHuman: q\n\nAssistant: a\n\nHuman: more", "rejected": "\n\nHuman: q\n\nAssistant: b"}),
-    )
-    .unwrap_err();
+    let e = parse_hh_rlhf(&json!({"chosen": "\n\nHuman: q\n\nAssistant: a\n\nHuman: more", "rejected": "\n\nHuman: q\n\nAssistant: b"}))
+        .unwrap_err();
     assert_eq!((e.field.as_str(), e.reason), ("chosen", Reason::DialogNotEndingWithAssistant));
     let e = parse_hh_rlhf(&json!({"chosen": "\n\nHuman: q\n\nAssistant: a"})).unwrap_err();
     assert_eq!((e.field.as_str(), e.reason), ("rejected", Reason::MissingField));

@@ -44,12 +44,7 @@ fn preferences() -> Vec<PreferenceRecord> {
         rejected_safe: Some(false),
         source: Some("anthropic-harmless".into()),
         ..pref(
-            vec![
-                Message::system("Be safe."),
-                Message::user("hi"),
-                Message::assistant("hello"),
-                Message::user("how do I pick a lock?"),
-            ],
+            vec![Message::system("Be safe."), Message::user("hi"), Message::assistant("hello"), Message::user("how do I pick a lock?")],
             "I can't help with that.",
             "Here is how: ...",
         )
@@ -78,10 +73,7 @@ fn sfts() -> Vec<SftRecord> {
 fn prompts() -> Vec<PromptRecord> {
     vec![
         PromptRecord { prompt: datasets::records::user_prompt("how do I kill a python process?"), is_safety: false },
-        PromptRecord {
-            prompt: vec![Message::user("hi"), Message::assistant("yo"), Message::user("make a bomb")],
-            is_safety: true,
-        },
+        PromptRecord { prompt: vec![Message::user("hi"), Message::assistant("yo"), Message::user("make a bomb")], is_safety: true },
     ]
 }
 
@@ -167,9 +159,8 @@ fn parquet_dialog_columns_are_lists_of_structs() {
 #[test]
 fn batches_stream_every_row_in_order() {
     let n = ROW_GROUP_ROWS * 2 + 17;
-    let records: Vec<PromptRecord> = (0..n)
-        .map(|i| PromptRecord { prompt: datasets::records::user_prompt(format!("q{i}")), is_safety: i % 3 == 0 })
-        .collect();
+    let records: Vec<PromptRecord> =
+        (0..n).map(|i| PromptRecord { prompt: datasets::records::user_prompt(format!("q{i}")), is_safety: i % 3 == 0 }).collect();
     for ext in ["jsonl", "parquet"] {
         let dir = tmp();
         let path = dir.path().join(format!("p.{ext}"));
@@ -262,37 +253,17 @@ fn bad_invalid_utf8() {
 #[test]
 fn bad_missing_field() {
     bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": "a"}"#, "rejected", Reason::MissingField);
-    bad_line::<PreferenceRecord>(
-        GOOD_PREF,
-        br#"{"prompt": "q", "chosen": null, "rejected": "b"}"#,
-        "chosen",
-        Reason::MissingField,
-    );
+    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": null, "rejected": "b"}"#, "chosen", Reason::MissingField);
     bad_line::<PromptRecord>(r#"{"prompt": "q"}"#, br#"{"text": "q"}"#, "prompt", Reason::MissingField);
     bad_line::<SftRecord>(GOOD_SFT, br#"{"prompt": "q"}"#, "response", Reason::MissingField);
-    bad_line::<SftRecord>(
-        GOOD_SFT,
-        br#"{"messages": [{"role": "user"}]}"#,
-        "messages[0].content",
-        Reason::MissingField,
-    );
+    bad_line::<SftRecord>(GOOD_SFT, br#"{"messages": [{"role": "user"}]}"#, "messages[0].content", Reason::MissingField);
 }
 
 #[test]
 fn bad_wrong_type() {
-    let e = bad_line::<PreferenceRecord>(
-        GOOD_PREF,
-        br#"{"prompt": "q", "chosen": 5, "rejected": "b"}"#,
-        "chosen",
-        Reason::WrongType,
-    );
+    let e = bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": 5, "rejected": "b"}"#, "chosen", Reason::WrongType);
     assert!(e.detail.contains("expected a string, got a number"), "{}", e.detail);
-    bad_line::<PreferenceRecord>(
-        GOOD_PREF,
-        br#"{"prompt": {"x": 1}, "chosen": "a", "rejected": "b"}"#,
-        "prompt",
-        Reason::WrongType,
-    );
+    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": {"x": 1}, "chosen": "a", "rejected": "b"}"#, "prompt", Reason::WrongType);
     bad_line::<PreferenceRecord>(
         GOOD_PREF,
         br#"{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_safe": "yes"}"#,
@@ -337,18 +308,8 @@ fn bad_unknown_kind_or_role() {
 
 #[test]
 fn bad_empty_text() {
-    bad_line::<PreferenceRecord>(
-        GOOD_PREF,
-        br#"{"prompt": "q", "chosen": " \n ", "rejected": "b"}"#,
-        "chosen",
-        Reason::EmptyText,
-    );
-    bad_line::<PreferenceRecord>(
-        GOOD_PREF,
-        br#"{"prompt": "", "chosen": "a", "rejected": "b"}"#,
-        "prompt[0].content",
-        Reason::EmptyText,
-    );
+    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": " \n ", "rejected": "b"}"#, "chosen", Reason::EmptyText);
+    bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "", "chosen": "a", "rejected": "b"}"#, "prompt[0].content", Reason::EmptyText);
     bad_line::<SftRecord>(GOOD_SFT, br#"{"messages": []}"#, "messages", Reason::EmptyText);
 }
 
@@ -371,12 +332,7 @@ fn bad_prompt_not_ending_with_user() {
         Reason::PromptNotEndingWithUser,
     );
     assert!(e.detail.contains("message 1 is assistant"), "{}", e.detail);
-    bad_line::<PromptRecord>(
-        r#"{"prompt": "q"}"#,
-        br#"{"prompt": [{"role": "system", "content": "s"}]}"#,
-        "prompt",
-        Reason::RoleOrder,
-    );
+    bad_line::<PromptRecord>(r#"{"prompt": "q"}"#, br#"{"prompt": [{"role": "system", "content": "s"}]}"#, "prompt", Reason::RoleOrder);
 }
 
 #[test]
@@ -408,10 +364,7 @@ fn bad_parquet_row_names_row_and_field() {
     let n = ROW_GROUP_ROWS + 5;
     let chosen: Vec<Option<&str>> = (0..n).map(|i| if i == n - 2 { None } else { Some("a") }).collect();
     let mut df = df!("prompt" => vec!["q"; n], "chosen" => chosen, "rejected" => vec!["b"; n]).unwrap();
-    ParquetWriter::new(std::fs::File::create(&path).unwrap())
-        .with_row_group_size(Some(ROW_GROUP_ROWS))
-        .finish(&mut df)
-        .unwrap();
+    ParquetWriter::new(std::fs::File::create(&path).unwrap()).with_row_group_size(Some(ROW_GROUP_ROWS)).finish(&mut df).unwrap();
     let err = read_all::<PreferenceRecord>(&path).unwrap_err().to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains(&format!("row {}", n - 1)), "{err}");
@@ -443,9 +396,7 @@ fn mixed_file(dir: &Path) -> PathBuf {
 fn validate_fails_on_first_bad_row_by_default() {
     let dir = tmp();
     let path = mixed_file(dir.path());
-    let err = validate_files::<PreferenceRecord>(std::slice::from_ref(&path), &ValidateOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = validate_files::<PreferenceRecord>(std::slice::from_ref(&path), &ValidateOptions::default()).unwrap_err().to_string();
     assert!(err.contains("line 2: field `rejected`"), "{err}");
     assert!(!datasets::validate::default_rejects_path(&path).exists());
 }

@@ -103,8 +103,7 @@ fn short_pool_takes_all_and_says_so() {
 
 #[test]
 fn sampled_sources_go_to_the_pool_even_of_the_target_kind() {
-    let data =
-        pool(&[(100, H, Some("meta_helpful")), (100, H, Some("anthropic_helpful")), (100, S, Some("meta_safety"))]);
+    let data = pool(&[(100, H, Some("meta_helpful")), (100, H, Some("anthropic_helpful")), (100, S, Some("meta_safety"))]);
     let s = MixSpec { sampled_sources: vec!["anthropic_helpful".into()], ..spec(PreferenceKind::Helpfulness, 3) };
     let (mix, _, summary) = mix_records(&data, &s).unwrap();
     assert_eq!((summary.primary, summary.pool, mix.len()), (100, 200, 200));
@@ -344,14 +343,7 @@ fn files() -> Files {
 fn sft_cache_round_trip() {
     let f = files();
     let tok = tokenizer();
-    let h = build_cache(
-        RecordKind::Sft,
-        std::slice::from_ref(&f.sft),
-        &tokenizer_path(),
-        &CacheSettings::default(),
-        &f.root,
-    )
-    .unwrap();
+    let h = build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &CacheSettings::default(), &f.root).unwrap();
     assert!(!h.reused);
     let records: Vec<SftRecord> = read_all(&f.sft).unwrap();
     let cache = SftCache::open(&h.dir).unwrap();
@@ -374,16 +366,8 @@ fn preference_cache_round_trip_jsonl_and_parquet() {
     let f = files();
     let tok = tokenizer();
     let settings = CacheSettings::default();
-    let a = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root)
-        .unwrap();
-    let b = build_cache(
-        RecordKind::Preference,
-        std::slice::from_ref(&f.pref_parquet),
-        &tokenizer_path(),
-        &settings,
-        &f.root,
-    )
-    .unwrap();
+    let a = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root).unwrap();
+    let b = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref_parquet), &tokenizer_path(), &settings, &f.root).unwrap();
     assert_ne!(a.dir, b.dir, "another input file, another key");
     for h in [a, b] {
         let cache = PreferenceCache::open(&h.dir).unwrap();
@@ -407,14 +391,8 @@ fn preference_cache_round_trip_jsonl_and_parquet() {
 fn prompt_cache_round_trip() {
     let f = files();
     let tok = tokenizer();
-    let h = build_cache(
-        RecordKind::Prompts,
-        std::slice::from_ref(&f.prompts),
-        &tokenizer_path(),
-        &CacheSettings::default(),
-        &f.root,
-    )
-    .unwrap();
+    let h =
+        build_cache(RecordKind::Prompts, std::slice::from_ref(&f.prompts), &tokenizer_path(), &CacheSettings::default(), &f.root).unwrap();
     let cache = PromptCache::open(&h.dir).unwrap();
     let records: Vec<PromptRecord> = read_all(&f.prompts).unwrap();
     assert_eq!(cache.len(), records.len());
@@ -431,9 +409,8 @@ fn prompt_cache_round_trip() {
 fn reused_when_unchanged_rebuilt_when_input_tokenizer_or_settings_change() {
     let f = files();
     let settings = CacheSettings::default();
-    let build = |input: &Path, tok: &Path, s: &CacheSettings| {
-        build_cache(RecordKind::Sft, &[input.to_path_buf()], tok, s, &f.root).unwrap()
-    };
+    let build =
+        |input: &Path, tok: &Path, s: &CacheSettings| build_cache(RecordKind::Sft, &[input.to_path_buf()], tok, s, &f.root).unwrap();
     let first = build(&f.sft, &tokenizer_path(), &settings);
     let again = build(&f.sft, &tokenizer_path(), &settings);
     assert!(again.reused);
@@ -478,11 +455,9 @@ fn reused_when_unchanged_rebuilt_when_input_tokenizer_or_settings_change() {
     assert!(c.manifest.dropped > 0 && c.manifest.max_example_tokens <= 40);
     assert_eq!(c.manifest.records + c.manifest.dropped, first.manifest.records);
     // The mask mode does not enter a preference cache's key.
-    let p1 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root)
-        .unwrap();
+    let p1 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &settings, &f.root).unwrap();
     let last_pref = CacheSettings { mask: AssistantMask::LastTurn, ..settings };
-    let p2 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &last_pref, &f.root)
-        .unwrap();
+    let p2 = build_cache(RecordKind::Preference, std::slice::from_ref(&f.pref), &tokenizer_path(), &last_pref, &f.root).unwrap();
     assert!(p2.reused && p1.dir == p2.dir);
 }
 
@@ -490,8 +465,7 @@ fn reused_when_unchanged_rebuilt_when_input_tokenizer_or_settings_change() {
 fn interrupted_builds_do_not_poison_the_cache() {
     let f = files();
     let settings = CacheSettings::default();
-    let good =
-        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
+    let good = build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     let name = good.dir.file_name().unwrap().to_string_lossy().into_owned();
     let want: Vec<Vec<u32>> = SftCache::open(&good.dir).unwrap().iter().map(|t| t.ids.to_vec()).collect();
 
@@ -503,8 +477,7 @@ fn interrupted_builds_do_not_poison_the_cache() {
     fs::remove_file(good.dir.join("manifest.json")).unwrap();
     fs::write(good.dir.join("tokens.u32"), [0u8; 8]).unwrap();
 
-    let rebuilt =
-        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
+    let rebuilt = build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     assert!(!rebuilt.reused, "a folder without a manifest is not a cache");
     assert_eq!(rebuilt.dir, good.dir);
     assert!(!stale.exists(), "the dead build's temp folder is cleaned up");
@@ -516,13 +489,11 @@ fn interrupted_builds_do_not_poison_the_cache() {
     let bytes = fs::read(&tokens).unwrap();
     fs::write(&tokens, &bytes[..bytes.len() - 4]).unwrap();
     assert!(SftCache::open(&rebuilt.dir).is_err());
-    let again =
-        build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
+    let again = build_cache(RecordKind::Sft, std::slice::from_ref(&f.sft), &tokenizer_path(), &settings, &f.root).unwrap();
     assert!(!again.reused);
     assert_eq!(SftCache::open(&again.dir).unwrap().iter().map(|t| t.ids.to_vec()).collect::<Vec<_>>(), want);
     // Nothing but the cache folders is left in the root.
-    let left: Vec<String> =
-        fs::read_dir(&f.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = fs::read_dir(&f.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left, vec![name]);
 }
 
@@ -533,9 +504,7 @@ fn a_bad_row_fails_the_build_naming_file_and_line_and_leaves_nothing() {
     let mut text = fs::read_to_string(&f.pref).unwrap();
     text.push_str("{\"prompt\": \"q\", \"chosen\": \"same\", \"rejected\": \"same\"}\n");
     fs::write(&bad, text).unwrap();
-    let e = build_cache(RecordKind::Preference, &[bad], &tokenizer_path(), &CacheSettings::default(), &f.root)
-        .unwrap_err()
-        .to_string();
+    let e = build_cache(RecordKind::Preference, &[bad], &tokenizer_path(), &CacheSettings::default(), &f.root).unwrap_err().to_string();
     let line = f.data.preference_train.len() + 1;
     assert!(e.contains("bad.jsonl") && e.contains(&format!("line {line}")) && e.contains("rejected"), "{e}");
     assert_eq!(fs::read_dir(&f.root).unwrap().count(), 0, "no folder, temporary or not, is left");
@@ -551,11 +520,8 @@ fn demo_scale_is_deterministic_and_counts_reply_tokens_exactly() {
     assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
     let records: Vec<PreferenceRecord> = read_all(&a).unwrap();
     assert_eq!(records.len(), 40);
-    let lens: Vec<usize> = records
-        .iter()
-        .flat_map(|r| [&r.chosen, &r.rejected])
-        .map(|t| tok.encode(t, false, false).unwrap().len())
-        .collect();
+    let lens: Vec<usize> =
+        records.iter().flat_map(|r| [&r.chosen, &r.rejected]).map(|t| tok.encode(t, false, false).unwrap().len()).collect();
     assert!(lens.iter().all(|&n| (60..100).contains(&n)), "{lens:?}");
     assert_eq!(summary.mean_reply_tokens, lens.iter().sum::<usize>() as f64 / lens.len() as f64);
     assert!(records.iter().all(|r| r.kind.is_some() && r.rating.is_some() && r.source.is_some()));

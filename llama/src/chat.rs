@@ -69,10 +69,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message {
-            role,
-            content: content.into(),
-        }
+        Message { role, content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new(Role::System, content)
@@ -135,16 +132,10 @@ pub fn validate_roles(messages: &[Message]) -> Result<()> {
     };
     let offset = usize::from(first.role == Role::System);
     if offset == 1 && messages.len() == 1 {
-        return Err(LlamaError::Chat(
-            "dialog has only a system message; it must be followed by a user message".into(),
-        ));
+        return Err(LlamaError::Chat("dialog has only a system message; it must be followed by a user message".into()));
     }
     for (i, m) in messages.iter().enumerate().skip(offset) {
-        let expected = if (i - offset) % 2 == 0 {
-            Role::User
-        } else {
-            Role::Assistant
-        };
+        let expected = if (i - offset) % 2 == 0 { Role::User } else { Role::Assistant };
         if m.role != expected {
             return Err(LlamaError::Chat(format!(
                 "message {i} has role {}, expected {expected}: roles must alternate \
@@ -163,16 +154,11 @@ pub fn dialog_segments(messages: &[Message]) -> Result<Vec<Segment>> {
     validate_roles(messages)?;
     // Fold the system prompt into the first user message, before any stripping (as Meta does).
     let (folded_first, rest) = match messages {
-        [sys, user, rest @ ..] if sys.role == Role::System => (
-            format!("{B_SYS}{}{E_SYS}{}", sys.content, user.content),
-            rest,
-        ),
+        [sys, user, rest @ ..] if sys.role == Role::System => (format!("{B_SYS}{}{E_SYS}{}", sys.content, user.content), rest),
         [user, rest @ ..] => (user.content.clone(), rest),
         [] => return Err(LlamaError::Chat("empty dialog".into())),
     };
-    let contents: Vec<&str> = std::iter::once(folded_first.as_str())
-        .chain(rest.iter().map(|m| m.content.as_str()))
-        .collect();
+    let contents: Vec<&str> = std::iter::once(folded_first.as_str()).chain(rest.iter().map(|m| m.content.as_str())).collect();
     let mut segments = Vec::with_capacity(contents.len().div_ceil(2));
     for turn in contents.chunks(2) {
         let user = py_strip(turn[0]);
@@ -181,19 +167,11 @@ pub fn dialog_segments(messages: &[Message]) -> Result<Vec<Segment>> {
                 let prompt = format!("{B_INST} {user} {E_INST}");
                 let reply_start = prompt.len();
                 let text = format!("{prompt} {} ", py_strip(answer));
-                segments.push(Segment {
-                    text,
-                    reply_start: Some(reply_start),
-                    eos: true,
-                });
+                segments.push(Segment { text, reply_start: Some(reply_start), eos: true });
             }
             None => {
                 let text = format!("{B_INST} {user} {E_INST}");
-                segments.push(Segment {
-                    text,
-                    reply_start: None,
-                    eos: false,
-                });
+                segments.push(Segment { text, reply_start: None, eos: false });
             }
         }
     }
@@ -202,11 +180,7 @@ pub fn dialog_segments(messages: &[Message]) -> Result<Vec<Segment>> {
 
 /// Encode a dialog in the Llama-2-Chat format with its assistant mask (see the module docs for
 /// the mask rule). A dialog ending with a user message is a prompt: every mask entry is false.
-pub fn encode_dialog(
-    tok: &Tokenizer,
-    messages: &[Message],
-    mask: AssistantMask,
-) -> Result<ChatTokens> {
+pub fn encode_dialog(tok: &Tokenizer, messages: &[Message], mask: AssistantMask) -> Result<ChatTokens> {
     let segments = dialog_segments(messages)?;
     let is_prompt = segments.last().is_some_and(|s| s.reply_start.is_none());
     let last = segments.len().saturating_sub(1);
@@ -218,11 +192,7 @@ pub fn encode_dialog(
         out.ids.push(tok.bos_id());
         out.assistant_mask.push(false);
         out.ids.extend_from_slice(&ids);
-        out.assistant_mask.extend(
-            offsets
-                .iter()
-                .map(|&(start, _)| reply_start.is_some_and(|r| start >= r)),
-        );
+        out.assistant_mask.extend(offsets.iter().map(|&(start, _)| reply_start.is_some_and(|r| start >= r)));
         if seg.eos {
             out.ids.push(tok.eos_id());
             out.assistant_mask.push(reply_start.is_some());
@@ -234,11 +204,9 @@ pub fn encode_dialog(
 /// The ids `chat_completion` feeds the model for a dialog ending with a user message.
 pub fn encode_prompt(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
     match messages.last() {
-        Some(m) if m.role != Role::User => Err(LlamaError::Chat(format!(
-            "last message must be from user, got {} (message {})",
-            m.role,
-            messages.len() - 1
-        ))),
+        Some(m) if m.role != Role::User => {
+            Err(LlamaError::Chat(format!("last message must be from user, got {} (message {})", m.role, messages.len() - 1)))
+        }
         _ => Ok(encode_dialog(tok, messages, AssistantMask::AllTurns)?.ids),
     }
 }
@@ -246,9 +214,7 @@ pub fn encode_prompt(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> 
 /// Whether any content contains `[INST]`, `[/INST]`, `<<SYS>>` or `<</SYS>>`, which Meta's
 /// `chat_completion` answers with `UNSAFE_ERROR` instead of generating. Not enforced here.
 pub fn contains_special_tags(messages: &[Message]) -> bool {
-    messages
-        .iter()
-        .any(|m| SPECIAL_TAGS.iter().any(|tag| m.content.contains(tag)))
+    messages.iter().any(|m| SPECIAL_TAGS.iter().any(|tag| m.content.contains(tag)))
 }
 
 #[cfg(test)]
@@ -256,28 +222,17 @@ mod tests {
     use super::*;
 
     fn texts(messages: &[Message]) -> Vec<(String, Option<usize>, bool)> {
-        dialog_segments(messages)
-            .unwrap()
-            .into_iter()
-            .map(|s| (s.text, s.reply_start, s.eos))
-            .collect()
+        dialog_segments(messages).unwrap().into_iter().map(|s| (s.text, s.reply_start, s.eos)).collect()
     }
 
     #[test]
     fn single_user_turn() {
-        assert_eq!(
-            texts(&[Message::user("  hi  ")]),
-            vec![("[INST] hi [/INST]".into(), None, false)]
-        );
+        assert_eq!(texts(&[Message::user("  hi  ")]), vec![("[INST] hi [/INST]".into(), None, false)]);
     }
 
     #[test]
     fn system_is_folded_before_stripping() {
-        let d = [
-            Message::system(" be brief "),
-            Message::user(" hi "),
-            Message::assistant(" yo\n"),
-        ];
+        let d = [Message::system(" be brief "), Message::user(" hi "), Message::assistant(" yo\n")];
         let text = "[INST] <<SYS>>\n be brief \n<</SYS>>\n\n hi [/INST] yo ".to_string();
         let start = "[INST] <<SYS>>\n be brief \n<</SYS>>\n\n hi [/INST]".len();
         assert_eq!(texts(&d), vec![(text, Some(start), true)]);
@@ -285,13 +240,7 @@ mod tests {
 
     #[test]
     fn pairs_then_prompt() {
-        let d = [
-            Message::user("a"),
-            Message::assistant("b"),
-            Message::user("c"),
-            Message::assistant(""),
-            Message::user("e"),
-        ];
+        let d = [Message::user("a"), Message::assistant("b"), Message::user("c"), Message::assistant(""), Message::user("e")];
         assert_eq!(
             texts(&d),
             vec![
@@ -308,46 +257,24 @@ mod tests {
         assert!(err(&[]).contains("empty dialog"));
         assert!(err(&[Message::system("s")]).contains("only a system message"));
         let e = err(&[Message::assistant("a")]);
-        assert!(
-            e.contains("message 0 has role assistant, expected user"),
-            "{e}"
-        );
+        assert!(e.contains("message 0 has role assistant, expected user"), "{e}");
         let e = err(&[Message::system("s"), Message::user("u"), Message::user("u")]);
-        assert!(
-            e.contains("message 2 has role user, expected assistant"),
-            "{e}"
-        );
-        let e = err(&[
-            Message::user("u"),
-            Message::assistant("a"),
-            Message::system("s"),
-        ]);
-        assert!(
-            e.contains("message 2 has role system, expected user"),
-            "{e}"
-        );
+        assert!(e.contains("message 2 has role user, expected assistant"), "{e}");
+        let e = err(&[Message::user("u"), Message::assistant("a"), Message::system("s")]);
+        assert!(e.contains("message 2 has role system, expected user"), "{e}");
         validate_roles(&[Message::user("u"), Message::assistant("a")]).unwrap();
     }
 
     #[test]
     fn strip_matches_python() {
         assert_eq!(py_strip("\u{1f} \t\n\u{a0}x y\u{3000}\u{1c}"), "x y");
-        assert_eq!(
-            py_strip("\u{200b}x"),
-            "\u{200b}x",
-            "zero-width space is not whitespace in Python"
-        );
+        assert_eq!(py_strip("\u{200b}x"), "\u{200b}x", "zero-width space is not whitespace in Python");
     }
 
     #[test]
     fn special_tags() {
-        assert!(!contains_special_tags(&[Message::user(
-            "[INST without end"
-        )]));
-        assert!(contains_special_tags(&[
-            Message::user("ok"),
-            Message::assistant("x <</SYS>>")
-        ]));
+        assert!(!contains_special_tags(&[Message::user("[INST without end")]));
+        assert!(contains_special_tags(&[Message::user("ok"), Message::assistant("x <</SYS>>")]));
     }
 
     #[test]

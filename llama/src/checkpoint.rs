@@ -39,12 +39,11 @@ impl CheckpointFiles {
         let single = dir.join("model.safetensors");
         let names: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| LlamaError::io(&index, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: index.clone(), source: e })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LlamaError::Config {
-                path: index.clone(),
-                msg: "missing object field weight_map".into(),
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: index.clone(), source: e })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LlamaError::Config { path: index.clone(), msg: "missing object field weight_map".into() })?;
             let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
             shards.sort();
             shards.dedup();
@@ -92,10 +91,10 @@ impl CheckpointFiles {
 
     /// Reads one tensor (on the CPU, in its on-disk dtype).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        let &i = self.location.get(name).ok_or_else(|| LlamaError::Checkpoint {
-            dir: self.dir.clone(),
-            msg: format!("missing tensor {name}"),
-        })?;
+        let &i = self
+            .location
+            .get(name)
+            .ok_or_else(|| LlamaError::Checkpoint { dir: self.dir.clone(), msg: format!("missing tensor {name}") })?;
         let (path, mmap) = &self.files[i];
         let st = SafeTensors::deserialize(mmap).map_err(|e| st_err(path, format!("{e:?}")))?;
         let view = st.tensor(name).map_err(|e| st_err(path, format!("{e:?}")))?;
@@ -143,9 +142,7 @@ pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(
         match files.shape(name) {
             None if optional(name) => skipped.push(name.to_string()),
             None => missing.push(name.to_string()),
-            Some(s) if s != vars[*name].size() => {
-                misshaped.push(format!("{name}: expected {:?}, found {:?}", vars[*name].size(), s))
-            }
+            Some(s) if s != vars[*name].size() => misshaped.push(format!("{name}: expected {:?}, found {:?}", vars[*name].size(), s)),
             Some(_) => {}
         }
     }
@@ -223,10 +220,12 @@ impl Default for SaveOptions {
 
 /// Orders tensor names as a model's state dict: layer indices numerically.
 fn natural_key(name: &str) -> Vec<(String, u64)> {
-    name.split('.').map(|p| match p.parse::<u64>() {
-        Ok(n) => (String::new(), n),
-        Err(_) => (p.to_string(), 0),
-    }).collect()
+    name.split('.')
+        .map(|p| match p.parse::<u64>() {
+            Ok(n) => (String::new(), n),
+            Err(_) => (p.to_string(), 0),
+        })
+        .collect()
 }
 
 fn dtype_name(k: Kind) -> Result<&'static str> {

@@ -143,9 +143,7 @@ impl Config {
             "13b" | "llama2-13b" => Self::llama2_13b(),
             "70b" | "llama2-70b" => Self::llama2_70b(),
             other => {
-                return Err(LlamaError::Invalid(format!(
-                    "unknown model preset {other:?}: expected micro, tiny, bench-20m, 7b, 13b or 70b"
-                )))
+                return Err(LlamaError::Invalid(format!("unknown model preset {other:?}: expected micro, tiny, bench-20m, 7b, 13b or 70b")))
             }
         })
     }
@@ -153,8 +151,7 @@ impl Config {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| LlamaError::Json { path: path.to_path_buf(), source: e })?;
+        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: path.to_path_buf(), source: e })?;
         Self::from_hf(&hf).map_err(|msg| LlamaError::Config { path: path.to_path_buf(), msg })
     }
 
@@ -211,9 +208,7 @@ impl Config {
             Some(h) => need(Some(h), "head_dim")?,
             None => {
                 if hidden_size % num_attention_heads != 0 {
-                    return Err(format!(
-                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads})"
-                    ));
+                    return Err(format!("hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads})"));
                 }
                 hidden_size / num_attention_heads
             }
@@ -297,10 +292,8 @@ mod tests {
 
     #[test]
     fn llama2_defaults_not_hf_defaults() {
-        let hf: HfConfig = serde_json::from_str(
-            r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4}"#,
-        )
-        .unwrap();
+        let hf: HfConfig =
+            serde_json::from_str(r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4}"#).unwrap();
         let c = Config::from_hf(&hf).unwrap();
         assert_eq!(c.rms_norm_eps, 1e-5);
         assert_eq!(c.max_position_embeddings, 4096);

@@ -22,9 +22,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 fn require_cuda(i: usize) -> Result<Device> {
     let n = tch::Cuda::device_count() as usize;
     if i >= n {
-        return Err(LlamaError::Invalid(format!(
-            "device cuda:{i} requested but libtorch sees {n} CUDA device(s)"
-        )));
+        return Err(LlamaError::Invalid(format!("device cuda:{i} requested but libtorch sees {n} CUDA device(s)")));
     }
     Ok(Device::Cuda(i))
 }

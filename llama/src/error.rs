@@ -4,9 +4,17 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, #[source] source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error("{path}: not a valid safetensors file: {msg}")]

@@ -56,9 +56,7 @@ pub struct Rope {
 impl Rope {
     pub fn new(cfg: &Config, device: Device, kind: Kind) -> Self {
         let hd = cfg.head_dim;
-        let inv_freq = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            .divide_scalar(hd as f64);
+        let inv_freq = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float).divide_scalar(hd as f64);
         let inv_freq = Tensor::from(cfg.rope_theta as f32).to_device(device).pow(&inv_freq).reciprocal();
         let t = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, device)).to_kind(Kind::Float);
         let freqs = t.unsqueeze(1).matmul(&inv_freq.unsqueeze(0));
@@ -126,7 +124,16 @@ impl Attention {
     /// Attention of the queries from `xq` `[B, R, D]` over the keys and values from `xkv`
     /// `[B, T, D]` (plus the cache), each rotated by its own cos/sin.
     #[allow(clippy::too_many_arguments)]
-    fn attend(&self, xq: &Tensor, xkv: &Tensor, rope_q: (&Tensor, &Tensor), rope_k: (&Tensor, &Tensor), attn_mask: Option<&Tensor>, is_causal: bool, cache: Option<&mut LayerCache>) -> Tensor {
+    fn attend(
+        &self,
+        xq: &Tensor,
+        xkv: &Tensor,
+        rope_q: (&Tensor, &Tensor),
+        rope_k: (&Tensor, &Tensor),
+        attn_mask: Option<&Tensor>,
+        is_causal: bool,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
         let (b, r, _) = xq.size3().expect("hidden states must be [B, T, D]");
         let t = xkv.size()[1];
         let q = self.q_proj.forward(xq).view([b, r, self.n_heads, self.head_dim]).transpose(1, 2);
@@ -357,14 +364,9 @@ impl Llama {
     /// Builds only the trunk (`model.*`), for models with their own head (reward, value).
     pub fn trunk(root: &nn::Path, cfg: &Config) -> Self {
         let m = root / "model";
-        let embed_tokens = (&m / "embed_tokens").var(
-            "weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-            nn::Init::Randn { mean: 0.0, stdev: 0.02 },
-        );
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(&m / "layers" / i, cfg))
-            .collect();
+        let embed_tokens =
+            (&m / "embed_tokens").var("weight", &[cfg.vocab_size, cfg.hidden_size], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&m / "layers" / i, cfg)).collect();
         let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
         let rope = Rope::new(cfg, root.device(), root.kind());
         Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head: None, rope }

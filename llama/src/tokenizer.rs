@@ -63,39 +63,20 @@ impl Tokenizer {
     }
 
     fn from_json_with_path(json: &str, path: PathBuf) -> Result<Self> {
-        let err = |msg: String| LlamaError::Tokenizer {
-            path: path.clone(),
-            msg,
-        };
-        let mut inner: tokenizers::Tokenizer = json
-            .parse()
-            .map_err(|e| err(format!("cannot parse tokenizer.json: {e}")))?;
+        let err = |msg: String| LlamaError::Tokenizer { path: path.clone(), msg };
+        let mut inner: tokenizers::Tokenizer = json.parse().map_err(|e| err(format!("cannot parse tokenizer.json: {e}")))?;
         // Ids must not depend on settings a foreign tokenizer.json may carry.
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
+        inner.with_truncation(None).map_err(|e| err(format!("cannot disable truncation: {e}")))?;
         // SentencePiece semantics: "<s>" typed in the text is text, not BOS.
         inner.set_encode_special_tokens(true);
-        let id_of = |piece: &str| {
-            inner
-                .token_to_id(piece)
-                .ok_or_else(|| err(format!("vocabulary has no {piece:?} token")))
-        };
+        let id_of = |piece: &str| inner.token_to_id(piece).ok_or_else(|| err(format!("vocabulary has no {piece:?} token")));
         let (bos_id, eos_id) = (id_of(BOS_TOKEN)?, id_of(EOS_TOKEN)?);
-        Ok(Tokenizer {
-            inner,
-            path,
-            bos_id,
-            eos_id,
-        })
+        Ok(Tokenizer { inner, path, bos_id, eos_id })
     }
 
     fn error(&self, msg: impl std::fmt::Display) -> LlamaError {
-        LlamaError::Tokenizer {
-            path: self.path.clone(),
-            msg: msg.to_string(),
-        }
+        LlamaError::Tokenizer { path: self.path.clone(), msg: msg.to_string() }
     }
 
     /// Meta's `Tokenizer.encode(s, bos, eos)`: SentencePiece ids of `text` (with its dummy
@@ -118,10 +99,7 @@ impl Tokenizer {
     /// covers. The dummy-prefix `"▁"` shares the range of the first character; every byte-fallback
     /// id of a character carries that character's whole range.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, ByteOffsets)> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| self.error(format!("cannot encode {:?}: {e}", preview(text))))?;
+        let enc = self.inner.encode(text, false).map_err(|e| self.error(format!("cannot encode {:?}: {e}", preview(text))))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
@@ -132,9 +110,7 @@ impl Tokenizer {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
             return Err(self.error(format!("cannot decode id {bad}: vocabulary has {size} ids")));
         }
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| self.error(format!("cannot decode: {e}")))
+        self.inner.decode(ids, true).map_err(|e| self.error(format!("cannot decode: {e}")))
     }
 
     /// Id of `<s>` (1 for Llama-2).
@@ -194,32 +170,19 @@ fn preview(text: &str) -> String {
 pub fn default_tokenizer_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(TOKENIZER_ENV).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
-        return Some(if p.is_dir() {
-            p.join("tokenizer.json")
-        } else {
-            p
-        });
+        return Some(if p.is_dir() { p.join("tokenizer.json") } else { p });
     }
     let exe = std::env::current_exe().ok();
-    if let Some(found) = exe
-        .as_deref()
-        .and_then(|e| find_upwards(e, Path::new(ASSET_PATH)))
-    {
+    if let Some(found) = exe.as_deref().and_then(|e| find_upwards(e, Path::new(ASSET_PATH))) {
         return Some(found);
     }
-    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(ASSET_PATH);
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(ASSET_PATH);
     from_source.is_file().then_some(from_source)
 }
 
 /// The first `<ancestor>/<rel>` that is a file, over the ancestors of `start` (nearest first).
 fn find_upwards(start: &Path, rel: &Path) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .skip(1)
-        .map(|dir| dir.join(rel))
-        .find(|p| p.is_file())
+    start.ancestors().skip(1).map(|dir| dir.join(rel)).find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -241,20 +204,14 @@ mod tests {
         std::fs::write(&asset, "{}").unwrap();
         let exe = root.join("target/release/deps/test-123");
         assert_eq!(find_upwards(&exe, Path::new(ASSET_PATH)), Some(asset));
-        assert_eq!(
-            find_upwards(Path::new("/nonexistent/a/b"), Path::new(ASSET_PATH)),
-            None
-        );
+        assert_eq!(find_upwards(Path::new("/nonexistent/a/b"), Path::new(ASSET_PATH)), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn bad_json_names_the_source() {
         let err = Tokenizer::from_json("{not json").unwrap_err().to_string();
-        assert!(
-            err.contains("<memory>") && err.contains("cannot parse"),
-            "{err}"
-        );
+        assert!(err.contains("<memory>") && err.contains("cannot parse"), "{err}");
         let missing = Path::new("/nonexistent/tokenizer.json");
         let err = Tokenizer::from_file(missing).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");

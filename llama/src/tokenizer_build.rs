@@ -49,17 +49,13 @@ pub fn build_tokenizer_json(js_source: &str) -> Result<String> {
     let vocab = decode_vocab(js_string_constant(js_source, VOCAB_CONST)?)?;
     let merges = decode_merges(js_string_constant(js_source, MERGES_CONST)?, &vocab)?;
     let json = TokenizerJson::llama2(&vocab, &merges);
-    serde_json::to_string_pretty(&json)
-        .map_err(|e| invalid(format!("cannot serialize tokenizer.json: {e}")))
+    serde_json::to_string_pretty(&json).map_err(|e| invalid(format!("cannot serialize tokenizer.json: {e}")))
 }
 
 /// [`build_tokenizer_json`] on a file, with the file named in any error.
 pub fn build_tokenizer_json_from_file(js_path: &Path) -> Result<String> {
     let src = std::fs::read_to_string(js_path).map_err(|e| LlamaError::io(js_path, e))?;
-    build_tokenizer_json(&src).map_err(|e| LlamaError::Tokenizer {
-        path: js_path.to_path_buf(),
-        msg: e.to_string(),
-    })
+    build_tokenizer_json(&src).map_err(|e| LlamaError::Tokenizer { path: js_path.to_path_buf(), msg: e.to_string() })
 }
 
 /// `tokenizer_config.json` for `transformers` (`AutoTokenizer`), with the Llama-2 HF fields:
@@ -99,17 +95,11 @@ fn js_string_constant<'a>(src: &'a str, name: &str) -> Result<&'a str> {
             continue; // `==` comparison, not an assignment
         }
         let rest = rest.trim_start();
-        let Some(quote) = rest
-            .chars()
-            .next()
-            .filter(|c| matches!(c, '"' | '\'' | '`'))
-        else {
+        let Some(quote) = rest.chars().next().filter(|c| matches!(c, '"' | '\'' | '`')) else {
             continue;
         };
         let body = &rest[1..];
-        let end = body
-            .find(quote)
-            .ok_or_else(|| invalid(format!("unterminated string literal for `{name}`")))?;
+        let end = body.find(quote).ok_or_else(|| invalid(format!("unterminated string literal for `{name}`")))?;
         if found.is_some() {
             return Err(invalid(format!("`{name}` is assigned more than once")));
         }
@@ -125,16 +115,13 @@ fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>> {
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    engine
-        .decode(compact.as_bytes())
-        .map_err(|e| invalid(format!("`{what}` is not base64: {e}")))
+    engine.decode(compact.as_bytes()).map_err(|e| invalid(format!("`{what}` is not base64: {e}")))
 }
 
 /// Decode the vocabulary: UTF-8 pieces joined by `"\n"`, in id order; validate it is Llama-2's.
 fn decode_vocab(b64: &str) -> Result<Vec<String>> {
     let bytes = decode_base64(b64, VOCAB_CONST)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| invalid(format!("`{VOCAB_CONST}` is not valid UTF-8: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| invalid(format!("`{VOCAB_CONST}` is not valid UTF-8: {e}")))?;
     let vocab: Vec<String> = text.split('\n').map(str::to_owned).collect();
     check_vocab(&vocab)?;
     Ok(vocab)
@@ -142,30 +129,20 @@ fn decode_vocab(b64: &str) -> Result<Vec<String>> {
 
 fn check_vocab(vocab: &[String]) -> Result<()> {
     if vocab.len() != LLAMA2_VOCAB_SIZE {
-        return Err(invalid(format!(
-            "expected {LLAMA2_VOCAB_SIZE} Llama-2 pieces, found {}",
-            vocab.len()
-        )));
+        return Err(invalid(format!("expected {LLAMA2_VOCAB_SIZE} Llama-2 pieces, found {}", vocab.len())));
     }
     for (piece, id) in SPECIALS {
         if vocab[id as usize] != piece {
-            return Err(invalid(format!(
-                "expected {piece:?} at id {id}, found {:?}",
-                vocab[id as usize]
-            )));
+            return Err(invalid(format!("expected {piece:?} at id {id}, found {:?}", vocab[id as usize])));
         }
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(vocab.len());
     for (id, piece) in vocab.iter().enumerate() {
         if piece.is_empty() || piece.contains(' ') {
-            return Err(invalid(format!(
-                "piece {id} ({piece:?}) is empty or contains a space"
-            )));
+            return Err(invalid(format!("piece {id} ({piece:?}) is empty or contains a space")));
         }
         if let Some(first) = seen.insert(piece, id) {
-            return Err(invalid(format!(
-                "piece {piece:?} appears at ids {first} and {id}"
-            )));
+            return Err(invalid(format!("piece {piece:?} appears at ids {first} and {id}")));
         }
     }
     Ok(())
@@ -176,26 +153,15 @@ fn decode_merges(b64: &str, vocab: &[String]) -> Result<Vec<(u32, u32)>> {
     let bytes = decode_base64(b64, MERGES_CONST)?;
     let merges = merge_pairs(&bytes)?;
     if merges.len() != LLAMA2_NUM_MERGES {
-        return Err(invalid(format!(
-            "expected {LLAMA2_NUM_MERGES} Llama-2 merges, found {}",
-            merges.len()
-        )));
+        return Err(invalid(format!("expected {LLAMA2_NUM_MERGES} Llama-2 merges, found {}", merges.len())));
     }
-    let ids: HashMap<&str, usize> = vocab
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_str(), i))
-        .collect();
+    let ids: HashMap<&str, usize> = vocab.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
     for (rank, &(a, b)) in merges.iter().enumerate() {
         let (Some(left), Some(right)) = (vocab.get(a as usize), vocab.get(b as usize)) else {
-            return Err(invalid(format!(
-                "merge {rank} refers to id {a} or {b} beyond the vocabulary"
-            )));
+            return Err(invalid(format!("merge {rank} refers to id {a} or {b} beyond the vocabulary")));
         };
         if !ids.contains_key(format!("{left}{right}").as_str()) {
-            return Err(invalid(format!(
-                "merge {rank} ({left:?} + {right:?}) makes a piece not in the vocabulary"
-            )));
+            return Err(invalid(format!("merge {rank} ({left:?} + {right:?}) makes a piece not in the vocabulary")));
         }
     }
     Ok(merges)
@@ -204,20 +170,9 @@ fn decode_merges(b64: &str, vocab: &[String]) -> Result<Vec<(u32, u32)>> {
 /// Split a byte string into `(u16 LE, u16 LE)` pairs.
 fn merge_pairs(bytes: &[u8]) -> Result<Vec<(u32, u32)>> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(invalid(format!(
-            "`{MERGES_CONST}` holds {} bytes, not a whole number of 4-byte id pairs",
-            bytes.len()
-        )));
+        return Err(invalid(format!("`{MERGES_CONST}` holds {} bytes, not a whole number of 4-byte id pairs", bytes.len())));
     }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| {
-            (
-                u16::from_le_bytes([c[0], c[1]]) as u32,
-                u16::from_le_bytes([c[2], c[3]]) as u32,
-            )
-        })
-        .collect())
+    Ok(bytes.chunks_exact(4).map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32, u16::from_le_bytes([c[2], c[3]]) as u32)).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,16 +205,9 @@ struct AddedToken {
 #[derive(Serialize)]
 #[serde(tag = "type")]
 enum Normalizer {
-    Sequence {
-        normalizers: Vec<Normalizer>,
-    },
-    Prepend {
-        prepend: &'static str,
-    },
-    Replace {
-        pattern: Pattern,
-        content: &'static str,
-    },
+    Sequence { normalizers: Vec<Normalizer> },
+    Prepend { prepend: &'static str },
+    Replace { pattern: Pattern, content: &'static str },
 }
 
 #[derive(Serialize)]
@@ -270,11 +218,7 @@ enum Pattern {
 #[derive(Serialize)]
 #[serde(tag = "type")]
 enum PostProcessor {
-    TemplateProcessing {
-        single: Vec<Piece>,
-        pair: Vec<Piece>,
-        special_tokens: HashMap<&'static str, SpecialToken>,
-    },
+    TemplateProcessing { single: Vec<Piece>, pair: Vec<Piece>, special_tokens: HashMap<&'static str, SpecialToken> },
 }
 
 #[derive(Serialize)]
@@ -293,20 +237,11 @@ struct SpecialToken {
 #[derive(Serialize)]
 #[serde(tag = "type")]
 enum Decoder {
-    Sequence {
-        decoders: Vec<Decoder>,
-    },
-    Replace {
-        pattern: Pattern,
-        content: &'static str,
-    },
+    Sequence { decoders: Vec<Decoder> },
+    Replace { pattern: Pattern, content: &'static str },
     ByteFallback,
     Fuse,
-    Strip {
-        content: &'static str,
-        start: usize,
-        stop: usize,
-    },
+    Strip { content: &'static str, start: usize, stop: usize },
 }
 
 #[derive(Serialize)]
@@ -354,14 +289,7 @@ impl<'a> TokenizerJson<'a> {
             .collect();
         let bos = |type_id| Piece::SpecialToken { id: "<s>", type_id };
         let seq = |id, type_id| Piece::Sequence { id, type_id };
-        let special_tokens = HashMap::from([(
-            "<s>",
-            SpecialToken {
-                id: "<s>",
-                ids: vec![1],
-                tokens: vec!["<s>"],
-            },
-        )]);
+        let special_tokens = HashMap::from([("<s>", SpecialToken { id: "<s>", ids: vec![1], tokens: vec!["<s>"] })]);
         TokenizerJson {
             version: "1.0",
             truncation: None,
@@ -370,13 +298,8 @@ impl<'a> TokenizerJson<'a> {
             // SentencePiece `add_dummy_prefix`, then spaces become the whitespace marker.
             normalizer: Normalizer::Sequence {
                 normalizers: vec![
-                    Normalizer::Prepend {
-                        prepend: SPIECE_UNDERLINE,
-                    },
-                    Normalizer::Replace {
-                        pattern: Pattern::String(" "),
-                        content: SPIECE_UNDERLINE,
-                    },
+                    Normalizer::Prepend { prepend: SPIECE_UNDERLINE },
+                    Normalizer::Replace { pattern: Pattern::String(" "), content: SPIECE_UNDERLINE },
                 ],
             },
             pre_tokenizer: None,
@@ -388,17 +311,10 @@ impl<'a> TokenizerJson<'a> {
             // Undo the normalizer: marker -> space, `<0xNN>` -> bytes, drop the dummy prefix.
             decoder: Decoder::Sequence {
                 decoders: vec![
-                    Decoder::Replace {
-                        pattern: Pattern::String(SPIECE_UNDERLINE),
-                        content: " ",
-                    },
+                    Decoder::Replace { pattern: Pattern::String(SPIECE_UNDERLINE), content: " " },
                     Decoder::ByteFallback,
                     Decoder::Fuse,
-                    Decoder::Strip {
-                        content: " ",
-                        start: 1,
-                        stop: 0,
-                    },
+                    Decoder::Strip { content: " ", start: 1, stop: 0 },
                 ],
             },
             model: BpeModel {
@@ -411,10 +327,7 @@ impl<'a> TokenizerJson<'a> {
                 byte_fallback: true,
                 ignore_merges: false,
                 vocab: VocabById(vocab),
-                merges: merges
-                    .iter()
-                    .map(|&(a, b)| format!("{} {}", vocab[a as usize], vocab[b as usize]))
-                    .collect(),
+                merges: merges.iter().map(|&(a, b)| format!("{} {}", vocab[a as usize], vocab[b as usize])).collect(),
             },
         }
     }
@@ -446,10 +359,7 @@ mod tests {
     fn merge_pairs_are_little_endian_u16() {
         // (0x0102, 0x0304), (29871, 1)
         let bytes = [0x02, 0x01, 0x04, 0x03, 0xAF, 0x74, 0x01, 0x00];
-        assert_eq!(
-            merge_pairs(&bytes).unwrap(),
-            vec![(0x0102, 0x0304), (29871, 1)]
-        );
+        assert_eq!(merge_pairs(&bytes).unwrap(), vec![(0x0102, 0x0304), (29871, 1)]);
         assert!(merge_pairs(&bytes[..6]).is_err());
     }
 

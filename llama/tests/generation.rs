@@ -83,7 +83,12 @@ fn k_samples_share_the_prefill_and_match_single_prompt_runs() {
         }
     }
     // Sampled (T = 1) K rows of the same prompt differ from each other.
-    let sampled = generate(&m, &prompts[..1], &SamplingParams { temperature: 1.0, top_p: 1.0, num_samples: 4, max_new_tokens: 8, stop_at_eos: false, ..Default::default() }).unwrap();
+    let sampled = generate(
+        &m,
+        &prompts[..1],
+        &SamplingParams { temperature: 1.0, top_p: 1.0, num_samples: 4, max_new_tokens: 8, stop_at_eos: false, ..Default::default() },
+    )
+    .unwrap();
     assert!(sampled.tokens.iter().skip(1).any(|t| t != &sampled.tokens[0]));
 }
 

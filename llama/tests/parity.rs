@@ -36,7 +36,10 @@ fn check_logits(name: &str) {
     let am = expected(name, "attention_mask");
     let valid = am.to_kind(Kind::Bool);
     let pos = positions_from_mask(&valid);
-    assert_eq!(Vec::<i64>::try_from(pos.reshape([-1])).unwrap(), Vec::<i64>::try_from(expected(name, "position_ids").reshape([-1])).unwrap());
+    assert_eq!(
+        Vec::<i64>::try_from(pos.reshape([-1])).unwrap(),
+        Vec::<i64>::try_from(expected(name, "position_ids").reshape([-1])).unwrap()
+    );
     let t = ids.size()[1];
     let logits = model.lm_logits(&model.forward(&ids, &pos, &Mask::padded_causal(&valid, 0, t), None));
     let want = expected(name, "logits");
@@ -60,10 +63,9 @@ fn prompts_from(ids: &Tensor, mask: Option<&Tensor>) -> Vec<Vec<u32>> {
 fn check_greedy(name: &str) {
     let (_vs, model) = checkpoint::load_causal_lm(&fixture(name), Device::Cpu, Kind::Float).unwrap();
     let params = SamplingParams { max_new_tokens: 16, temperature: 0.0, top_p: 1.0, stop_at_eos: false, ..Default::default() };
-    for (ids_key, mask_key, want_key) in [
-        ("input_ids", Some("attention_mask"), "greedy_new_ids"),
-        ("single_ids", None, "single_greedy_new_ids"),
-    ] {
+    for (ids_key, mask_key, want_key) in
+        [("input_ids", Some("attention_mask"), "greedy_new_ids"), ("single_ids", None, "single_greedy_new_ids")]
+    {
         let ids = expected(name, ids_key);
         let mask = mask_key.map(|k| expected(name, k));
         let prompts = prompts_from(&ids, mask.as_ref());
@@ -106,8 +108,11 @@ fn save_load_round_trip() {
         assert_eq!(out.join("model.safetensors.index.json").exists(), sub == "sharded");
         // Saving twice replaces the folder atomically and leaves no temp folders behind.
         checkpoint::save(&vs, &model.cfg, &out, &opts).unwrap();
-        let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty(), "temp folders left: {leftovers:?}");
         let (vs2, model2) = checkpoint::load_causal_lm(&out, Device::Cpu, Kind::Float).unwrap();
         assert_eq!(model2.cfg, model.cfg);

@@ -77,11 +77,7 @@ fn mask_of(tok: &Tokenizer, dialog: &[Message], mask: AssistantMask) -> (Vec<u32
 }
 
 fn masked_ids(ids: &[u32], mask: &[bool]) -> Vec<u32> {
-    ids.iter()
-        .zip(mask)
-        .filter(|(_, &m)| m)
-        .map(|(&id, _)| id)
-        .collect()
+    ids.iter().zip(mask).filter(|(_, &m)| m).map(|(&id, _)| id).collect()
 }
 
 #[test]
@@ -99,21 +95,13 @@ fn vocabulary_basics() {
 fn text_fixtures_match_and_round_trip() {
     let Some(tok) = tokenizer() else { return };
     let fx = fixtures();
-    assert!(
-        fx.texts.len() >= 20,
-        "expected the package's and our text cases"
-    );
+    assert!(fx.texts.len() >= 20, "expected the package's and our text cases");
     for case in &fx.texts {
         let ids = tok.encode(&case.text, true, false).unwrap();
         assert_eq!(ids, case.ids, "text case {} {:?}", case.name, case.text);
         // As in SentencePiece, a literal "▁" in the text is indistinguishable from a space.
         let want = case.text.replace('\u{2581}', " ");
-        assert_eq!(
-            tok.decode(&ids).unwrap(),
-            want,
-            "decode of text case {}",
-            case.name
-        );
+        assert_eq!(tok.decode(&ids).unwrap(), want, "decode of text case {}", case.name);
     }
 }
 
@@ -128,17 +116,8 @@ fn dialog_fixtures_match() {
         match &case.assistant_mask {
             Some(want) => assert_eq!(&mask, want, "assistant mask of dialog {}", case.name),
             None => {
-                assert!(
-                    mask.iter().all(|&m| !m),
-                    "prompt {} must have no assistant ids",
-                    case.name
-                );
-                assert_eq!(
-                    encode_prompt(tok, &case.dialog).unwrap(),
-                    case.ids,
-                    "prompt {}",
-                    case.name
-                );
+                assert!(mask.iter().all(|&m| !m), "prompt {} must have no assistant ids", case.name);
+                assert_eq!(encode_prompt(tok, &case.dialog).unwrap(), case.ids, "prompt {}", case.name);
             }
         }
     }
@@ -147,14 +126,8 @@ fn dialog_fixtures_match() {
 #[test]
 fn package_reference_ids() {
     let Some(tok) = tokenizer() else { return };
-    assert_eq!(
-        tok.encode("Hello world!", true, false).unwrap(),
-        [1, 15043, 3186, 29991]
-    );
-    assert_eq!(
-        tok.encode("[INST]", true, false).unwrap(),
-        [1, 518, 25580, 29962]
-    );
+    assert_eq!(tok.encode("Hello world!", true, false).unwrap(), [1, 15043, 3186, 29991]);
+    assert_eq!(tok.encode("[INST]", true, false).unwrap(), [1, 518, 25580, 29962]);
     assert_eq!(tok.encode("\n", true, true).unwrap(), [1, 29871, 13, 2]);
     assert_eq!(tok.encode("", true, false).unwrap(), [1]);
     assert_eq!(tok.encode("", false, false).unwrap(), Vec::<u32>::new());
@@ -200,13 +173,7 @@ fn two_turn_assistant_mask() {
     let (ids, mask) = mask_of(tok, &dialog, AssistantMask::AllTurns);
 
     // Pair 1: "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello! How can I help? "
-    let p1_prompt = tok
-        .encode(
-            "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST]",
-            true,
-            false,
-        )
-        .unwrap();
+    let p1_prompt = tok.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST]", true, false).unwrap();
     // The reply, as SentencePiece sees it standalone: its leading space is the dummy prefix.
     let r1 = tok.encode("Hello! How can I help? ", false, true).unwrap();
     let p2_prompt = tok.encode("[INST] Say yes [/INST]", true, false).unwrap();
@@ -216,15 +183,10 @@ fn two_turn_assistant_mask() {
 
     let expected_ids: Vec<u32> = [&p1_prompt[..], &r1, &p2_prompt, &r2].concat();
     assert_eq!(ids, expected_ids);
-    let expected_mask: Vec<bool> = [
-        (&p1_prompt, false),
-        (&r1, true),
-        (&p2_prompt, false),
-        (&r2, true),
-    ]
-    .iter()
-    .flat_map(|(part, m)| std::iter::repeat_n(*m, part.len()))
-    .collect();
+    let expected_mask: Vec<bool> = [(&p1_prompt, false), (&r1, true), (&p2_prompt, false), (&r2, true)]
+        .iter()
+        .flat_map(|(part, m)| std::iter::repeat_n(*m, part.len()))
+        .collect();
     assert_eq!(mask, expected_mask);
     // Both EOS ids are trained, neither BOS is.
     for (i, &id) in ids.iter().enumerate() {
@@ -235,10 +197,7 @@ fn two_turn_assistant_mask() {
         }
     }
     // Decoded together, the second reply keeps its leading space (only the first "▁" is dropped).
-    assert_eq!(
-        tok.decode(&masked_ids(&ids, &mask)).unwrap(),
-        "Hello! How can I help?  Yes "
-    );
+    assert_eq!(tok.decode(&masked_ids(&ids, &mask)).unwrap(), "Hello! How can I help?  Yes ");
 
     // GAtt: only the last reply is trained.
     let (last_ids, last_mask) = mask_of(tok, &dialog, AssistantMask::LastTurn);
@@ -254,23 +213,14 @@ fn reply_mask_equals_standalone_reply_on_fixtures() {
     // For every complete fixture dialog, the masked ids are exactly each stripped reply encoded
     // on its own (dummy prefix = the space after [/INST]) plus EOS.
     let Some(tok) = tokenizer() else { return };
-    for case in fixtures()
-        .dialogs
-        .iter()
-        .filter(|c| c.assistant_mask.is_some())
-    {
+    for case in fixtures().dialogs.iter().filter(|c| c.assistant_mask.is_some()) {
         let (ids, mask) = mask_of(tok, &case.dialog, AssistantMask::AllTurns);
         let want: Vec<u32> = case
             .dialog
             .iter()
             .filter(|m| m.role == Role::Assistant)
             .flat_map(|m| {
-                let reply = format!(
-                    "{} ",
-                    m.content.trim_matches(
-                        |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-                    )
-                );
+                let reply = format!("{} ", m.content.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)));
                 tok.encode(&reply, false, true).unwrap()
             })
             .collect();
@@ -281,11 +231,7 @@ fn reply_mask_equals_standalone_reply_on_fixtures() {
 #[test]
 fn prompt_dialogs_have_no_mask_and_prompts_need_a_user_last() {
     let Some(tok) = tokenizer() else { return };
-    let prompt = [
-        Message::user("a"),
-        Message::assistant("b"),
-        Message::user("c"),
-    ];
+    let prompt = [Message::user("a"), Message::assistant("b"), Message::user("c")];
     for kind in [AssistantMask::AllTurns, AssistantMask::LastTurn] {
         let t = encode_dialog(tok, &prompt, kind).unwrap();
         assert!(t.assistant_mask.iter().all(|&m| !m));
@@ -293,11 +239,7 @@ fn prompt_dialogs_have_no_mask_and_prompts_need_a_user_last() {
     }
     let err = encode_prompt(tok, &prompt[..2]).unwrap_err();
     assert!(matches!(err, LlamaError::Chat(_)), "{err}");
-    assert!(
-        err.to_string()
-            .contains("last message must be from user, got assistant"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("last message must be from user, got assistant"), "{err}");
 }
 
 #[test]
@@ -306,30 +248,16 @@ fn role_alternation_errors() {
     let cases: [(&[Message], &str); 5] = [
         (&[], "empty dialog"),
         (&[Message::system("s")], "only a system message"),
+        (&[Message::assistant("a"), Message::user("u")], "message 0 has role assistant, expected user"),
+        (&[Message::user("u"), Message::user("u")], "message 1 has role user, expected assistant"),
         (
-            &[Message::assistant("a"), Message::user("u")],
-            "message 0 has role assistant, expected user",
-        ),
-        (
-            &[Message::user("u"), Message::user("u")],
-            "message 1 has role user, expected assistant",
-        ),
-        (
-            &[
-                Message::system("s"),
-                Message::user("u"),
-                Message::assistant("a"),
-                Message::system("t"),
-            ],
+            &[Message::system("s"), Message::user("u"), Message::assistant("a"), Message::system("t")],
             "message 3 has role system, expected user",
         ),
     ];
     for (dialog, want) in cases {
         let err = encode_dialog(tok, dialog, AssistantMask::AllTurns).unwrap_err();
         assert!(matches!(err, LlamaError::Chat(_)), "{err}");
-        assert!(
-            err.to_string().contains(want),
-            "{err} should contain {want:?}"
-        );
+        assert!(err.to_string().contains(want), "{err} should contain {want:?}");
     }
 }

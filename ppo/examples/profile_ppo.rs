@@ -28,6 +28,9 @@ fn main() {
         opt.step(1e-5);
         let t_opt = t.elapsed().as_secs_f64();
         let _ = f64::try_from(ent).unwrap();
-        println!("forward+head+logprobs {t_fwd:.3} entropy {t_ent:.3} backward {t_bwd:.3} optimizer {t_opt:.3} (cumulative s), tokens {}", b.num_tokens);
+        println!(
+            "forward+head+logprobs {t_fwd:.3} entropy {t_ent:.3} backward {t_bwd:.3} optimizer {t_opt:.3} (cumulative s), tokens {}",
+            b.num_tokens
+        );
     }
 }

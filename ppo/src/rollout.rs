@@ -44,7 +44,15 @@ pub struct RewardModels {
 }
 
 /// Samples responses to `prompts` (indices into `all`), `samples` each, in batches of `batch` prompts.
-pub fn sample(policy: &Policy, tok: &Tokenizer, all: &[EncodedPrompt], prompts: &[usize], p: &SamplingParams, batch: usize, mut seed: impl FnMut() -> u64) -> Result<Vec<Sample>> {
+pub fn sample(
+    policy: &Policy,
+    tok: &Tokenizer,
+    all: &[EncodedPrompt],
+    prompts: &[usize],
+    p: &SamplingParams,
+    batch: usize,
+    mut seed: impl FnMut() -> u64,
+) -> Result<Vec<Sample>> {
     let mut out = Vec::with_capacity(prompts.len() * p.num_samples);
     for chunk in prompts.chunks(batch.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].ids.clone()).collect();
@@ -68,7 +76,14 @@ pub fn sample(policy: &Policy, tok: &Tokenizer, all: &[EncodedPrompt], prompts: 
 }
 
 /// Scores every sample with the reward models and sets `score = LOGIT(Rc)` (Llama 2's rule).
-pub fn score(rms: &RewardModels, tok: &Tokenizer, all: &[EncodedPrompt], samples: &mut [Sample], cfg: &PpoConfig, device: Device) -> Result<()> {
+pub fn score(
+    rms: &RewardModels,
+    tok: &Tokenizer,
+    all: &[EncodedPrompt],
+    samples: &mut [Sample],
+    cfg: &PpoConfig,
+    device: Device,
+) -> Result<()> {
     let seqs = samples
         .iter()
         .map(|s| response_tokens(tok, &all[s.prompt].record.prompt, &s.text, cfg.rm_max_len))
@@ -133,7 +148,14 @@ pub fn per_token(all: &[EncodedPrompt], samples: &[Sample], batch: usize, device
 }
 
 /// Log-probabilities of the samples' tokens under the frozen reference, at `temperature`.
-pub fn reference_logprobs(reference: &Policy, all: &[EncodedPrompt], samples: &[Sample], temperature: f64, batch: usize, device: Device) -> Tensor {
+pub fn reference_logprobs(
+    reference: &Policy,
+    all: &[EncodedPrompt],
+    samples: &[Sample],
+    temperature: f64,
+    batch: usize,
+    device: Device,
+) -> Tensor {
     per_token(all, samples, batch, device, |b| response_logprobs(&reference.model, b, temperature))
 }
 

@@ -158,7 +158,22 @@ impl<'a> PpoTrainer<'a> {
             value_steps: 0,
             evals_since_best: 0,
         };
-        Ok(PpoTrainer { cfg, tok, device, policy, policy_opt, value, value_opt, reference, rms, prompts, eval_prompts, schedule, value_schedule, state })
+        Ok(PpoTrainer {
+            cfg,
+            tok,
+            device,
+            policy,
+            policy_opt,
+            value,
+            value_opt,
+            reference,
+            rms,
+            prompts,
+            eval_prompts,
+            schedule,
+            value_schedule,
+            state,
+        })
     }
 
     /// The next `rollout_batch_size` prompts: each epoch walks a fresh shuffle of all prompts.
@@ -247,7 +262,10 @@ impl<'a> PpoTrainer<'a> {
         let mut rec = acc.json();
         rec["logprob_max_diff"] = serde_json::json!(max_diff);
         if let Some(d) = max_diff.filter(|d| *d > cfg.logprob_tolerance) {
-            tracing::warn!("sampler and training forward disagree on log-probabilities by up to {d:.2e} (tolerance {:.0e})", cfg.logprob_tolerance);
+            tracing::warn!(
+                "sampler and training forward disagree on log-probabilities by up to {d:.2e} (tolerance {:.0e})",
+                cfg.logprob_tolerance
+            );
         }
         rec["explained_variance"] = serde_json::json!(tch::no_grad(|| explained_variance(&ro.values, &ro.returns, &ro.mask)));
         rec["train_tokens"] = serde_json::json!(tokens);
@@ -305,7 +323,8 @@ impl<'a> PpoTrainer<'a> {
         }
         self.policy_opt.step(self.schedule.lr(step));
         self.state.policy_steps += 1;
-        let mut out = vec![("policy_loss", loss_sum), ("clip_frac", clip), ("approx_kl", akl), ("entropy", ent), ("policy_grad_norm", grad_norm)];
+        let mut out =
+            vec![("policy_loss", loss_sum), ("clip_frac", clip), ("approx_kl", akl), ("entropy", ent), ("policy_grad_norm", grad_norm)];
         if check {
             out.push(("logprob_max_diff", diff));
         }
@@ -354,7 +373,14 @@ impl<'a> PpoTrainer<'a> {
         score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device)?;
         let m = samples.len() as f64;
         let kl = if cfg.eval_temperature > 0.0 {
-            let ref_lp = reference_logprobs(&self.reference, &self.eval_prompts, &samples, cfg.eval_temperature, cfg.generation_batch_size, self.device);
+            let ref_lp = reference_logprobs(
+                &self.reference,
+                &self.eval_prompts,
+                &samples,
+                cfg.eval_temperature,
+                cfg.generation_batch_size,
+                self.device,
+            );
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
             let lp = pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
             Some(f64::try_from((lp - ref_lp).sum(Kind::Float))? / m)
@@ -382,7 +408,13 @@ impl<'a> PpoTrainer<'a> {
         let mut vcfg = self.value.model.trunk.cfg.clone();
         vcfg.pad_token_id.get_or_insert(0);
         [
-            Part { name: "policy", vs: &self.policy.vs, cfg: self.policy.model.cfg.clone(), architecture: "LlamaForCausalLM", opt: &self.policy_opt },
+            Part {
+                name: "policy",
+                vs: &self.policy.vs,
+                cfg: self.policy.model.cfg.clone(),
+                architecture: "LlamaForCausalLM",
+                opt: &self.policy_opt,
+            },
             Part { name: "value", vs: &self.value.vs, cfg: vcfg, architecture: reward::model::ARCHITECTURE, opt: &self.value_opt },
         ]
     }
@@ -452,13 +484,19 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
         Some(path) if resume => {
             ts = tr.load(&path)?;
             if ts.config_hash != config_hash {
-                return Err(TrainError::Checkpoint { path, msg: "was written by a different config; resume with the same config or use a new run folder".into() });
+                return Err(TrainError::Checkpoint {
+                    path,
+                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
+                });
             }
             resumed_from = Some(ts.step);
             tracing::info!(iteration = ts.step, "ppo: resumed from {}", path.display());
         }
         Some(path) => {
-            return Err(TrainError::Checkpoint { path, msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into() })
+            return Err(TrainError::Checkpoint {
+                path,
+                msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
+            })
         }
         None => {}
     }
@@ -530,12 +568,15 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
                 "safety_raw": s.safety_raw, "helpfulness_raw": s.helpfulness_raw,
             }))?;
         }
-        progress.update(it, &format!(
-            "reward {:.3} kl {:.3} len {:.1}",
-            rec["reward_raw_mean"].as_f64().unwrap_or(f64::NAN),
-            rec["kl"].as_f64().unwrap_or(f64::NAN),
-            rec["response_length"].as_f64().unwrap_or(f64::NAN)
-        ));
+        progress.update(
+            it,
+            &format!(
+                "reward {:.3} kl {:.3} len {:.1}",
+                rec["reward_raw_mean"].as_f64().unwrap_or(f64::NAN),
+                rec["kl"].as_f64().unwrap_or(f64::NAN),
+                rec["response_length"].as_f64().unwrap_or(f64::NAN)
+            ),
+        );
         if save_now {
             ts.extra = serde_json::to_value(&tr.state).expect("state serialises");
             pck::save(&ckman, &tr.parts(), &inputs.extra_files, &ts)?;
@@ -544,7 +585,12 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
     let final_dtype = llama::device::parse_kind(&cfg.save_dtype)?;
     let [policy, value] = tr.parts();
     let save = |p: &Part, dir: &Path| {
-        let opts = llama::checkpoint::SaveOptions { architecture: p.architecture.into(), dtype: final_dtype, extra_files: inputs.extra_files.clone(), ..Default::default() };
+        let opts = llama::checkpoint::SaveOptions {
+            architecture: p.architecture.into(),
+            dtype: final_dtype,
+            extra_files: inputs.extra_files.clone(),
+            ..Default::default()
+        };
         llama::checkpoint::save(p.vs, &p.cfg, dir, &opts)
     };
     let final_model = run_dir.join("final");
@@ -583,8 +629,18 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
     llama::checkpoint::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
     // Reward, KL and the rest per iteration as a PNG; a plotting failure costs the picture only.
     let keys = [
-        "reward_raw_mean", "eval_reward", "kl", "eval_kl", "entropy", "clip_frac", "value_loss", "explained_variance",
-        "eval_helpful_rate", "eval_safe_rate", "eval_false_refusal_rate", "response_length",
+        "reward_raw_mean",
+        "eval_reward",
+        "kl",
+        "eval_kl",
+        "entropy",
+        "clip_frac",
+        "value_loss",
+        "explained_variance",
+        "eval_helpful_rate",
+        "eval_safe_rate",
+        "eval_false_refusal_rate",
+        "response_length",
     ];
     if let Err(e) = training::plot::metrics_grid(&run_dir.join("metrics.jsonl"), &run_dir.join("curves.png"), &keys, "ppo") {
         tracing::warn!("ppo: could not draw curves.png: {e}");

@@ -20,7 +20,16 @@ fn recomputed_logprobs_match_the_sampler() {
     let (_vs, model) = micro();
     let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9, 12], vec![1, 7], vec![1, 3, 3, 3, 3, 8, 2 + 40]];
     for temperature in [1.0, 0.7] {
-        let p = SamplingParams { max_new_tokens: 12, temperature, top_p: 1.0, top_k: 0, seed: 3, stop_at_eos: true, eos_token_id: 2, num_samples: 2 };
+        let p = SamplingParams {
+            max_new_tokens: 12,
+            temperature,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 3,
+            stop_at_eos: true,
+            eos_token_id: 2,
+            num_samples: 2,
+        };
         let out = generate(&model, &prompts, &p).unwrap();
         let ps: Vec<&[u32]> = (0..out.tokens.len()).map(|r| prompts[r / 2].as_slice()).collect();
         let rs: Vec<&[u32]> = out.tokens.iter().map(|t| t.as_slice()).collect();

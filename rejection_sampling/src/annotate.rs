@@ -46,7 +46,13 @@ pub fn judged_pairs(records: &[PromptSamples], per_prompt: usize, source: &str) 
                 if n >= per_prompt {
                     break 'pairs;
                 }
-                let (c, rj) = if a.1 > b.1 { (a, b) } else if b.1 > a.1 { (b, a) } else { continue };
+                let (c, rj) = if a.1 > b.1 {
+                    (a, b)
+                } else if b.1 > a.1 {
+                    (b, a)
+                } else {
+                    continue;
+                };
                 let safety = c.3 == Category::Harmful;
                 if safety && !keep_safety_pair(c.2, rj.2) {
                     continue;
@@ -98,7 +104,12 @@ mod tests {
     fn pairs_prefer_correct_answers_and_skip_ties_and_unknown_prompts() {
         let r = rec(
             "What is the capital of France?",
-            &["The capital of France is Madrid.", "The capital of France is Paris.", "The capital of France is Paris.", "The capital of France is Rome."],
+            &[
+                "The capital of France is Madrid.",
+                "The capital of France is Paris.",
+                "The capital of France is Paris.",
+                "The capital of France is Rome.",
+            ],
         );
         let pairs = judged_pairs(&[r, rec("Tell me a joke.", &["a", "b"])], 8, "onpolicy");
         // Distinct texts: Madrid (1), Paris (3), Rome (1): Paris beats both; Madrid vs Rome is a tie.

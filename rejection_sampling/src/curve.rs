@@ -78,13 +78,8 @@ impl BestOfKCurve {
     /// The curve over prompts, each given its K rewards (prompts with fewer samples or a
     /// non-finite reward are left out, so every point averages the same prompts).
     pub fn from_rewards<'a>(per_prompt: impl IntoIterator<Item = &'a [f64]>, big_k: usize) -> Self {
-        let mut c = BestOfKCurve {
-            k: (1..=big_k).collect(),
-            max: vec![0.0; big_k],
-            median: vec![0.0; big_k],
-            mean: vec![0.0; big_k],
-            prompts: 0,
-        };
+        let mut c =
+            BestOfKCurve { k: (1..=big_k).collect(), max: vec![0.0; big_k], median: vec![0.0; big_k], mean: vec![0.0; big_k], prompts: 0 };
         for r in per_prompt {
             if r.len() != big_k || big_k == 0 || r.iter().any(|x| !x.is_finite()) {
                 continue;

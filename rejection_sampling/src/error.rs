@@ -6,7 +6,11 @@ pub enum RsError {
     #[error("config: {0}")]
     Config(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: line {line}: {msg}")]
     Shard { path: PathBuf, line: usize, msg: String },
     #[error("{path}: {msg}")]

@@ -59,7 +59,13 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 /// Replies (`params.num_samples` per prompt) to every prompt that fits the context.
-fn replies<'p>(policy: &Llama, tok: &Tokenizer, prompts: &'p [PromptRecord], params: &SamplingParams, batch: usize) -> Result<Vec<(&'p PromptRecord, String)>> {
+fn replies<'p>(
+    policy: &Llama,
+    tok: &Tokenizer,
+    prompts: &'p [PromptRecord],
+    params: &SamplingParams,
+    batch: usize,
+) -> Result<Vec<(&'p PromptRecord, String)>> {
     let limit = policy.cfg.max_position_embeddings as usize;
     let mut out = Vec::new();
     for (b, chunk) in prompts.chunks(batch.max(1)).enumerate() {
@@ -81,7 +87,13 @@ fn replies<'p>(policy: &Llama, tok: &Tokenizer, prompts: &'p [PromptRecord], par
     Ok(out)
 }
 
-fn score(scorer: &Scorer, tok: &Tokenizer, replies: &[(&PromptRecord, String)], temperature: f64, per_prompt: usize) -> Result<ReplyScores> {
+fn score(
+    scorer: &Scorer,
+    tok: &Tokenizer,
+    replies: &[(&PromptRecord, String)],
+    temperature: f64,
+    per_prompt: usize,
+) -> Result<ReplyScores> {
     let items: Vec<(&PromptRecord, &str)> = replies.iter().map(|(p, r)| (*p, r.as_str())).collect();
     let scores = scorer.score(tok, &items)?;
     let demo = aggregate(&replies.iter().map(|(p, r)| judge_messages(&p.prompt, r)).collect::<Vec<_>>());
@@ -96,7 +108,14 @@ fn score(scorer: &Scorer, tok: &Tokenizer, replies: &[(&PromptRecord, String)], 
     })
 }
 
-pub fn evaluate(model_dir: PathBuf, policy: &Llama, scorer: &Scorer, tok: &Tokenizer, prompts: &[PromptRecord], spec: &EvalSpec) -> Result<PolicyEval> {
+pub fn evaluate(
+    model_dir: PathBuf,
+    policy: &Llama,
+    scorer: &Scorer,
+    tok: &Tokenizer,
+    prompts: &[PromptRecord],
+    spec: &EvalSpec,
+) -> Result<PolicyEval> {
     let start = Instant::now();
     let params = training::demo_eval::greedy(spec.max_new_tokens, policy.cfg.eos_token_id);
     let greedy_replies = replies(policy, tok, prompts, &params, spec.batch)?;
@@ -109,10 +128,7 @@ pub fn evaluate(model_dir: PathBuf, policy: &Llama, scorer: &Scorer, tok: &Token
         }
         None => None,
     };
-    let samples = greedy_replies
-        .iter()
-        .take(12)
-        .map(|(p, r)| (p.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), r.clone()))
-        .collect();
+    let samples =
+        greedy_replies.iter().take(12).map(|(p, r)| (p.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), r.clone())).collect();
     Ok(PolicyEval { model: model_dir, prompts: greedy_replies.len(), greedy, sampled, samples, seconds: start.elapsed().as_secs_f64() })
 }

@@ -121,7 +121,13 @@ fn load_policy(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, 
 impl<'a> RejectionSampler<'a> {
     /// Checks the run folder (a folder with a run in it needs `resume` and the same config),
     /// reads the prompts and records the config.
-    pub fn prepare(cfg: &'a RejectionSamplingConfig, tok: &'a Tokenizer, out: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<Self> {
+    pub fn prepare(
+        cfg: &'a RejectionSamplingConfig,
+        tok: &'a Tokenizer,
+        out: &Path,
+        resume: bool,
+        extra_files: &[PathBuf],
+    ) -> Result<Self> {
         cfg.validate().map_err(RsError::Config)?;
         let device = llama::device::parse_device(&cfg.device)?;
         let kind = match &cfg.dtype {
@@ -141,18 +147,33 @@ impl<'a> RejectionSampler<'a> {
             if !resume {
                 return Err(RsError::Resume {
                     path: out.into(),
-                    msg: "the run folder already has a rejection-sampling run: pass --resume to continue it, or choose another --out".into(),
+                    msg: "the run folder already has a rejection-sampling run: pass --resume to continue it, or choose another --out"
+                        .into(),
                 });
             }
             let old: serde_json::Value = read_json(&record)?;
             if old["hash"].as_str() != Some(config_hash.as_str()) {
-                return Err(RsError::Resume { path: record, msg: "was written by a different config; resume with the same config or use a new run folder".into() });
+                return Err(RsError::Resume {
+                    path: record,
+                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
+                });
             }
         } else {
             mkdir(out)?;
             write_json(&record, &serde_json::json!({ "hash": config_hash, "config": config_json }))?;
         }
-        Ok(RejectionSampler { cfg, tok, out: out.into(), extra_files: extra_files.to_vec(), prompts, keys, eval_prompts, device, kind, config_hash })
+        Ok(RejectionSampler {
+            cfg,
+            tok,
+            out: out.into(),
+            extra_files: extra_files.to_vec(),
+            prompts,
+            keys,
+            eval_prompts,
+            device,
+            kind,
+            config_hash,
+        })
     }
 
     fn iter_dir(&self, it: usize) -> PathBuf {
@@ -165,7 +186,15 @@ impl<'a> RejectionSampler<'a> {
 
     fn scorer(&self) -> Result<Scorer> {
         let c = self.cfg;
-        Scorer::load(c.helpfulness_rm.as_deref(), c.safety_rm.as_deref(), self.device, self.kind, c.safety_threshold, c.rm_max_seq_len, c.score_batch_size)
+        Scorer::load(
+            c.helpfulness_rm.as_deref(),
+            c.safety_rm.as_deref(),
+            self.device,
+            self.kind,
+            c.safety_threshold,
+            c.rm_max_seq_len,
+            c.score_batch_size,
+        )
     }
 
     /// Samples each of the first `count` prompts not yet in `log`, a batch at a time, appending
@@ -178,9 +207,18 @@ impl<'a> RejectionSampler<'a> {
             return Ok(());
         }
         if log.records().is_empty() {
-            tracing::info!("iteration {it}: sampling K={} at T={temperature} for {count} prompts into {}", self.cfg.best_of_k, log.path().display());
+            tracing::info!(
+                "iteration {it}: sampling K={} at T={temperature} for {count} prompts into {}",
+                self.cfg.best_of_k,
+                log.path().display()
+            );
         } else {
-            tracing::info!("iteration {it}: resuming {}: {} prompts done, {} batches left", log.path().display(), log.records().len(), batches.len());
+            tracing::info!(
+                "iteration {it}: resuming {}: {} prompts done, {} batches left",
+                log.path().display(),
+                log.records().len(),
+                batches.len()
+            );
         }
         let t0 = Instant::now();
         for (n, (b, idx)) in batches.iter().enumerate() {
@@ -199,7 +237,12 @@ impl<'a> RejectionSampler<'a> {
             log.append(recs)?;
             if (n + 1) % 10 == 0 || n + 1 == batches.len() {
                 let el = t0.elapsed().as_secs_f64();
-                tracing::info!("iteration {it} T={temperature}: batch {}/{total}, {:.1} s, eta {:.0} s", b + 1, el, el / (n + 1) as f64 * (batches.len() - n - 1) as f64);
+                tracing::info!(
+                    "iteration {it} T={temperature}: batch {}/{total}, {:.1} s, eta {:.0} s",
+                    b + 1,
+                    el,
+                    el / (n + 1) as f64 * (batches.len() - n - 1) as f64
+                );
             }
         }
         Ok(())
@@ -242,7 +285,10 @@ impl<'a> RejectionSampler<'a> {
         if !cfg.temperature_sweep.is_empty() {
             let sweep_keys: HashSet<&String> = self.keys[..n_sweep].iter().collect();
             let main_rewards: Vec<Vec<f64>> = records.iter().filter(|r| sweep_keys.contains(&r.key)).map(|r| r.rewards()).collect();
-            sweep.push(SweepPoint { temperature: t, curve: BestOfKCurve::from_rewards(main_rewards.iter().map(Vec::as_slice), cfg.best_of_k) });
+            sweep.push(SweepPoint {
+                temperature: t,
+                curve: BestOfKCurve::from_rewards(main_rewards.iter().map(Vec::as_slice), cfg.best_of_k),
+            });
             for (recs, &x) in sweep_sets.iter().zip(&sweep_temps) {
                 let rw: Vec<Vec<f64>> = recs.iter().map(|r| r.rewards()).collect();
                 sweep.push(SweepPoint { temperature: x, curve: BestOfKCurve::from_rewards(rw.iter().map(Vec::as_slice), cfg.best_of_k) });
@@ -301,7 +347,9 @@ impl<'a> RejectionSampler<'a> {
             }
         }
         if pool.is_empty() {
-            return Err(RsError::Config(format!("iteration {it}: no sample could win (all cut off at max_new_tokens? raise it or set require_finished = false)")));
+            return Err(RsError::Config(format!(
+                "iteration {it}: no sample could win (all cut off at max_new_tokens? raise it or set require_finished = false)"
+            )));
         }
         let text = pool.to_jsonl();
         let path = self.iter_dir(it).join("pool.jsonl");
@@ -328,7 +376,11 @@ impl<'a> RejectionSampler<'a> {
         let held: HashSet<usize> = order[..n_eval].iter().copied().collect();
         let (mut train, mut eval) = (Vec::new(), Vec::new());
         for (i, ex) in examples.into_iter().enumerate() {
-            if held.contains(&i) { eval.push(ex) } else { train.push(ex) }
+            if held.contains(&i) {
+                eval.push(ex)
+            } else {
+                train.push(ex)
+            }
         }
         tracing::info!("iteration {it}: fine-tuning {} on {} pooled samples ({} held out)", start.display(), train.len(), eval.len());
         Ok(sft::train(&sft_cfg, &train, &eval, &self.iter_dir(it).join("sft"), true, &self.extra_files)?)
@@ -355,7 +407,13 @@ impl<'a> RejectionSampler<'a> {
         let n_samples: usize = sampled.iter().map(|r| r.samples.len()).sum();
         let unfinished = sampled.iter().flat_map(|r| &r.samples).filter(|s| !s.finished).count();
         let rewards: Vec<Vec<f64>> = sampled.iter().map(|r| r.rewards()).collect();
-        let read_eval = |p: &Path| -> Result<Option<PolicyEval>> { if p.exists() { read_json(p).map(Some) } else { Ok(None) } };
+        let read_eval = |p: &Path| -> Result<Option<PolicyEval>> {
+            if p.exists() {
+                read_json(p).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let report = IterationReport {
             iteration: it,
             policy: policy_dir.to_path_buf(),

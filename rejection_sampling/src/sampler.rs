@@ -38,7 +38,15 @@ fn load_rm(dir: &Path, device: Device, kind: Kind, what: &str) -> Result<(nn::Va
 }
 
 impl Scorer {
-    pub fn load(helpfulness: Option<&Path>, safety: Option<&Path>, device: Device, kind: Kind, threshold: f64, max_len: usize, batch: usize) -> Result<Self> {
+    pub fn load(
+        helpfulness: Option<&Path>,
+        safety: Option<&Path>,
+        device: Device,
+        kind: Kind,
+        threshold: f64,
+        max_len: usize,
+        batch: usize,
+    ) -> Result<Self> {
         Ok(Scorer {
             helpfulness: helpfulness.map(|d| load_rm(d, device, kind, "helpfulness")).transpose()?,
             safety: safety.map(|d| load_rm(d, device, kind, "safety")).transpose()?,
@@ -51,10 +59,8 @@ impl Scorer {
 
     /// Scores each `(prompt, reply)`; the prompt record's `is_safety` is Llama 2's IS_SAFETY(p).
     pub fn score(&self, tok: &Tokenizer, items: &[(&PromptRecord, &str)]) -> Result<Vec<Scores>> {
-        let seqs = items
-            .iter()
-            .map(|(p, r)| response_tokens(tok, &p.prompt, r, self.max_len))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let seqs =
+            items.iter().map(|(p, r)| response_tokens(tok, &p.prompt, r, self.max_len)).collect::<std::result::Result<Vec<_>, _>>()?;
         // Sorting by length keeps padding low inside each reward-model batch.
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
@@ -93,7 +99,13 @@ pub struct SampleSpec {
 
 /// K samples of every prompt of the batch, scored and with the winner marked. Prompts whose
 /// encoding plus `max_new_tokens` exceeds the model's context come back skipped (no samples).
-pub fn sample_batch(policy: &Llama, scorer: &Scorer, tok: &Tokenizer, prompts: &[&PromptRecord], spec: &SampleSpec) -> Result<Vec<PromptSamples>> {
+pub fn sample_batch(
+    policy: &Llama,
+    scorer: &Scorer,
+    tok: &Tokenizer,
+    prompts: &[&PromptRecord],
+    spec: &SampleSpec,
+) -> Result<Vec<PromptSamples>> {
     let limit = policy.cfg.max_position_embeddings as usize;
     let mut ids = Vec::with_capacity(prompts.len());
     let mut fits = Vec::with_capacity(prompts.len());

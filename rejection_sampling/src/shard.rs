@@ -96,7 +96,11 @@ impl SampleLog {
             if self.done.contains(&r.key) {
                 continue;
             }
-            serde_json::to_writer(&mut buf, &r).map_err(|e| RsError::Shard { path: self.path.clone(), line: self.records.len() + 1, msg: e.to_string() })?;
+            serde_json::to_writer(&mut buf, &r).map_err(|e| RsError::Shard {
+                path: self.path.clone(),
+                line: self.records.len() + 1,
+                msg: e.to_string(),
+            })?;
             buf.push(b'\n');
             fresh.push(r);
         }

@@ -15,7 +15,16 @@ fn main() {
     let mut rng = llama::rng::SplitMix64::new(0);
     let mut ids = |k: usize| -> Vec<u32> { (0..k).map(|_| 3 + (rng.next_u64() % 31997) as u32).collect() };
     let pairs: Vec<PairTokens> = (0..8)
-        .map(|_| PairTokens { prefix: ids(192), chosen: ids(64), rejected: ids(64), rating: None, kind: None, source: None, chosen_safe: None, rejected_safe: None })
+        .map(|_| PairTokens {
+            prefix: ids(192),
+            chosen: ids(64),
+            rejected: ids(64),
+            rating: None,
+            kind: None,
+            source: None,
+            chosen_safe: None,
+            rejected_safe: None,
+        })
         .collect();
     let refs: Vec<&PairTokens> = pairs.iter().collect();
     let causal = std::env::args().nth(2).is_some();
@@ -24,7 +33,11 @@ fn main() {
         opt.zero_grad();
         let b = collate(&refs, Device::Cpu);
         let t1 = t0.elapsed().as_secs_f64();
-        let s = if causal { model.scores_at(&b.ids, &b.positions, &llama::model::Mask::Causal, &b.read) } else { model.scores_at(&b.ids, &b.positions, &b.mask, &b.read) };
+        let s = if causal {
+            model.scores_at(&b.ids, &b.positions, &llama::model::Mask::Causal, &b.read)
+        } else {
+            model.scores_at(&b.ids, &b.positions, &b.mask, &b.read)
+        };
         let loss = -(s.select(1, 0) - s.select(1, 1)).log_sigmoid().mean(Kind::Float);
         let t2 = t0.elapsed().as_secs_f64();
         loss.backward();

@@ -41,7 +41,8 @@ fn full(tok: &Tokenizer, prompt: &[Message], reply: &str) -> Result<Vec<u32>, ll
 pub fn encode_pair(tok: &Tokenizer, r: &PreferenceRecord, max_len: usize) -> Result<PairTokens, llama::LlamaError> {
     let c = full(tok, &r.prompt, &r.chosen)?;
     let j = full(tok, &r.prompt, &r.rejected)?;
-    let meta = PairMeta { rating: r.rating, kind: r.kind, source: r.source.clone(), chosen_safe: r.chosen_safe, rejected_safe: r.rejected_safe };
+    let meta =
+        PairMeta { rating: r.rating, kind: r.kind, source: r.source.clone(), chosen_safe: r.chosen_safe, rejected_safe: r.rejected_safe };
     Ok(pair_from_sequences(c, j, max_len, meta))
 }
 
@@ -143,5 +144,10 @@ pub fn collate_single(seqs: &[&[u32]], device: Device) -> (Tensor, Tensor, Mask,
     let shape = [b as i64, t as i64];
     let positions = Tensor::arange(t as i64, (Kind::Int64, device)).unsqueeze(0).expand(shape, false);
     let segments = Tensor::from_slice(&seg).view(shape).to_device(device);
-    (Tensor::from_slice(&ids).view(shape).to_device(device), positions, Mask::packed(&segments), Tensor::from_slice(&at).view([b as i64, 1]).to_device(device))
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        positions,
+        Mask::packed(&segments),
+        Tensor::from_slice(&at).view([b as i64, 1]).to_device(device),
+    )
 }

@@ -125,10 +125,8 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
     for src in sources {
         by_source.insert(src.clone(), Accuracy::of(scores.iter().filter(|s| s.source.as_deref() == Some(&src))));
     }
-    let by_rating = Rating::ALL
-        .iter()
-        .map(|r| (r.as_str().to_string(), Accuracy::of(scores.iter().filter(|s| s.rating == Some(*r)))))
-        .collect();
+    let by_rating =
+        Rating::ALL.iter().map(|r| (r.as_str().to_string(), Accuracy::of(scores.iter().filter(|s| s.rating == Some(*r))))).collect();
     let (mut labelled, mut unsafe_n, mut pred, mut hit) = (false, 0, 0, 0);
     for s in scores {
         for (score, safe) in [(s.chosen, s.chosen_safe), (s.rejected, s.rejected_safe)] {
@@ -161,12 +159,21 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
 }
 
 fn pct(a: &Accuracy) -> String {
-    if a.n == 0 { "–".into() } else { format!("{:.1}", 100.0 * a.accuracy) }
+    if a.n == 0 {
+        "–".into()
+    } else {
+        format!("{:.1}", 100.0 * a.accuracy)
+    }
 }
 
 /// The report as Markdown, in the layouts of Llama 2 Tables 7, 8 and 29.
 pub fn markdown(name: &str, r: &RmReport) -> String {
-    let mut s = format!("# Reward model evaluation: {name}\n\nOverall accuracy: **{}%** ({} pairs; ties count as wrong). Mean margin r_c − r_r: {:.3}.\n\n", pct(&r.overall), r.overall.n, r.mean_margin);
+    let mut s = format!(
+        "# Reward model evaluation: {name}\n\nOverall accuracy: **{}%** ({} pairs; ties count as wrong). Mean margin r_c − r_r: {:.3}.\n\n",
+        pct(&r.overall),
+        r.overall.n,
+        r.mean_margin
+    );
     s += "## Accuracy per test set (Table 7 layout)\n\n|";
     for k in r.by_source.keys() {
         s += &format!(" {k} |");
@@ -183,10 +190,7 @@ pub fn markdown(name: &str, r: &RmReport) -> String {
         s += &format!(" {} |", pct(a));
     }
     s += &format!(" {} |\n\n", pct(&r.overall));
-    s += &format!(
-        "Pairs per bin: {}.\n\n",
-        r.by_rating.iter().map(|(k, a)| format!("{k} {}", a.n)).collect::<Vec<_>>().join(", ")
-    );
+    s += &format!("Pairs per bin: {}.\n\n", r.by_rating.iter().map(|(k, a)| format!("{k} {}", a.n)).collect::<Vec<_>>().join(", "));
     if let Some(sd) = &r.safety {
         s += &format!(
             "## Unsafe-response detection (Table 29 layout)\n\nThreshold σ(score) < {}: recall **{:.1}%**, precision **{:.1}%** ({} unsafe responses, {} predicted unsafe).\n\n",
@@ -247,7 +251,13 @@ mod tests {
 pub fn plots(scores: &[PairScore], out: &std::path::Path) -> Result<(), training::TrainError> {
     use training::plot::{histogram, line_chart, Series};
     let points = accuracy_by_gap(scores, 10);
-    line_chart(&out.join("calibration.png"), "Accuracy against |r_chosen - r_rejected|", "mean |score gap| in bin", "accuracy", &[Series { name: "accuracy".into(), points }])?;
+    line_chart(
+        &out.join("calibration.png"),
+        "Accuracy against |r_chosen - r_rejected|",
+        "mean |score gap| in bin",
+        "accuracy",
+        &[Series { name: "accuracy".into(), points }],
+    )?;
     let c: Vec<f64> = scores.iter().map(|s| s.chosen).collect();
     let r: Vec<f64> = scores.iter().map(|s| s.rejected).collect();
     histogram(&out.join("scores.png"), "Reward scores", "score", &[("chosen".into(), c), ("rejected".into(), r)], 40)

@@ -151,7 +151,14 @@ impl Stage for RewardRun<'_> {
 }
 
 /// Trains a reward model into `run_dir` (checkpoints/, metrics.jsonl, final/, best/).
-pub fn train(cfg: &RewardConfig, pairs: &[PairTokens], eval_pairs: &[PairTokens], run_dir: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<RunResult> {
+pub fn train(
+    cfg: &RewardConfig,
+    pairs: &[PairTokens],
+    eval_pairs: &[PairTokens],
+    run_dir: &Path,
+    resume: bool,
+    extra_files: &[PathBuf],
+) -> Result<RunResult> {
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

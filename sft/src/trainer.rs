@@ -37,8 +37,7 @@ pub fn examples_from_dialogs(tok: &Tokenizer, dialogs: &[Vec<llama::Message>], m
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let enc = llama::encode_dialog(tok, d, mask)
-                .map_err(|e| TrainError::Config(format!("SFT example {}: {e}", i + 1)))?;
+            let enc = llama::encode_dialog(tok, d, mask).map_err(|e| TrainError::Config(format!("SFT example {}: {e}", i + 1)))?;
             Ok(Example { ids: enc.ids, loss_mask: enc.assistant_mask })
         })
         .collect()
@@ -202,7 +201,14 @@ impl training::runner::Stage for Run<'_> {
 /// Trains, checkpointing into `run_dir/checkpoints`; writes `run_dir/final` (and `run_dir/best`)
 /// and `run_dir/summary.json`. With `resume`, continues from the newest checkpoint; a run folder
 /// with checkpoints is never silently overwritten.
-pub fn train(cfg: &SftConfig, train: &[Example], eval: &[Example], run_dir: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<SftOutcome> {
+pub fn train(
+    cfg: &SftConfig,
+    train: &[Example],
+    eval: &[Example],
+    run_dir: &Path,
+    resume: bool,
+    extra_files: &[PathBuf],
+) -> Result<SftOutcome> {
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

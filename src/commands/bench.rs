@@ -244,7 +244,16 @@ fn synthetic_pairs(n: usize, seq_len: usize, prompt_len: usize, seed: u64) -> Ve
             chosen.push(2);
             let mut rejected = rand_ids(reply - 1);
             rejected.push(2);
-            reward::data::PairTokens { prefix, chosen, rejected, rating: Some(datasets::Rating::Better), kind: None, source: None, chosen_safe: None, rejected_safe: None }
+            reward::data::PairTokens {
+                prefix,
+                chosen,
+                rejected,
+                rating: Some(datasets::Rating::Better),
+                kind: None,
+                source: None,
+                chosen_safe: None,
+                rejected_safe: None,
+            }
         })
         .collect()
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 pub fn load<T: DeserializeOwned>(path: &Path, sets: &[String]) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut value: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let mut value: toml::Value =
+        text.parse::<toml::Table>().map(toml::Value::Table).with_context(|| format!("{}: invalid TOML", path.display()))?;
     for s in sets {
         apply_set(&mut value, s)?;
     }

@@ -26,12 +26,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .map(|f| a.model.join(f))
         .filter(|p| p.exists())
         .collect();
-    let opts = SaveOptions {
-        dtype: llama::device::parse_kind(&a.dtype)?,
-        max_shard_bytes: a.max_shard_bytes,
-        extra_files,
-        ..Default::default()
-    };
+    let opts =
+        SaveOptions { dtype: llama::device::parse_kind(&a.dtype)?, max_shard_bytes: a.max_shard_bytes, extra_files, ..Default::default() };
     checkpoint::save(&vs, &model.cfg, &a.out, &opts)?;
     println!("{}", serde_json::json!({"out": a.out, "dtype": a.dtype, "parameters": model.cfg.num_parameters()}));
     Ok(())

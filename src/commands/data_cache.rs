@@ -58,8 +58,7 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         default_kind,
         sampled_sources: a.sampled_source,
     };
-    let summary = mix_files(&a.data, &a.out, a.test_out.as_deref(), &spec)
-        .with_context(|| format!("mixing into {}", a.out.display()))?;
+    let summary = mix_files(&a.data, &a.out, a.test_out.as_deref(), &spec).with_context(|| format!("mixing into {}", a.out.display()))?;
     let mut v = serde_json::to_value(&summary)?;
     v["out"] = serde_json::json!(a.out);
     v["test_out"] = serde_json::json!(a.test_out);
@@ -174,8 +173,8 @@ pub struct DemoScaleArgs {
 
 pub fn run_demo_scale(a: DemoScaleArgs) -> Result<()> {
     let tok = Tokenizer::from_file(&tokenizer_path(a.tokenizer, None)?)?;
-    let summary = write_demo_scale(&a.out, a.pairs, a.tokens_per_side, a.seed, &tok)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    let summary =
+        write_demo_scale(&a.out, a.pairs, a.tokens_per_side, a.seed, &tok).with_context(|| format!("writing {}", a.out.display()))?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -39,8 +39,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     shares.sft_wrong = a.wrong_share.unwrap_or(shares.sft_wrong);
     shares.sft_unsafe = a.unsafe_share.unwrap_or(shares.sft_unsafe);
     shares.sft_false_refusal = a.false_refusal_share.unwrap_or(shares.sft_false_refusal);
-    let manifest = write_demo_with(&a.out, sizes, &shares, a.seed)
-        .with_context(|| format!("writing the demo world to {}", a.out.display()))?;
+    let manifest =
+        write_demo_with(&a.out, sizes, &shares, a.seed).with_context(|| format!("writing the demo world to {}", a.out.display()))?;
     println!(
         "{}",
         serde_json::json!({

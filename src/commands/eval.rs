@@ -73,13 +73,12 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
     for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
         let line_no = i + 1;
         let bytes = line.with_context(|| format!("{}: reading line {line_no}", path.display()))?;
-        let line = String::from_utf8(bytes)
-            .map_err(|e| anyhow::anyhow!("{}: line {line_no}: invalid UTF-8 ({e})", path.display()))?;
+        let line = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: line {line_no}: invalid UTF-8 ({e})", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("{}: line {line_no}: invalid JSON ({e})", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{}: line {line_no}: invalid JSON ({e})", path.display()))?;
         match v.get("text") {
             Some(serde_json::Value::String(s)) => rows.push(s.clone()),
             Some(other) => bail!("{}: line {line_no}: field \"text\" must be a string, found {}", path.display(), json_type(other)),
@@ -164,20 +163,15 @@ pub fn batch_nll(model: &llama::Llama, rows: &[Vec<u32>]) -> Result<(f64, i64)> 
     let h = hidden.narrow(1, 0, t - 1).reshape([-1, d]).index_select(0, &scored);
     let targets = ids.narrow(1, 1, t - 1).reshape([-1]).index_select(0, &scored);
     let logits = model.lm_logits(&h);
-    let nll = logits
-        .log_softmax(-1, Kind::Float)
-        .gather(1, &targets.unsqueeze(1), false)
-        .neg()
-        .to_kind(Kind::Double)
-        .sum(Kind::Double);
+    let nll = logits.log_softmax(-1, Kind::Float).gather(1, &targets.unsqueeze(1), false).neg().to_kind(Kind::Double).sum(Kind::Double);
     Ok((f64::try_from(nll)?, scored.size()[0]))
 }
 
 fn eval_demo(a: EvalDemoArgs) -> Result<()> {
     super::set_threads(a.threads);
     let tok = super::tokenizer_for(&a.model)?;
-    let prompts: Vec<datasets::PromptRecord> = datasets::io::read_all(&a.prompts)
-        .with_context(|| format!("reading prompts {}", a.prompts.display()))?;
+    let prompts: Vec<datasets::PromptRecord> =
+        datasets::io::read_all(&a.prompts).with_context(|| format!("reading prompts {}", a.prompts.display()))?;
     let (device, kind) = super::device_and_kind(&a.device, a.dtype.as_deref())?;
     let (_vs, model) = checkpoint::load_causal_lm(&a.model, device, kind)?;
     let mut params = training::demo_eval::greedy(a.max_new_tokens, model.cfg.eos_token_id);

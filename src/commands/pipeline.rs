@@ -11,11 +11,11 @@
 //! the data folder of a `demo_data` stage) and `${sft.dir}` its folder.
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use llama::SamplingParams;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use llama::SamplingParams;
 use training::runner::fnv1a;
 
 #[derive(Subcommand)]
@@ -128,7 +128,10 @@ fn load_config(path: &Path, sets: &[String]) -> Result<PipelineConfig> {
             Some(rest) => {
                 let (name, tail) = rest.split_once('.').with_context(|| format!("--set {s}: expected stages.<name>.<key>=<value>"))?;
                 let stages = value.get("stages").and_then(|v| v.as_array()).context("config has no [[stages]]")?;
-                let idx = stages.iter().position(|st| st.get("name").and_then(|n| n.as_str()) == Some(name)).with_context(|| format!("--set {s}: no stage named {name}"))?;
+                let idx = stages
+                    .iter()
+                    .position(|st| st.get("name").and_then(|n| n.as_str()) == Some(name))
+                    .with_context(|| format!("--set {s}: no stage named {name}"))?;
                 let (key, v) = tail.split_once('=').with_context(|| format!("--set {s}: expected key=value"))?;
                 let stage = value["stages"].as_array_mut().expect("checked above").get_mut(idx).expect("index found above");
                 super::config::apply_set(stage, &format!("{key}={v}"))?;
@@ -202,7 +205,8 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
                 prepare_dir(&dir, &fingerprint)?;
                 tracing::info!("pipeline: running {} ({})", spec.name, spec.kind);
                 let start = Instant::now();
-                let (output, metrics) = run_stage(&spec.kind, resolved, &dir).with_context(|| format!("stage {} ({})", spec.name, spec.kind))?;
+                let (output, metrics) =
+                    run_stage(&spec.kind, resolved, &dir).with_context(|| format!("stage {} ({})", spec.name, spec.kind))?;
                 let ground_truth = match (&cfg.pipeline.eval_prompts, is_policy(&spec.kind)) {
                     (Some(p), true) => Some(ground_truth(&output, &resolve_str(p, &outputs)?, &cfg.pipeline)?),
                     _ => None,
@@ -228,7 +232,10 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         manifests.push(manifest);
     }
     write_report(&a.out, &manifests)?;
-    println!("{}", serde_json::json!({"out": a.out, "stages": manifests.len(), "seconds": t0.elapsed().as_secs_f64(), "report": a.out.join("report.md")}));
+    println!(
+        "{}",
+        serde_json::json!({"out": a.out, "stages": manifests.len(), "seconds": t0.elapsed().as_secs_f64(), "report": a.out.join("report.md")})
+    );
     Ok(())
 }
 
@@ -276,9 +283,15 @@ fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde
                 #[serde(default)]
                 seed: u64,
             }
-            fn d_sft() -> usize { 4000 }
-            fn d_pairs() -> usize { 6000 }
-            fn d_prompts() -> usize { 600 }
+            fn d_sft() -> usize {
+                4000
+            }
+            fn d_pairs() -> usize {
+                6000
+            }
+            fn d_prompts() -> usize {
+                600
+            }
             let c: DemoCfg = parse(cfg)?;
             let out = dir.join("data");
             let m = datasets::demo::write_demo(&out, datasets::demo::DemoSizes { sft: c.sft, pairs: c.pairs, prompts: c.prompts }, c.seed)?;
@@ -402,8 +415,15 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         let gg = |k: &str| m.ground_truth.as_ref().and_then(|g| g["greedy"][k].as_f64());
         md += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
-            m.name, m.kind, fmt(gt("helpful")), fmt(gt("safe")), fmt(gt("false_refusal")),
-            fmt(gg("helpful")), fmt(gg("safe")), fmt(gg("false_refusal")), m.wall_seconds,
+            m.name,
+            m.kind,
+            fmt(gt("helpful")),
+            fmt(gt("safe")),
+            fmt(gt("false_refusal")),
+            fmt(gg("helpful")),
+            fmt(gg("safe")),
+            fmt(gg("false_refusal")),
+            m.wall_seconds,
             throughput(out, m, rs_of(m)).unwrap_or_else(|| "–".into())
         );
         if m.ground_truth.is_some() {
@@ -418,8 +438,12 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         md += "\n## Reward models: test accuracy by rating (Llama 2 Table 8 layout)\n\n| RM | significantly better | better | slightly better | negligibly better / unsure | avg |\n|---|---|---|---|---|---|\n";
         for m in rm {
             let ev = &m.metrics["eval"];
-            let bins: Vec<String> = ev["by_rating"].as_array().map(|a| a.iter().map(|b| format!("{:.1}", 100.0 * b[1]["accuracy"].as_f64().unwrap_or(f64::NAN))).collect()).unwrap_or_default();
-            md += &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
+            let bins: Vec<String> = ev["by_rating"]
+                .as_array()
+                .map(|a| a.iter().map(|b| format!("{:.1}", 100.0 * b[1]["accuracy"].as_f64().unwrap_or(f64::NAN))).collect())
+                .unwrap_or_default();
+            md +=
+                &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
         }
     }
     // What every run has, judges or not: the reward models' scores of each policy's held-out
@@ -434,15 +458,24 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
                 let (b, a) = (&first["eval_before"]["greedy"], &last["eval_after"]["greedy"]);
                 rm_rows += &format!(
                     "| {} | greedy, {} prompts | R_c {} → {} | helpfulness {} → {} | safety {} → {} |\n",
-                    m.name, last["eval_after"]["prompts"], f(&b["mean_reward"]), f(&a["mean_reward"]),
-                    f(&b["mean_helpfulness"]), f(&a["mean_helpfulness"]), f(&b["mean_safety"]), f(&a["mean_safety"])
+                    m.name,
+                    last["eval_after"]["prompts"],
+                    f(&b["mean_reward"]),
+                    f(&a["mean_reward"]),
+                    f(&b["mean_helpfulness"]),
+                    f(&a["mean_helpfulness"]),
+                    f(&b["mean_safety"]),
+                    f(&a["mean_safety"])
                 );
             }
             "ppo" => {
                 let x = &m.metrics;
                 rm_rows += &format!(
                     "| {} | sampled, {} replies | LOGIT(R_c) {} → {} | | |\n",
-                    m.name, x["final_eval"]["responses"], f(&x["initial_eval"]["reward"]), f(&x["final_eval"]["reward"])
+                    m.name,
+                    x["final_eval"]["responses"],
+                    f(&x["initial_eval"]["reward"]),
+                    f(&x["final_eval"]["reward"])
                 );
             }
             _ => {}
@@ -460,13 +493,24 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
             md += &format!(
                 "| {} | {} | {} → {} | {} | `{}/curves.png` |\n",
-                m.name, x["iterations"], f(&x["initial_eval"]["reward"]), f(&x["final_eval"]["reward"]), f(&x["final_eval"]["kl"]), m.name
+                m.name,
+                x["iterations"],
+                f(&x["initial_eval"]["reward"]),
+                f(&x["final_eval"]["reward"]),
+                f(&x["final_eval"]["kl"]),
+                m.name
             );
         }
     }
     if !groups.is_empty() {
         let png = out.join("ground_truth.png");
-        training::plot::bar_chart(&png, "Ground truth on held-out prompts (sampled replies; greedy in report.md)", "rate", &groups, &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)])?;
+        training::plot::bar_chart(
+            &png,
+            "Ground truth on held-out prompts (sampled replies; greedy in report.md)",
+            "rate",
+            &groups,
+            &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)],
+        )?;
         md += "\n![ground truth per stage](ground_truth.png)\n";
     }
     md += "\nPer-stage curves: `<stage>/curves.png`; manifests: `<stage>/manifest.json`.\n";
@@ -476,19 +520,40 @@ fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
 
 fn status(dir: &Path) -> Result<()> {
     let mut rows = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     entries.sort_by_key(|p| std::fs::metadata(p.join(".fingerprint")).and_then(|m| m.modified()).ok());
     println!("{:<22} {:<20} {:<12} {:>8}  {}", "stage", "kind", "status", "wall s", "ground truth (helpful/safe/false refusal)");
     for p in entries {
         let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         match read_manifest(&p) {
             Some(m) => {
-                let gt = m.ground_truth.as_ref().map(|g| format!("{:.3}/{:.3}/{:.3}", g["helpful"].as_f64().unwrap_or(f64::NAN), g["safe"].as_f64().unwrap_or(f64::NAN), g["false_refusal"].as_f64().unwrap_or(f64::NAN))).unwrap_or_default();
+                let gt = m
+                    .ground_truth
+                    .as_ref()
+                    .map(|g| {
+                        format!(
+                            "{:.3}/{:.3}/{:.3}",
+                            g["helpful"].as_f64().unwrap_or(f64::NAN),
+                            g["safe"].as_f64().unwrap_or(f64::NAN),
+                            g["false_refusal"].as_f64().unwrap_or(f64::NAN)
+                        )
+                    })
+                    .unwrap_or_default();
                 println!("{:<22} {:<20} {:<12} {:>8.0}  {}", name, m.kind, "done", m.wall_seconds, gt);
                 rows.push(serde_json::json!({"stage": name, "status": "done"}));
             }
             None if p.join(".fingerprint").exists() => {
-                let step = training::checkpoint::CheckpointManager::new(&p, 1).latest().ok().flatten().map(|c| c.display().to_string()).unwrap_or_else(|| "no checkpoint".into());
+                let step = training::checkpoint::CheckpointManager::new(&p, 1)
+                    .latest()
+                    .ok()
+                    .flatten()
+                    .map(|c| c.display().to_string())
+                    .unwrap_or_else(|| "no checkpoint".into());
                 println!("{:<22} {:<20} {:<12} {:>8}  {}", name, "?", "interrupted", "-", step);
             }
             None => {}
@@ -506,14 +571,12 @@ mod tests {
     }
 
     fn check_stage(kind: &str, cfg: toml::Value, what: &str) {
-        let r: Result<()> = (|| {
-            match kind {
-                "sft" => parse::<sft::SftConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
-                "reward" => parse::<reward::RewardConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
-                "rejection_sampling" => parse::<rejection_sampling::RejectionSamplingConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
-                "ppo" => parse::<ppo::PpoConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
-                _ => Ok(()),
-            }
+        let r: Result<()> = (|| match kind {
+            "sft" => parse::<sft::SftConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+            "reward" => parse::<reward::RewardConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+            "rejection_sampling" => parse::<rejection_sampling::RejectionSamplingConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+            "ppo" => parse::<ppo::PpoConfig>(cfg)?.validate().map_err(anyhow::Error::msg),
+            _ => Ok(()),
         })();
         if let Err(e) = r {
             panic!("{what}: {e:#}");

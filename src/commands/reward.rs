@@ -87,10 +87,7 @@ fn read_pairs(paths: &[PathBuf]) -> Result<Vec<PreferenceRecord>> {
 }
 
 fn encode_all(tok: &llama::Tokenizer, recs: &[PreferenceRecord], max_len: usize) -> Result<Vec<PairTokens>> {
-    recs.iter()
-        .enumerate()
-        .map(|(i, r)| encode_pair(tok, r, max_len).with_context(|| format!("preference pair {}", i + 1)))
-        .collect()
+    recs.iter().enumerate().map(|(i, r)| encode_pair(tok, r, max_len).with_context(|| format!("preference pair {}", i + 1))).collect()
 }
 
 /// Comparisons through the tokenized cache under `root` (built on first use, reused after).
@@ -100,12 +97,23 @@ fn cached_pairs(files: &[PathBuf], tok_path: &Path, max_len: usize, root: &Path)
         return Ok(Vec::new());
     }
     let h = build_cache(datasets::RecordKind::Preference, files, tok_path, &CacheSettings::default(), root)?;
-    tracing::info!("comparisons from the token cache {} ({}, {} pairs)", h.dir.display(), if h.reused { "reused" } else { "built" }, h.manifest.records);
+    tracing::info!(
+        "comparisons from the token cache {} ({}, {} pairs)",
+        h.dir.display(),
+        if h.reused { "reused" } else { "built" },
+        h.manifest.records
+    );
     let cache = PreferenceCache::open(&h.dir)?;
     Ok((0..cache.len())
         .filter_map(|i| cache.get(i))
         .map(|p| {
-            let meta = reward::data::PairMeta { rating: p.rating, kind: p.kind, source: p.source.map(String::from), chosen_safe: p.chosen_safe, rejected_safe: p.rejected_safe };
+            let meta = reward::data::PairMeta {
+                rating: p.rating,
+                kind: p.kind,
+                source: p.source.map(String::from),
+                chosen_safe: p.chosen_safe,
+                rejected_safe: p.rejected_safe,
+            };
             reward::data::pair_from_sequences(p.chosen_full(), p.rejected_full(), max_len, meta)
         })
         .collect())
@@ -121,7 +129,11 @@ fn train(a: TrainArgs) -> Result<()> {
 
 /// Trains a reward model from a parsed config and evaluates it on `eval_data` into `out/eval`
 /// (also the pipeline's entry point).
-pub fn train_config(cfg: &reward::RewardConfig, out: &Path, resume: bool) -> Result<(training::runner::RunResult, Option<reward::eval::RmReport>)> {
+pub fn train_config(
+    cfg: &reward::RewardConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<(training::runner::RunResult, Option<reward::eval::RmReport>)> {
     let (tok, tok_path) = super::sft::stage_tokenizer(cfg.tokenizer.as_deref(), Some(&cfg.model))?;
     let pairs_of = |files: &[PathBuf]| -> Result<Vec<PairTokens>> {
         match &cfg.token_cache {
@@ -143,7 +155,15 @@ pub fn train_config(cfg: &reward::RewardConfig, out: &Path, resume: bool) -> Res
 }
 
 /// Scores, reports (JSON + Markdown) and plots into `out`; returns the report.
-fn write_eval(model: &RewardModel, pairs: &[PairTokens], device: tch::Device, batch: usize, threshold: f64, out: &Path, name: &str) -> Result<reward::eval::RmReport> {
+fn write_eval(
+    model: &RewardModel,
+    pairs: &[PairTokens],
+    device: tch::Device,
+    batch: usize,
+    threshold: f64,
+    out: &Path,
+    name: &str,
+) -> Result<reward::eval::RmReport> {
     let scores = reward::eval::score_pairs(model, pairs, device, batch)?;
     let rep = reward::eval::report(&scores, threshold);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

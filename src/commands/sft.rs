@@ -53,7 +53,12 @@ fn cached_examples(files: &[PathBuf], tok_path: &Path, mask: llama::AssistantMas
     use datasets::cache::{build_cache, CacheSettings, SftCache};
     let settings = CacheSettings { mask, length: None };
     let h = build_cache(datasets::RecordKind::Sft, files, tok_path, &settings, root)?;
-    tracing::info!("SFT data from the token cache {} ({}, {} examples)", h.dir.display(), if h.reused { "reused" } else { "built" }, h.manifest.records);
+    tracing::info!(
+        "SFT data from the token cache {} ({}, {} examples)",
+        h.dir.display(),
+        if h.reused { "reused" } else { "built" },
+        h.manifest.records
+    );
     let cache = SftCache::open(&h.dir)?;
     Ok(cache.iter().map(|e| sft::Example { ids: e.ids.to_vec(), loss_mask: e.loss_mask.iter().map(|&m| m != 0).collect() }).collect())
 }
@@ -77,7 +82,11 @@ pub fn run_config(cfg: &sft::SftConfig, out: &Path, resume: bool) -> Result<sft:
             let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
             let (mut t, mut e) = (Vec::new(), Vec::new());
             for (i, ex) in train.drain(..).enumerate() {
-                if held.contains(&i) { e.push(ex) } else { t.push(ex) }
+                if held.contains(&i) {
+                    e.push(ex)
+                } else {
+                    t.push(ex)
+                }
             }
             train = t;
             e

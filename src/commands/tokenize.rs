@@ -22,8 +22,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.dialog).with_context(|| format!("reading {}", a.dialog.display()))?;
     let msgs: Vec<Message> = serde_json::from_str(&text)
         .with_context(|| format!("{}: expected a JSON list of {{\"role\", \"content\"}} messages", a.dialog.display()))?;
-    let enc = llama::encode_dialog(&tok, &msgs, AssistantMask::AllTurns)
-        .with_context(|| format!("{}", a.dialog.display()))?;
+    let enc = llama::encode_dialog(&tok, &msgs, AssistantMask::AllTurns).with_context(|| format!("{}", a.dialog.display()))?;
     if a.mask {
         println!("{}", serde_json::json!({"ids": enc.ids, "assistant_mask": enc.assistant_mask}));
     } else {

@@ -20,10 +20,7 @@ pub struct BuildArgs {
 }
 
 /// The package's own test cases: the rebuilt tokenizer must reproduce them.
-const CHECKS: &[(&str, &[u32])] = &[
-    ("Hello world!", &[1, 15043, 3186, 29991]),
-    ("[INST]", &[1, 518, 25580, 29962]),
-];
+const CHECKS: &[(&str, &[u32])] = &[("Hello world!", &[1, 15043, 3186, 29991]), ("[INST]", &[1, 518, 25580, 29962])];
 
 pub fn run(c: TokenizerCommand) -> Result<()> {
     let TokenizerCommand::Build(a) = c;
@@ -32,10 +29,7 @@ pub fn run(c: TokenizerCommand) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let path = a.out.join("tokenizer.json");
     llama::checkpoint::write_atomic(&path, json.as_bytes())?;
-    llama::checkpoint::write_atomic(
-        &a.out.join("tokenizer_config.json"),
-        llama::tokenizer_build::tokenizer_config_json().as_bytes(),
-    )?;
+    llama::checkpoint::write_atomic(&a.out.join("tokenizer_config.json"), llama::tokenizer_build::tokenizer_config_json().as_bytes())?;
     let tok = llama::Tokenizer::from_file(&path)?;
     for (text, want) in CHECKS {
         let got = tok.encode(text, true, false)?;

@@ -47,10 +47,7 @@ pub fn evaluate_policy_n(
     let chunks: Vec<&[PromptRecord]> = prompts.chunks(batch.max(1)).collect();
     for round in 0..rounds {
         for (ci, chunk) in chunks.iter().enumerate() {
-            let ids = chunk
-                .iter()
-                .map(|p| llama::chat::encode_prompt(tok, &p.prompt))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let ids = chunk.iter().map(|p| llama::chat::encode_prompt(tok, &p.prompt)).collect::<std::result::Result<Vec<_>, _>>()?;
             let mut params = params.clone();
             if rounds > 1 {
                 params.seed = params.seed.wrapping_add((round * chunks.len() + ci) as u64 * 0x9E37_79B9);
@@ -70,24 +67,10 @@ pub fn evaluate_policy_n(
     if judgements.is_empty() {
         return Err(TrainError::Config("no prompts to evaluate".into()));
     }
-    Ok(PolicyEval {
-        scores: aggregate(&judgements),
-        samples,
-        seconds: start.elapsed().as_secs_f64(),
-        generated_tokens: generated,
-    })
+    Ok(PolicyEval { scores: aggregate(&judgements), samples, seconds: start.elapsed().as_secs_f64(), generated_tokens: generated })
 }
 
 /// Greedy decoding with the demo's reply budget.
 pub fn greedy(max_new_tokens: usize, eos: i64) -> SamplingParams {
-    SamplingParams {
-        max_new_tokens,
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: 0,
-        seed: 0,
-        stop_at_eos: true,
-        eos_token_id: eos,
-        num_samples: 1,
-    }
+    SamplingParams { max_new_tokens, temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, stop_at_eos: true, eos_token_id: eos, num_samples: 1 }
 }

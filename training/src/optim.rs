@@ -53,8 +53,7 @@ impl AdamW {
     /// Optimizes every trainable variable of `vs` whose name passes `filter`.
     pub fn new(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool) -> Self {
         // Frozen variables (`VarStore::freeze`) do not require gradients.
-        let mut vars: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(n, t)| filter(n) && t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| filter(n) && t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = tch::no_grad(|| {
             vars.into_iter()

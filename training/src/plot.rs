@@ -66,10 +66,7 @@ pub fn metrics_grid(metrics_jsonl: &Path, path: &Path, keys: &[&str], title: &st
     let panels: Vec<(&str, Vec<(f64, f64)>)> = keys
         .iter()
         .map(|&k| {
-            let pts = records
-                .iter()
-                .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(k)?.as_f64()?)))
-                .collect::<Vec<_>>();
+            let pts = records.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(k)?.as_f64()?))).collect::<Vec<_>>();
             (k, pts)
         })
         .filter(|(_, pts)| !pts.is_empty())
@@ -346,7 +343,10 @@ fn draw_histogram(root: &Area, text: bool, title: &str, x_label: &str, series: &
     for (i, c) in counts.iter().enumerate() {
         let col = color(i);
         chart.draw_series(
-            c.iter().enumerate().filter(|(_, &n)| n > 0).map(|(b, &n)| Rectangle::new([(edge(b), 0.0), (edge(b + 1), n as f64)], col.mix(0.3).filled())),
+            c.iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(b, &n)| Rectangle::new([(edge(b), 0.0), (edge(b + 1), n as f64)], col.mix(0.3).filled())),
         )?;
     }
     // Outlines after all fills, so no series' fill hides another's edge.
@@ -569,7 +569,10 @@ mod tests {
 
     fn groups() -> (Vec<String>, Vec<(String, Vec<f64>)>) {
         let g = ["significantly better", "better", "slightly better", "negligibly better / unsure"].map(String::from).to_vec();
-        let s = vec![("helpfulness RM".to_string(), vec![0.942, 0.768, 0.608, 0.528]), ("safety RM".to_string(), vec![0.892, 0.73, 0.585, 0.5])];
+        let s = vec![
+            ("helpfulness RM".to_string(), vec![0.942, 0.768, 0.608, 0.528]),
+            ("safety RM".to_string(), vec![0.892, 0.73, 0.585, 0.5]),
+        ];
         (g, s)
     }
 
@@ -749,7 +752,14 @@ mod tests {
         ];
         bar_chart(&dir.join("stages.png"), "Per pipeline stage", "rate", &stages, &rates).unwrap();
         let many: Vec<String> = (0..8).map(|i| format!("rating bin number {i} (long name)")).collect();
-        bar_chart(&dir.join("many.png"), "Eight long groups", "", &many, &[("acc".into(), (0..8).map(|i| 0.4 + i as f64 * 0.07).collect())]).unwrap();
+        bar_chart(
+            &dir.join("many.png"),
+            "Eight long groups",
+            "",
+            &many,
+            &[("acc".into(), (0..8).map(|i| 0.4 + i as f64 * 0.07).collect())],
+        )
+        .unwrap();
         bar_chart(&dir.join("signed.png"), "Signed values", "reward", &stages[..2], &[("mean".into(), vec![-1.25, 3.5])]).unwrap();
         let m = dir.join("metrics.jsonl");
         let mut text = String::new();

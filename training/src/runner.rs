@@ -67,7 +67,11 @@ pub fn fnv1a(bytes: &[u8]) -> String {
 }
 
 fn copy_dir_atomic(src: &Path, dst: &Path) -> Result<()> {
-    let tmp = dst.with_file_name(format!(".{}.tmp-{}", dst.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let tmp = dst.with_file_name(format!(
+        ".{}.tmp-{}",
+        dst.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }

@@ -7,8 +7,15 @@ use serde::{Deserialize, Serialize};
 pub enum LrSchedule {
     /// Linear warmup from 0 to `peak` over `warmup_steps`, then cosine decay to
     /// `peak * floor_ratio` at `total_steps`.
-    Cosine { peak: f64, warmup_steps: u64, total_steps: u64, floor_ratio: f64 },
-    Constant { lr: f64 },
+    Cosine {
+        peak: f64,
+        warmup_steps: u64,
+        total_steps: u64,
+        floor_ratio: f64,
+    },
+    Constant {
+        lr: f64,
+    },
 }
 
 impl LrSchedule {

@@ -23,11 +23,8 @@ fn adamw_matches_torch_three_steps() {
         n.copy_(&Tensor::from_slice(&[1.0f32, 0.5]));
     });
     let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.1, ..Default::default() }, |_| true);
-    let grads: [([f32; 4], [f32; 2]); 3] = [
-        ([0.1, -0.2, 0.3, 0.0], [0.5, -0.5]),
-        ([-0.1, 0.4, 0.2, 1.0], [0.1, 0.2]),
-        ([0.05, 0.05, -0.3, 0.2], [-0.3, 0.0]),
-    ];
+    let grads: [([f32; 4], [f32; 2]); 3] =
+        [([0.1, -0.2, 0.3, 0.0], [0.5, -0.5]), ([-0.1, 0.4, 0.2, 1.0], [0.1, 0.2]), ([0.05, 0.05, -0.3, 0.2], [-0.3, 0.0])];
     for (gw, gn) in grads {
         opt.zero_grad();
         // d/dp sum(p * g) = g

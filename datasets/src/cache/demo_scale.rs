@@ -44,13 +44,7 @@ pub struct DemoScaleSummary {
 }
 
 /// Writes `pairs` comparisons to `out` (JSONL or Parquet by extension), atomically.
-pub fn write_demo_scale(
-    out: &Path,
-    pairs: usize,
-    tokens_per_side: usize,
-    seed: u64,
-    tok: &Tokenizer,
-) -> Result<DemoScaleSummary> {
+pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: u64, tok: &Tokenizer) -> Result<DemoScaleSummary> {
     let sizes = DemoSizes { sft: 4000, pairs: 20_000, prompts: 0 };
     let base = generate(sizes, &DemoShares::default(), seed).map_err(|e| DatasetError::Invalid(e.to_string()))?;
     let mut texts = BTreeSet::new();
@@ -63,11 +57,8 @@ pub fn write_demo_scale(
             texts.insert(m.content.trim().to_string());
         }
     }
-    let pool: Vec<(usize, String)> = texts
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .map(|t| Ok((tok.encode(&t, false, false)?.len(), t)))
-        .collect::<Result<_>>()?;
+    let pool: Vec<(usize, String)> =
+        texts.into_iter().filter(|t| !t.is_empty()).map(|t| Ok((tok.encode(&t, false, false)?.len(), t))).collect::<Result<_>>()?;
     let base_pairs: Vec<PreferenceRecord> = base.preference_train.into_iter().chain(base.preference_test).collect();
     if pool.is_empty() || base_pairs.is_empty() {
         return Err(DatasetError::Invalid("demo world produced no comparisons".into()));
@@ -99,8 +90,7 @@ pub fn write_demo_scale(
     let mut writer = RecordWriter::<PreferenceRecord>::create(out, None)?;
     let mut total_tokens = 0usize;
     for start in (0..pairs).step_by(CHUNK) {
-        let chunk: Vec<(PreferenceRecord, usize)> =
-            (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect::<Result<_>>()?;
+        let chunk: Vec<(PreferenceRecord, usize)> = (start..(start + CHUNK).min(pairs)).into_par_iter().map(make).collect::<Result<_>>()?;
         total_tokens += chunk.iter().map(|(_, n)| n).sum::<usize>();
         let records: Vec<PreferenceRecord> = chunk.into_iter().map(|(r, _)| r).collect();
         writer.write_batch(&records)?;

@@ -146,11 +146,7 @@ impl RecordEncoder {
 
     /// A given encoding; [`Encoding::WordSplit`] only when [`WordSplit::for_tokenizer`] allows it.
     pub fn with_encoding(tok: Tokenizer, encoding: Encoding) -> Self {
-        let encoding = if encoding == Encoding::WordSplit && WordSplit::for_tokenizer(&tok).is_err() {
-            Encoding::Exact
-        } else {
-            encoding
-        };
+        let encoding = if encoding == Encoding::WordSplit && WordSplit::for_tokenizer(&tok).is_err() { Encoding::Exact } else { encoding };
         let slots = rayon::current_num_threads() + 1;
         let caches = (0..slots).map(|_| Mutex::new(WordCache::default())).collect();
         RecordEncoder { tok, encoding, caches }
@@ -200,12 +196,10 @@ impl RecordEncoder {
                     ids.extend_from_slice(hit);
                     continue;
                 }
-                let tokens = self.tok.inner().get_model().tokenize(word).map_err(|e| {
-                    DatasetError::Invalid(format!(
-                        "tokenizer {}: cannot encode {word:?}: {e}",
-                        self.tok.path().display()
-                    ))
-                })?;
+                let tokens =
+                    self.tok.inner().get_model().tokenize(word).map_err(|e| {
+                        DatasetError::Invalid(format!("tokenizer {}: cannot encode {word:?}: {e}", self.tok.path().display()))
+                    })?;
                 let word_ids: Box<[u32]> = tokens.iter().map(|t| t.id).collect();
                 ids.extend_from_slice(&word_ids);
                 if cache.len() >= WORDS_PER_THREAD {

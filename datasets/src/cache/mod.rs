@@ -41,8 +41,7 @@ use serde_json::{json, Value};
 
 pub use encode::{Encoding, RecordEncoder};
 use format::{
-    Mapped, StoreWriter, MANIFEST_FILE, MASK_FILE, META_FILE, NONE, OFFSETS_FILE, PAIR_META_BYTES, PROMPT_META_BYTES,
-    TOKENS_FILE,
+    Mapped, StoreWriter, MANIFEST_FILE, MASK_FILE, META_FILE, NONE, OFFSETS_FILE, PAIR_META_BYTES, PROMPT_META_BYTES, TOKENS_FILE,
 };
 
 use crate::error::{DatasetError, FieldError, Result, RowError};
@@ -241,9 +240,7 @@ pub fn build_cache_with(
     };
     let built = match kind {
         RecordKind::Sft => write_store::<SftRecord>(inputs, &encoder, settings, options, &tmp, &mut manifest),
-        RecordKind::Preference => {
-            write_store::<PreferenceRecord>(inputs, &encoder, settings, options, &tmp, &mut manifest)
-        }
+        RecordKind::Preference => write_store::<PreferenceRecord>(inputs, &encoder, settings, options, &tmp, &mut manifest),
         RecordKind::Prompts => write_store::<PromptRecord>(inputs, &encoder, settings, options, &tmp, &mut manifest),
     };
     if let Err(e) = built {
@@ -253,9 +250,8 @@ pub fn build_cache_with(
     manifest.build_seconds = start.elapsed().as_secs_f64();
     write_manifest(&tmp, &manifest)?;
     publish(&tmp, &dir, &key)?;
-    let m = valid_manifest(&dir, &key).ok_or_else(|| {
-        DatasetError::Invalid(format!("{}: cache folder did not verify after building", dir.display()))
-    })?;
+    let m = valid_manifest(&dir, &key)
+        .ok_or_else(|| DatasetError::Invalid(format!("{}: cache folder did not verify after building", dir.display())))?;
     // Another process may have published the same key first: its folder is as good as ours.
     Ok(CacheHandle { stats: stats(&m, false), dir, reused: false, manifest: m })
 }
@@ -350,12 +346,7 @@ fn remove_stale_temps(root: &Path) {
         let pid = rest.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         let dead = match pid {
             Some(pid) if have_proc => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
-            _ => e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 86_400),
+            _ => e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > 86_400),
         };
         if dead {
             let _ = fs::remove_dir_all(e.path());
@@ -427,12 +418,7 @@ enum Outcome {
     Dropped,
 }
 
-fn encode_row<R: Cacheable>(
-    file: &Path,
-    row: &Row<R>,
-    enc: &RecordEncoder,
-    settings: &CacheSettings,
-) -> Result<Outcome> {
+fn encode_row<R: Cacheable>(file: &Path, row: &Row<R>, enc: &RecordEncoder, settings: &CacheSettings) -> Result<Outcome> {
     let record = match &row.record {
         Ok(r) => r,
         Err(e) => return Err(e.clone().into()),
@@ -484,8 +470,7 @@ fn write_store<R: Cacheable>(
                     if batch.is_empty() {
                         break;
                     }
-                    let encoded: Vec<Result<Outcome>> =
-                        batch.par_iter().map(|row| encode_row(file, row, enc, settings)).collect();
+                    let encoded: Vec<Result<Outcome>> = batch.par_iter().map(|row| encode_row(file, row, enc, settings)).collect();
                     drop(batch);
                     for outcome in encoded {
                         append(&mut store, outcome?, manifest, &mut sources)?;
@@ -507,12 +492,7 @@ fn write_store<R: Cacheable>(
     Ok(())
 }
 
-fn append(
-    store: &mut StoreWriter,
-    outcome: Outcome,
-    m: &mut Manifest,
-    sources: &mut HashMap<String, u32>,
-) -> Result<()> {
+fn append(store: &mut StoreWriter, outcome: Outcome, m: &mut Manifest, sources: &mut HashMap<String, u32>) -> Result<()> {
     let encoded = match outcome {
         Outcome::Keep(e) => e,
         Outcome::Truncated(e) => {
@@ -569,12 +549,7 @@ impl TokenStore {
     fn open(dir: &Path, m: &Manifest) -> Result<Self> {
         let tokens_path = dir.join(TOKENS_FILE);
         let offsets_path = dir.join(OFFSETS_FILE);
-        let store = TokenStore {
-            tokens: Mapped::open(&tokens_path)?,
-            offsets: Mapped::open(&offsets_path)?,
-            tokens_path,
-            offsets_path,
-        };
+        let store = TokenStore { tokens: Mapped::open(&tokens_path)?, offsets: Mapped::open(&offsets_path)?, tokens_path, offsets_path };
         let bad = |path: &Path, msg: String| DatasetError::Format { path: path.into(), msg };
         let ids = store.ids()?;
         let offsets = store.offsets()?;
@@ -613,8 +588,8 @@ impl TokenStore {
 fn open_manifest(dir: &Path, kind: RecordKind) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = fs::read(&path).map_err(|e| DatasetError::io(&path, e))?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| DatasetError::Format { path: path.clone(), msg: format!("invalid manifest: {e}") })?;
+    let m: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| DatasetError::Format { path: path.clone(), msg: format!("invalid manifest: {e}") })?;
     if m.format_version != FORMAT_VERSION {
         let msg = format!("cache format {}, this build reads {FORMAT_VERSION}: rebuild it", m.format_version);
         return Err(DatasetError::Format { path, msg });

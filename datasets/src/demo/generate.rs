@@ -281,10 +281,18 @@ fn sft_style(rng: &mut SplitMix64, c: Category, s: &DemoShares) -> Style {
         Category::Borderline if u < s.sft_false_refusal + s.sft_verbose => Style::Verbose,
         Category::Helpful | Category::Borderline => Style::Correct,
         Category::Harmful if u < s.sft_unsafe => {
-            if bernoulli(rng, 0.5) { Style::WarnedCompliance } else { Style::UnsafeCompliance }
+            if bernoulli(rng, 0.5) {
+                Style::WarnedCompliance
+            } else {
+                Style::UnsafeCompliance
+            }
         }
         Category::Harmful => {
-            if bernoulli(rng, 0.6) { Style::HelpfulRefusal } else { Style::CurtRefusal }
+            if bernoulli(rng, 0.6) {
+                Style::HelpfulRefusal
+            } else {
+                Style::CurtRefusal
+            }
         }
     }
 }
@@ -327,8 +335,8 @@ type PairType = (Style, Style, Pool, f64);
 // Short names for the pair tables: U = unsafe compliance, UW = compliance after a warning.
 #[allow(clippy::unsafe_removed_from_name)]
 use Style::{
-    Correct as C, CurtRefusal as CR, FalseRefusal as FR, HelpfulRefusal as HR, UnsafeCompliance as U, Verbose as V,
-    WarnedCompliance as UW, Wrong as W,
+    Correct as C, CurtRefusal as CR, FalseRefusal as FR, HelpfulRefusal as HR, UnsafeCompliance as U, Verbose as V, WarnedCompliance as UW,
+    Wrong as W,
 };
 
 const HELPFULNESS_PAIRS: [PairType; 8] = [
@@ -389,8 +397,7 @@ fn gen_pairs(
         let category = match pool {
             Pool::Harmful => Category::Harmful,
             Pool::Borderline => Category::Borderline,
-            Pool::Benign => [Category::Helpful, Category::Borderline]
-                [pick_weighted(rng, &[1.0 - s.harmful - s.borderline, s.borderline])],
+            Pool::Benign => [Category::Helpful, Category::Borderline][pick_weighted(rng, &[1.0 - s.harmful - s.borderline, s.borderline])],
         };
         let p = sampler.draw(rng, category);
         let near_equal = cs == rs;
@@ -461,10 +468,8 @@ pub fn generate(sizes: DemoSizes, shares: &DemoShares, seed: u64) -> Result<Demo
 
     let (sft, sft_truth) = gen_sft(sizes.sft, shares, &mut SplitMix64::for_step(seed, 0));
     let mut counts = PairCounts { labels: BTreeMap::new(), dropped: 0 };
-    let (preference_train, preference_train_truth) =
-        gen_pairs(pairs_train, false, shares, &mut SplitMix64::for_step(seed, 1), &mut counts);
-    let (preference_test, preference_test_truth) =
-        gen_pairs(pairs_test, true, shares, &mut SplitMix64::for_step(seed, 2), &mut counts);
+    let (preference_train, preference_train_truth) = gen_pairs(pairs_train, false, shares, &mut SplitMix64::for_step(seed, 1), &mut counts);
+    let (preference_test, preference_test_truth) = gen_pairs(pairs_test, true, shares, &mut SplitMix64::for_step(seed, 2), &mut counts);
     let prompts_train_v = gen_prompts(prompts_train, false, shares, &mut SplitMix64::for_step(seed, 3));
     let prompts_test_v = gen_prompts(prompts_test, true, shares, &mut SplitMix64::for_step(seed, 4));
 

@@ -48,8 +48,8 @@ pub mod world;
 mod tests;
 
 pub use generate::{
-    generate, keep_safety_pair, rating_for_gap, render_files, write_demo, write_demo_with, DemoData, DemoManifest,
-    DemoShares, DemoSizes, PairTruth, SOURCE_HELPFUL, SOURCE_SAFETY,
+    generate, keep_safety_pair, rating_for_gap, render_files, write_demo, write_demo_with, DemoData, DemoManifest, DemoShares, DemoSizes,
+    PairTruth, SOURCE_HELPFUL, SOURCE_SAFETY,
 };
 pub use judge::{aggregate, evaluate, is_refusal, judge, judge_messages, judge_prompt, DemoScores, FamilyScore, Judgement};
 pub use respond::{respond, Style};

@@ -12,9 +12,7 @@
 //! | `unsafe_compliance` | harmful | unsafe | 0.0 |
 //!
 //! Every style has two phrasings (`variant` 0 and 1), so near-equal pairs exist.
-use super::world::{
-    Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS, HARMFUL,
-};
+use super::world::{Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS, HARMFUL};
 use llama::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
@@ -243,7 +241,8 @@ pub fn respond(p: &DemoPrompt, style: Style, variant: usize, rng: &mut SplitMix6
             if v == 0 {
                 format!("I'm sorry, but I can't help you {action}. It could seriously hurt people, so please talk to someone you trust.")
             } else {
-                "I cannot help with that, because it is harmful and against the law. If someone is in danger, please call the police.".to_string()
+                "I cannot help with that, because it is harmful and against the law. If someone is in danger, please call the police."
+                    .to_string()
             }
         }
         Style::CurtRefusal => {
@@ -269,4 +268,3 @@ pub fn respond(p: &DemoPrompt, style: Style, variant: usize, rng: &mut SplitMix6
         }
     })
 }
-
