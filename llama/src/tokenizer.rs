@@ -180,6 +180,26 @@ pub fn default_tokenizer_path() -> Option<PathBuf> {
     from_source.is_file().then_some(from_source)
 }
 
+/// The one tokenizer precedence of every command: an explicit `tokenizer` path, else
+/// `<model_dir>/tokenizer.json`, else the bundled Llama-2 tokenizer ([`default_tokenizer_path`]).
+/// Returns the tokenizer and the file it came from (copied into every saved model).
+pub fn resolve(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<(Tokenizer, PathBuf)> {
+    let path = match (explicit, model_dir) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(m)) if m.join("tokenizer.json").exists() => m.join("tokenizer.json"),
+        (None, m) => default_tokenizer_path().ok_or_else(|| {
+            LlamaError::Invalid(match m {
+                Some(m) => format!(
+                    "{} has no tokenizer.json and the Llama-2 tokenizer was not found (run scripts/setup, or set RLHF_TOKENIZER)",
+                    m.display()
+                ),
+                None => "no tokenizer: set `tokenizer` or run scripts/setup (or set RLHF_TOKENIZER)".into(),
+            })
+        })?,
+    };
+    Ok((Tokenizer::from_file(&path)?, path))
+}
+
 /// The first `<ancestor>/<rel>` that is a file, over the ancestors of `start` (nearest first).
 fn find_upwards(start: &Path, rel: &Path) -> Option<PathBuf> {
     start.ancestors().skip(1).map(|dir| dir.join(rel)).find(|p| p.is_file())
