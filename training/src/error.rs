@@ -21,12 +21,23 @@ pub enum TrainError {
     NonFinite { step: u64, what: &'static str, value: f64 },
     #[error("config: {0}")]
     Config(String),
+    #[error("run folder {} is in use by another run ({}); wait for it to end or choose another folder", .dir.display(), holder_text(.holder))]
+    Locked { dir: PathBuf, holder: Option<crate::lock::LockHolder> },
     #[error("plot {0}")]
     Plot(String),
     #[error(transparent)]
     Model(#[from] llama::LlamaError),
+    #[error(transparent)]
+    Data(#[from] datasets::DatasetError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+fn holder_text(h: &Option<crate::lock::LockHolder>) -> String {
+    match h {
+        Some(h) => format!("pid {} on host {}", h.pid, h.host),
+        None => "pid and host not written yet".into(),
+    }
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

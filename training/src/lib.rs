@@ -5,13 +5,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod demo_eval;
 pub mod error;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod runner;
 pub mod schedule;
+pub mod stage;
 
 pub use config::TrainConfig;
 pub use error::TrainError;
+pub use lock::RunLock;
 pub use optim::AdamW;
 pub use schedule::LrSchedule;
