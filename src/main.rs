@@ -18,14 +18,14 @@ enum Command {
     /// Encode a dialog in the Llama-2 chat format and print the token ids.
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Supervised fine-tuning (Llama 2 Section 3.1).
-    Sft(commands::sft::SftArgs),
+    Sft(commands::stage::StageArgs),
     /// PPO with the Llama 2 combined reward and KL to the initial policy (Section 3.2.3).
-    Ppo(commands::ppo::PpoArgs),
+    Ppo(commands::stage::StageArgs),
     /// Reward models: train, eval, score (Llama 2 Section 3.2.2).
     #[command(subcommand)]
     Reward(commands::reward::RewardCommand),
     /// Rejection sampling: best-of-K by reward, then SFT on the winners (Llama 2 Section 3.2.3).
-    RejectionSampling(commands::rejection_sampling::RsArgs),
+    RejectionSampling(commands::stage::StageArgs),
     /// The whole recipe from one config: run (or resume) it, or show its status.
     #[command(subcommand)]
     Pipeline(commands::pipeline::PipelineCommand),
@@ -62,11 +62,11 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Data(c) => commands::data::run(c),
-        Command::Sft(a) => commands::sft::run(a),
+        Command::Sft(a) => a.run(sft::SftConfig::validate, sft::run),
         Command::Pipeline(c) => commands::pipeline::run(c),
         Command::Reward(c) => commands::reward::run(c),
-        Command::Ppo(a) => commands::ppo::run(a),
-        Command::RejectionSampling(a) => commands::rejection_sampling::run(a),
+        Command::Ppo(a) => a.run(ppo::PpoConfig::validate, ppo::run),
+        Command::RejectionSampling(a) => a.run(rejection_sampling::RejectionSamplingConfig::validate, rejection_sampling::run),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Convert(a) => commands::convert::run(a),

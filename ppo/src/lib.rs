@@ -20,8 +20,10 @@ pub mod math;
 pub mod models;
 pub mod reward;
 pub mod rollout;
+pub mod run;
 pub mod trainer;
 
 pub use config::PpoConfig;
 pub use math::KlEstimator;
+pub use run::run;
 pub use trainer::{train, PpoOutcome, PpoTrainer, RunInputs};

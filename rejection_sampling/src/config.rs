@@ -80,11 +80,11 @@ pub struct RejectionSamplingConfig {
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N` for sampling, scoring and evaluation; the fine-tune
     /// inherits it when `finetune.train.device` is `auto`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: llama::DeviceSpec,
     /// Compute dtype (default: fp32 on CPU, bf16 on CUDA); inherited by the fine-tune when unset there.
     #[serde(default)]
-    pub dtype: Option<String>,
+    pub dtype: Option<llama::Dtype>,
     /// libtorch intra-op threads (default: all cores); inherited by the fine-tune when unset there.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -158,7 +158,7 @@ pub struct FinetuneConfig {
     pub train_on: AssistantMask,
     /// On-disk dtype of the fine-tuned model.
     #[serde(default = "default_save_dtype")]
-    pub save_dtype: String,
+    pub save_dtype: llama::Dtype,
     /// Optimizer, schedule, batch and checkpointing (default: the Llama 2 SFT recipe).
     #[serde(default = "sft::config::sft_train_defaults")]
     pub train: TrainConfig,
@@ -212,9 +212,6 @@ fn default_prompt_batch() -> usize {
 fn default_score_batch() -> usize {
     16
 }
-fn default_device() -> String {
-    "auto".into()
-}
 fn default_eval_batch() -> usize {
     32
 }
@@ -236,8 +233,8 @@ fn default_max_seq_len() -> usize {
 fn default_train_on() -> AssistantMask {
     AssistantMask::LastTurn
 }
-fn default_save_dtype() -> String {
-    "float32".into()
+fn default_save_dtype() -> llama::Dtype {
+    llama::Dtype::Float32
 }
 
 impl RejectionSamplingConfig {
@@ -295,11 +292,11 @@ impl RejectionSamplingConfig {
     pub fn sft_config(&self, start: &Path, pool: &Path) -> sft::SftConfig {
         let f = &self.finetune;
         let mut train = f.train.clone();
-        if train.device == "auto" {
-            train.device = self.device.clone();
+        if train.device == llama::DeviceSpec::Auto {
+            train.device = self.device;
         }
         if train.dtype.is_none() {
-            train.dtype = self.dtype.clone();
+            train.dtype = self.dtype;
         }
         if train.threads.is_none() {
             train.threads = self.threads;
@@ -314,7 +311,7 @@ impl RejectionSamplingConfig {
             max_seq_len: f.max_seq_len,
             packing: f.packing,
             train_on: f.train_on,
-            save_dtype: f.save_dtype.clone(),
+            save_dtype: f.save_dtype,
             token_cache: None,
             train,
         }
@@ -373,10 +370,10 @@ mod tests {
     #[test]
     fn finetune_inherits_device_dtype_threads() {
         let mut c = minimal();
-        c.device = "cpu".into();
+        c.device = llama::DeviceSpec::Cpu;
         c.threads = Some(1);
         let s = c.sft_config(Path::new("start"), Path::new("pool.jsonl"));
-        assert_eq!(s.train.device, "cpu");
+        assert_eq!(s.train.device, llama::DeviceSpec::Cpu);
         assert_eq!(s.train.threads, Some(1));
         assert_eq!(s.model.as_deref(), Some(Path::new("start")));
         assert!(s.validate().is_ok());

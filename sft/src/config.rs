@@ -40,7 +40,7 @@ pub struct SftConfig {
     #[serde(default)]
     pub token_cache: Option<PathBuf>,
     #[serde(default = "default_save_dtype")]
-    pub save_dtype: String,
+    pub save_dtype: llama::Dtype,
     #[serde(default = "sft_train_defaults")]
     pub train: TrainConfig,
 }
@@ -54,8 +54,8 @@ fn default_max_seq_len() -> usize {
 fn yes() -> bool {
     true
 }
-fn default_save_dtype() -> String {
-    "float32".into()
+fn default_save_dtype() -> llama::Dtype {
+    llama::Dtype::Float32
 }
 
 /// Llama 2 SFT: lr 2e-5 cosine (to 10%), weight decay 0.1, batch 64 sequences, 2 epochs.
@@ -78,5 +78,30 @@ impl SftConfig {
             return Err("`eval_fraction` must be in [0, 1)".into());
         }
         self.train.validate().map_err(|e| format!("train.{e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use training::config::ScheduleKind;
+
+    /// Llama 2 Section 3.1 and 2.2: what a config that sets only its data gets.
+    #[test]
+    fn defaults_are_the_llama2_sft_recipe() {
+        let c: SftConfig = serde_json::from_value(serde_json::json!({"model": "m", "train_data": ["d.jsonl"]})).unwrap();
+        let t = &c.train;
+        assert_eq!(t.lr, 2e-5, "initial lr 2e-5");
+        assert_eq!(t.schedule, ScheduleKind::Cosine);
+        assert_eq!(t.lr_floor_ratio, 0.1, "cosine to 10% of the peak (pretraining)");
+        assert_eq!(t.weight_decay, 0.1);
+        assert_eq!(t.micro_batch_size * t.grad_accumulation, 64, "batch 64 sequences");
+        assert_eq!(t.epochs, 2);
+        assert_eq!((t.beta1, t.beta2, t.eps), (0.9, 0.95, 1e-5), "AdamW as pretraining");
+        assert_eq!(t.grad_clip, 1.0);
+        assert_eq!(c.max_seq_len, 4096, "sequence length 4096");
+        assert!(c.packing, "prompts and answers packed into full sequences");
+        assert_eq!(c.train_on, AssistantMask::AllTurns, "loss on answer tokens (every assistant turn), not on prompts");
+        assert_eq!(sft_train_defaults(), c.train);
     }
 }

@@ -86,6 +86,24 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     SplitMix64::permutation(n, seed, epoch)
 }
 
+/// The held-out split every stage uses when it has no separate evaluation file: a seeded
+/// `fraction` of `items` (rounded), chosen by a permutation of (seed ^ 0xE7A1); both halves keep
+/// their original order. Returns (train, held out).
+pub fn held_out_split<T>(items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let order = epoch_order(items.len(), seed ^ 0xE7A1, 0);
+    let n_eval = ((items.len() as f64) * fraction).round() as usize;
+    let held: std::collections::HashSet<usize> = order[..n_eval.min(order.len())].iter().copied().collect();
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (i, x) in items.into_iter().enumerate() {
+        if held.contains(&i) {
+            eval.push(x)
+        } else {
+            train.push(x)
+        }
+    }
+    (train, eval)
+}
+
 /// A micro-batch as tensors: rows right-padded to the longest.
 pub struct Batch {
     pub ids: Tensor,
@@ -161,6 +179,22 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ids, vec![1, 10, 11, 12]);
         assert_eq!(rows[0].targets, vec![true, true, true, false]);
+    }
+
+    #[test]
+    fn held_out_split_is_seeded_disjoint_and_ordered() {
+        let (t, e) = held_out_split((0..100).collect::<Vec<_>>(), 0.1, 3);
+        assert_eq!((t.len(), e.len()), (90, 10));
+        assert!(t.windows(2).all(|w| w[0] < w[1]) && e.windows(2).all(|w| w[0] < w[1]));
+        let mut all: Vec<i32> = t.iter().chain(&e).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(held_out_split((0..100).collect::<Vec<_>>(), 0.1, 3).1, e);
+        assert_ne!(held_out_split((0..100).collect::<Vec<_>>(), 0.1, 4).1, e);
+        let mut expect: Vec<i32> = epoch_order(100, 3 ^ 0xE7A1, 0)[..10].iter().map(|&i| i as i32).collect();
+        expect.sort();
+        assert_eq!(e, expect);
+        assert_eq!(held_out_split(vec![1, 2, 3], 0.0, 0), (vec![1, 2, 3], vec![]));
     }
 
     #[test]

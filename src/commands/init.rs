@@ -32,7 +32,7 @@ pub fn init_model(preset: &str, seed: u64, dtype: &str, out: &std::path::Path) -
     let _model = Llama::new(&vs.root(), &cfg);
     let mut opts = checkpoint::SaveOptions { dtype: llama::device::parse_kind(dtype)?, ..Default::default() };
     if let Some(tok) = llama::tokenizer::default_tokenizer_path() {
-        opts.extra_files = super::tokenizer_files(&tok);
+        opts.extra_files = training::stage::tokenizer_files(&tok);
     }
     checkpoint::save(&vs, &cfg, out, &opts)?;
     Ok(cfg)

@@ -3,6 +3,7 @@
 //! and clip 1.0 from Section 2.2). Stage configs override what differs (RM lr 1e-5, PPO 1e-6 constant).
 use crate::optim::AdamWConfig;
 use crate::schedule::{warmup_steps, LrSchedule};
+use llama::device::{Compute, DeviceSpec, Dtype};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +47,9 @@ pub struct TrainConfig {
     /// Seed of data order and initialisation.
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute dtype (default: fp32 on CPU, bf16 on CUDA with fp32 master weights).
-    pub dtype: Option<String>,
+    pub dtype: Option<Dtype>,
     /// libtorch intra-op threads (default: all cores).
     pub threads: Option<usize>,
     /// Save a checkpoint every N optimizer steps (0: only at the end).
@@ -79,7 +80,7 @@ impl Default for TrainConfig {
             epochs: 2,
             max_steps: None,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             dtype: None,
             threads: None,
             save_every: 0,
@@ -91,6 +92,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The device and compute dtype of the run, resolved once.
+    pub fn compute(&self) -> Result<Compute, llama::LlamaError> {
+        self.device.compute(self.dtype)
+    }
+
     pub fn adamw(&self) -> AdamWConfig {
         AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
     }

@@ -1,6 +1,7 @@
 //! What every stage shares: AdamW over plain tensors (so its moments can be saved and resumed
 //! exactly, which tch's `nn::Optimizer` cannot), learning-rate schedules, gradient clipping,
 //! trainer checkpoints with exact resume, and per-step metrics.
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod demo_eval;
