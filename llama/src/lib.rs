@@ -18,7 +18,7 @@ pub mod tokenizer_build;
 
 pub use chat::{encode_dialog, AssistantMask, ChatTokens, Message, Role};
 pub use config::{Config, HfConfig};
-pub use device::{default_kind, parse_device};
+pub use device::{default_kind, parse_device, Compute, DeviceSpec, Dtype};
 pub use error::LlamaError;
 pub use generate::{generate, GenerateOutput, SamplingParams};
 pub use model::{KvCache, Llama};
