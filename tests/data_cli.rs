@@ -1,6 +1,7 @@
 //! `rlhf data validate` and `rlhf data import` through the binary: summaries, fail-first errors
 //! naming file, line and field, `--skip-invalid` with its rejects file, import of HH-RLHF and TRL
-//! rows to JSONL and Parquet, and the length policy with a tokenizer.
+//! rows to JSONL and Parquet, the length policy with a tokenizer, and the traps of real HH-RLHF data
+//! (broken rows, raw files given to validate, kind-less mixes, empty files).
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
@@ -121,4 +122,94 @@ fn import_trl_and_length_policy() {
     assert_eq!(v["written"], 2);
     let v = json_line(&run_ok(rlhf().args(base).arg(&model).arg(&fitted)));
     assert!(v["tokens"]["max"].as_u64().unwrap() <= 64, "{v}");
+}
+
+/// An HH-RLHF row: `n` names it, `ok` false makes its two transcripts disagree on the prompt.
+fn hh_row(n: usize, ok: bool) -> String {
+    let other = if ok { format!("q{n}") } else { format!("other q{n}") };
+    serde_json::json!({
+        "chosen": format!("\n\nHuman: q{n}\n\nAssistant: good {n}"),
+        "rejected": format!("\n\nHuman: {other}\n\nAssistant: bad {n}"),
+    })
+    .to_string()
+}
+
+/// Issue 12: real HH-RLHF has 13 broken rows in 2,312; the import stopped at the first without
+/// saying that `--skip-invalid` sets them aside (and where).
+#[test]
+fn import_stopping_at_a_broken_row_says_how_to_skip_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..20).map(|i| hh_row(i, i % 7 != 3)).collect();
+    let input = write(dir.path(), "hh.jsonl", &rows.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = dir.path().join("out.jsonl");
+    let err = run_err(rlhf().args(["data", "import", "--format", "hh-rlhf"]).arg(&input).arg("--out").arg(&out));
+    assert!(err.contains("line 4: field `rejected`") && err.contains("prompt_mismatch"), "{err}");
+    let rejects = dir.path().join("hh.rejects.jsonl");
+    assert!(err.contains("--skip-invalid") && err.contains(&rejects.display().to_string()), "{err}");
+    let shared = dir.path().join("bad.jsonl");
+    let err = run_err(rlhf().args(["data", "import", "--rejects"]).arg(&shared).arg(&input).arg("--out").arg(&out));
+    assert!(err.contains("--skip-invalid") && err.contains(&shared.display().to_string()), "{err}");
+    // What the hint says works.
+    let v = json_line(&run_ok(rlhf().args(["data", "import", "--format", "hh-rlhf", "--skip-invalid"]).arg(&input).arg("--out").arg(&out)));
+    assert_eq!((v["written"].as_u64(), v["invalid"].as_u64()), (Some(17), Some(3)));
+    assert_eq!(std::fs::read_to_string(&rejects).unwrap().lines().count(), 3);
+}
+
+/// Issue 12: `data validate` on a raw HH-RLHF file said `missing field` only.
+#[test]
+fn validate_on_raw_hh_rlhf_points_to_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "hh.jsonl", &[&hh_row(0, true), &hh_row(1, true)]);
+    let err = run_err(rlhf().args(["data", "validate", "--kind", "preference"]).arg(&input));
+    assert!(err.contains("line 1: field `prompt`: missing field"), "{err}");
+    assert!(err.contains("HH-RLHF") && err.contains("rlhf data import --format hh-rlhf"), "{err}");
+    assert!(!err.contains("rerun with --skip-invalid"), "skipping every row is not the way: {err}");
+    // The same file through a stage's reader says so too.
+    let v = json_line(&run_ok(rlhf().args(["data", "validate", "--kind", "preference", "--skip-invalid"]).arg(&input)));
+    assert_eq!(v["invalid"], 2);
+    let reject: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.path().join("hh.rejects.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(reject["message"].as_str().unwrap().contains("rlhf data import"), "{reject}");
+}
+
+/// Issue 12: `data mix --target safety` over comparisons without `kind` wrote a 0-row mix and
+/// exited 0; a safety-only mix reported `primary_share 0.9` for a 100% safety file.
+#[test]
+fn mix_empty_is_an_error_and_a_short_mix_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |i: usize, kind: Option<&str>| {
+        let mut v = serde_json::json!({"prompt": format!("q{i}"), "chosen": "a", "rejected": "b"});
+        if let Some(k) = kind {
+            v["kind"] = k.into();
+        }
+        v.to_string()
+    };
+    let unkinded: Vec<String> = (0..10).map(|i| row(i, None)).collect();
+    let input = write(dir.path(), "unkinded.jsonl", &unkinded.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = dir.path().join("mix.jsonl");
+    let err = run_err(rlhf().args(["data", "mix", "--target", "safety", "--data"]).arg(&input).arg("--out").arg(&out));
+    assert!(err.contains("empty safety mixture") && err.contains("10 have no `kind`") && err.contains("--default-kind safety"), "{err}");
+    assert!(!out.exists(), "no 0-row mix is written");
+
+    let safety: Vec<String> = (0..10).map(|i| row(i, Some("safety"))).collect();
+    let input = write(dir.path(), "safety.jsonl", &safety.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = rlhf().args(["data", "mix", "--target", "safety", "--data"]).arg(&input).arg("--out").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json_line(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!((v["primary_share"].as_f64(), v["actual_primary_share"].as_f64()), (Some(0.9), Some(1.0)), "{v}");
+    assert!(v["shortfall"].as_str().unwrap_or_default().contains("100.0% safety"), "{v}");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("WARN") && log.contains("100.0% safety"), "the log says so too: {log}");
+}
+
+/// Issue 12: an empty data file is an error naming the file wherever data is read.
+#[test]
+fn empty_data_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "prompts.jsonl", &[""]);
+    let err = run_err(rlhf().args(["eval", "demo", "--model"]).arg(fixture("tiny-gqa")).arg("--prompts").arg(&empty));
+    assert!(err.contains(&empty.display().to_string()) && err.contains("the file is empty"), "{err}");
+    let out = dir.path().join("mix.jsonl");
+    let err = run_err(rlhf().args(["data", "mix", "--target", "helpfulness", "--data"]).arg(&empty).arg("--out").arg(&out));
+    assert!(err.contains("the inputs have no comparisons"), "{err}");
 }

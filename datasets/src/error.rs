@@ -155,6 +155,12 @@ pub enum DatasetError {
     Column { path: PathBuf, column: String, msg: String },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
+    /// A data file with no records (0 rows, or only blank lines): a stage has nothing to learn from.
+    #[error("{path}: the file is empty: no records (expected {kind} data)")]
+    Empty { path: PathBuf, kind: &'static str },
+    /// A reward-model mixture with no comparison in it.
+    #[error("empty {target} mixture: {reason}")]
+    EmptyMix { target: &'static str, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] llama::LlamaError),
     #[error("{0}")]

@@ -326,9 +326,15 @@ pub fn for_each_batch<R: Record>(path: &Path, batch_rows: usize, mut f: impl FnM
     }
 }
 
-/// Every record of `path`; the first bad row is the error.
+/// Every record of `path`; the first bad row is the error, and so is a file with no records
+/// ([`DatasetError::Empty`], naming the file): every stage reads its data through here, and an
+/// empty file would otherwise surface later as a confusing error about something else.
 pub fn read_all<R: Record>(path: &Path) -> Result<Vec<R>> {
-    RecordReader::<R>::open(path)?.map(|row| Ok(row?.record?)).collect()
+    let records: Vec<R> = RecordReader::<R>::open(path)?.map(|row| Ok(row?.record?)).collect::<Result<_>>()?;
+    if records.is_empty() {
+        return Err(DatasetError::Empty { path: path.into(), kind: R::KIND.as_str() });
+    }
+    Ok(records)
 }
 
 /// Writes records to a temporary file beside `path`, which replaces `path` only on

@@ -156,6 +156,12 @@ pub struct MixSummary {
     pub sampled: usize,
     /// The sampled pool's size (outside the test split).
     pub pool: usize,
+    /// The target's share of the mix as written, `primary / mix.records`: `primary_share` is
+    /// what was asked for, and differs when the pool was short.
+    pub actual_primary_share: f64,
+    /// Why the mix is not what was asked for (the pool was short), when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<String>,
     pub mix: Counts,
     pub test: Counts,
 }
@@ -223,6 +229,10 @@ pub fn plan_mix(input: &MixInput, spec: &MixSpec) -> Result<MixPlan> {
             pool.push(i);
         }
     }
+    let defaulted = input.kinds.iter().filter(|k| k.is_none()).count();
+    if primary == 0 {
+        return Err(DatasetError::EmptyMix { target: spec.target.as_str(), reason: no_primary_reason(input, spec, defaulted) });
+    }
     let requested = (primary as f64 * (1.0 - spec.primary_share) / spec.primary_share).round() as usize;
     let take = requested.min(pool.len());
     sample(&mut pool, take, &mut stream(spec.seed, "mix"));
@@ -246,16 +256,60 @@ pub fn plan_mix(input: &MixInput, spec: &MixSpec) -> Result<MixPlan> {
         test_fraction: spec.test_fraction,
         default_kind: spec.default_kind.as_str().into(),
         sampled_sources: spec.sampled_sources.clone(),
-        defaulted_kind: input.kinds.iter().filter(|k| k.is_none()).count(),
+        defaulted_kind: defaulted,
         input: counts(None),
         primary,
         requested_sampled: requested,
         sampled: take,
         pool: pool.len(),
+        actual_primary_share: primary as f64 / (primary + take) as f64,
+        shortfall: (take < requested).then(|| shortfall(spec, primary, requested, take)),
         mix: counts(Some(Assign::Mix)),
         test: counts(Some(Assign::Test)),
     };
+    if let Some(why) = &summary.shortfall {
+        tracing::warn!("{why}");
+    }
     Ok(MixPlan { assign, summary })
+}
+
+/// Why no comparison is the target's own: none in the input, all held out, none of its kind
+/// (saying how many had no `kind` and were counted as `default_kind`), or all from sampled sources.
+fn no_primary_reason(input: &MixInput, spec: &MixSpec, defaulted: usize) -> String {
+    let (target, n) = (spec.target.as_str(), input.len());
+    if n == 0 {
+        return "the inputs have no comparisons".into();
+    }
+    let of_kind = (0..n).filter(|&i| input.kinds[i].unwrap_or(spec.default_kind) == spec.target).count();
+    if of_kind == 0 {
+        let mut why = format!("none of the {n} comparisons is of kind {target}");
+        if defaulted > 0 {
+            why += &format!(
+                "; {defaulted} have no `kind` and count as {} (the default kind): set `kind` in the data \
+                 (`rlhf data import --kind {target}`) or pass --default-kind {target}",
+                spec.default_kind.as_str()
+            );
+        }
+        return why;
+    }
+    format!(
+        "all {of_kind} comparisons of kind {target} are in the test split or from a sampled source ({})",
+        if spec.sampled_sources.is_empty() { "none given".to_string() } else { spec.sampled_sources.join(", ") }
+    )
+}
+
+/// The summary's note when the pool could not fill the other-kind share.
+fn shortfall(spec: &MixSpec, primary: usize, requested: usize, took: usize) -> String {
+    let actual = primary as f64 / (primary + took) as f64;
+    format!(
+        "{} mix: asked for a {} share of {} ({requested} other comparisons for {primary}), but the pool has only {took}: \
+         the mix is {:.1}% {}",
+        spec.target.as_str(),
+        spec.primary_share,
+        spec.target.as_str(),
+        100.0 * actual,
+        spec.target.as_str()
+    )
 }
 
 /// The mix and the test split of records in memory (input order kept).

@@ -164,8 +164,35 @@ pub fn parse_sft(row: &Value) -> Result<SftRecord, FieldError> {
     Ok(SftRecord { messages })
 }
 
-/// A preference row in the canonical schema (see `SCHEMA.md`).
+/// A preference row in the canonical schema (see `SCHEMA.md`). A row that is not, but has the
+/// shape of an HH-RLHF or TRL row, says which `rlhf data import` converts it.
 pub fn parse_preference(row: &Value) -> Result<PreferenceRecord, FieldError> {
+    parse_canonical_preference(row).map_err(|e| with_import_hint(row, e))
+}
+
+/// The error of a preference row that failed to parse, with what to do when the row is in a
+/// format `rlhf data import` reads (an HH-RLHF transcript pair, or TRL message lists). A canonical
+/// row with a bad field is left alone: the shape `{"prompt", "chosen": string}` is ours too.
+pub fn with_import_hint(row: &Value, mut e: FieldError) -> FieldError {
+    use crate::import::{detect_row, ImportFormat};
+    let chosen_is_list = row.get("chosen").is_some_and(Value::is_array);
+    let looks_like = match detect_row(row) {
+        Some(ImportFormat::HhRlhf) => {
+            "Anthropic HH-RLHF data (`chosen`/`rejected` transcripts of \"Human:\" and \"Assistant:\" turns, no `prompt`)"
+        }
+        Some(ImportFormat::Trl) if chosen_is_list => "TRL conversational preference data (`chosen`/`rejected` message lists)",
+        _ => return e,
+    };
+    let format = detect_row(row).map_or("auto", ImportFormat::as_str);
+    e.detail = format!(
+        "{}; this row looks like {looks_like}: convert the file with `rlhf data import --format {format} FILE --out OUT.jsonl` \
+         (add --skip-invalid to set aside its broken rows)",
+        e.detail
+    );
+    e
+}
+
+fn parse_canonical_preference(row: &Value) -> Result<PreferenceRecord, FieldError> {
     let obj = object(row)?;
     Ok(PreferenceRecord {
         prompt: prompt(obj, "prompt")?,

@@ -93,8 +93,48 @@ fn roundtrip_every_kind_and_format() {
         roundtrip(&preferences(), ext);
         roundtrip(&sfts(), ext);
         roundtrip(&prompts(), ext);
-        roundtrip::<PreferenceRecord>(&[], ext);
     }
+}
+
+/// Issue 12: an empty data file (0 rows) is an error naming the file wherever a stage reads data
+/// (`read_all`), not an empty dataset that fails later on something else.
+#[test]
+fn empty_files_are_an_error_naming_the_file() {
+    let dir = tmp();
+    let jsonl = write_text(dir.path(), "empty.jsonl", b"");
+    let blank = write_text(dir.path(), "blank.jsonl", b"\n  \n\n");
+    let parquet = dir.path().join("empty.parquet");
+    assert_eq!(write_all::<PreferenceRecord>(&parquet, &[]).unwrap(), 0, "an empty file can still be written");
+    assert_eq!(RecordReader::<PreferenceRecord>::open(&parquet).unwrap().count(), 0);
+    for path in [&jsonl, &blank, &parquet] {
+        let e = read_all::<PreferenceRecord>(path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("the file is empty") && e.contains("expected preference data"),
+            "{e}"
+        );
+        let e = read_all::<PromptRecord>(path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains("the file is empty"), "{e}");
+    }
+}
+
+/// Issue 12: a raw HH-RLHF (or TRL conversational) file read as preference records says which
+/// `rlhf data import` converts it, not only `missing field`.
+#[test]
+fn rows_in_an_import_format_point_to_data_import() {
+    let hh = r#"{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}"#;
+    let e = bad_line::<PreferenceRecord>(GOOD_PREF, hh.as_bytes(), "prompt", Reason::MissingField);
+    assert!(e.detail.contains("HH-RLHF") && e.detail.contains("rlhf data import --format hh-rlhf"), "{e}");
+    let implicit = r#"{"chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}],
+                       "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green."}]}"#
+        .replace('\n', " ");
+    let e = bad_line::<PreferenceRecord>(GOOD_PREF, implicit.as_bytes(), "prompt", Reason::MissingField);
+    assert!(e.detail.contains("TRL") && e.detail.contains("rlhf data import --format trl"), "{e}");
+    let explicit = r#"{"prompt": [{"role": "user", "content": "Sky?"}], "chosen": [{"role": "assistant", "content": "Blue."}], "rejected": [{"role": "assistant", "content": "Green."}]}"#;
+    let e = bad_line::<PreferenceRecord>(GOOD_PREF, explicit.as_bytes(), "chosen", Reason::WrongType);
+    assert!(e.detail.contains("rlhf data import --format trl"), "{e}");
+    // A row of our own schema with a bad field gets no such hint.
+    let e = bad_line::<PreferenceRecord>(GOOD_PREF, br#"{"prompt": "q", "chosen": 3, "rejected": "b"}"#, "chosen", Reason::WrongType);
+    assert!(!e.detail.contains("import"), "{e}");
 }
 
 #[test]
@@ -439,14 +479,12 @@ fn percentiles_nearest_rank() {
 
 // ---- token lengths and the over-long policy (need the Llama-2 tokenizer) ---------------------
 
-fn tokenizer() -> Option<Tokenizer> {
-    match llama::tokenizer::default_tokenizer_path().filter(|p| p.is_file()) {
-        Some(p) => Some(Tokenizer::from_file(&p).unwrap()),
-        None => {
-            eprintln!("note: no Llama-2 tokenizer (run scripts/setup); skipping");
-            None
-        }
-    }
+/// The Llama-2 tokenizer; without it these tests fail rather than pass having checked nothing.
+fn tokenizer() -> Tokenizer {
+    let p = llama::tokenizer::default_tokenizer_path()
+        .filter(|p| p.is_file())
+        .expect("the Llama-2 tokenizer (assets/tokenizer/tokenizer.json) is missing: run scripts/setup");
+    Tokenizer::from_file(&p).unwrap()
 }
 
 fn long_pair() -> PreferenceRecord {
@@ -460,7 +498,7 @@ fn long_pair() -> PreferenceRecord {
 
 #[test]
 fn overlong_error_names_row_and_field() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let dir = tmp();
     let path = dir.path().join("long.jsonl");
     write_all(&path, &[pref(datasets::records::user_prompt("q"), "a", "b"), long_pair()]).unwrap();
@@ -476,7 +514,7 @@ fn overlong_error_names_row_and_field() {
 
 #[test]
 fn overlong_truncate_keeps_prompt_end_and_cuts_replies() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let max = 128;
     let original = long_pair();
     assert!(original.token_len(&tok).unwrap() > max);
@@ -503,7 +541,7 @@ fn overlong_truncate_keeps_prompt_end_and_cuts_replies() {
 
 #[test]
 fn overlong_policies_are_counted_and_written() {
-    let Some(tok) = tokenizer() else { return };
+    let tok = tokenizer();
     let dir = tmp();
     let path = dir.path().join("in.jsonl");
     let short = pref(datasets::records::user_prompt("q"), "a", "b");

@@ -99,6 +99,48 @@ fn short_pool_takes_all_and_says_so() {
     let s = MixSpec { primary_share: 0.5, ..spec(PreferenceKind::Safety, 0) };
     let (mix, _, summary) = mix_records(&data, &s).unwrap();
     assert_eq!((mix.len(), summary.requested_sampled, summary.sampled), (104, 100, 4));
+    let v = serde_json::to_value(&summary).unwrap();
+    assert_eq!(v["actual_primary_share"], 100.0 / 104.0);
+    assert!(v["shortfall"].as_str().unwrap().contains("the pool has only 4"), "{v}");
+}
+
+/// Issue 12: a safety mix of safety data only is 100% safety; the summary reported the share it
+/// asked for (0.9) and nothing else.
+#[test]
+fn a_mix_whose_other_share_cannot_be_met_says_so() {
+    let data = pool(&[(90, S, None)]);
+    let (mix, _, summary) = mix_records(&data, &spec(PreferenceKind::Safety, 0)).unwrap();
+    assert_eq!(mix.len(), 90);
+    let v = serde_json::to_value(&summary).unwrap();
+    assert_eq!((v["primary_share"].as_f64(), v["actual_primary_share"].as_f64()), (Some(0.9), Some(1.0)), "{v}");
+    let why = v["shortfall"].as_str().unwrap_or_default();
+    assert!(why.contains("asked for a 0.9 share of safety") && why.contains("100.0% safety"), "{v}");
+    // A mix that meets its share says nothing.
+    let (_, _, met) = mix_records(&pool(&[(90, S, None), (50, H, None)]), &spec(PreferenceKind::Safety, 0)).unwrap();
+    let v = serde_json::to_value(&met).unwrap();
+    assert!(v.get("shortfall").is_none() && v["actual_primary_share"] == 0.9, "{v}");
+}
+
+/// Issue 12: `data mix --target safety` over comparisons without `kind` (counted as helpfulness)
+/// wrote a 0-row mix and exited 0. An empty mixture is an error that says why.
+#[test]
+fn an_empty_mix_is_an_error_naming_the_reason() {
+    let unkinded = pool(&[(50, None, None)]);
+    let e = mix_records(&unkinded, &spec(PreferenceKind::Safety, 0)).unwrap_err().to_string();
+    assert!(e.contains("empty safety mixture") && e.contains("50 have no `kind`") && e.contains("--default-kind safety"), "{e}");
+    let e = mix_records(&pool(&[(5, H, None)]), &spec(PreferenceKind::Safety, 0)).unwrap_err().to_string();
+    assert!(e.contains("none of the 5 comparisons is of kind safety") && !e.contains("no `kind`"), "{e}");
+    let e = mix_records(&[], &spec(PreferenceKind::Helpfulness, 0)).unwrap_err().to_string();
+    assert!(e.contains("no comparisons"), "{e}");
+    let s = MixSpec { sampled_sources: vec!["oss".into()], ..spec(PreferenceKind::Helpfulness, 0) };
+    let e = mix_records(&pool(&[(5, H, Some("oss"))]), &s).unwrap_err().to_string();
+    assert!(e.contains("sampled source (oss)"), "{e}");
+    // Through the files too, leaving no output behind.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("mix.jsonl"));
+    write_all(&input, &unkinded).unwrap();
+    assert!(mix_files(&[input], &out, None, &spec(PreferenceKind::Safety, 0)).is_err());
+    assert!(!out.exists());
 }
 
 #[test]
@@ -508,6 +550,20 @@ fn a_bad_row_fails_the_build_naming_file_and_line_and_leaves_nothing() {
     let line = f.data.preference_train.len() + 1;
     assert!(e.contains("bad.jsonl") && e.contains(&format!("line {line}")) && e.contains("rejected"), "{e}");
     assert_eq!(fs::read_dir(&f.root).unwrap().count(), 0, "no folder, temporary or not, is left");
+}
+
+/// Issue 12: an empty input names the file instead of caching zero sequences.
+#[test]
+fn an_empty_input_fails_the_build_naming_the_file() {
+    let f = files();
+    let empty = f.root.with_file_name("empty.jsonl");
+    fs::write(&empty, "\n").unwrap();
+    for inputs in [vec![empty.clone()], vec![f.pref.clone(), empty.clone()]] {
+        let e =
+            build_cache(RecordKind::Preference, &inputs, &tokenizer_path(), &CacheSettings::default(), &f.root).unwrap_err().to_string();
+        assert!(e.contains("empty.jsonl") && e.contains("the file is empty"), "{e}");
+    }
+    assert!(!f.root.exists() || fs::read_dir(&f.root).unwrap().count() == 0, "no cache folder is left");
 }
 
 #[test]

@@ -465,16 +465,23 @@ fn write_store<R: Cacheable>(
                 }
             });
             let result = (|| {
+                let mut rows = 0usize;
                 for batch in rx.iter() {
                     let batch = batch?;
                     if batch.is_empty() {
                         break;
                     }
+                    rows += batch.len();
                     let encoded: Vec<Result<Outcome>> = batch.par_iter().map(|row| encode_row(file, row, enc, settings)).collect();
                     drop(batch);
                     for outcome in encoded {
                         append(&mut store, outcome?, manifest, &mut sources)?;
                     }
+                }
+                // As `read_all`: an empty input is named, not cached as zero sequences for a
+                // stage to fail on later.
+                if rows == 0 {
+                    return Err(DatasetError::Empty { path: file.clone(), kind: R::KIND.as_str() });
                 }
                 Ok(())
             })();
