@@ -139,3 +139,104 @@ fn bad_data_rows_name_file_line_field() {
     let err = run_err(rlhf().args(["eval", "lm", "--device", "cpu", "--model"]).arg(fixture("tiny-gqa")).arg("--data").arg(&data));
     assert!(err.contains("line 1") && err.contains("must be a string"), "{err}");
 }
+
+#[test]
+fn nan_weights_are_an_error_naming_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nan-model");
+    copy_dir(&fixture("tiny-mha"), &dir);
+    let f = CheckpointFiles::open(&dir).unwrap();
+    let mut names: Vec<String> = f.names().map(String::from).collect();
+    names.sort();
+    let tensors: Vec<(String, tch::Tensor)> = names
+        .iter()
+        .map(|n| {
+            let t = f.tensor(n).unwrap();
+            (n.clone(), if n == "model.norm.weight" { t.fill(f64::NAN) } else { t })
+        })
+        .collect();
+    drop(f);
+    write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    let err = eval_err(&dir);
+    assert!(err.contains("nan-model") && err.contains("mean NLL") && err.contains("not a finite number"), "{err}");
+}
+
+/// A micro Llama with a `vocab`-id vocabulary and no tokenizer.json, saved into `dir`.
+fn micro_model(dir: &std::path::Path, vocab: i64) {
+    let cfg = llama::Config { vocab_size: vocab, ..llama::Config::micro() };
+    let vs = llama::checkpoint::var_store(tch::Device::Cpu, tch::Kind::Float);
+    let _model = llama::Llama::new(&vs.root(), &cfg);
+    llama::checkpoint::save(&vs, &cfg, dir, &Default::default()).unwrap();
+}
+
+/// The bundled Llama-2 tokenizer the binary falls back on (`scripts/setup` builds it).
+fn bundled_tokenizer() -> std::path::PathBuf {
+    llama::tokenizer::default_tokenizer_path()
+        .filter(|p| p.is_file())
+        .expect("the Llama-2 tokenizer (assets/tokenizer/tokenizer.json) is missing: run scripts/setup")
+}
+
+#[test]
+fn tokenizer_past_the_model_vocab_is_refused_by_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vocab512");
+    micro_model(&dir, 512);
+    let dialog = tmp.path().join("d.json");
+    std::fs::write(&dialog, r#"[{"role":"user","content":"Hello world!"}]"#).unwrap();
+    let data = fixture("lm_eval.jsonl");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![
+            "eval".into(),
+            "lm".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--data".into(),
+            data.into(),
+            "--model".into(),
+            dir.clone().into(),
+        ],
+        vec!["generate".into(), "--device".into(), "cpu".into(), "--prompt".into(), "Hello".into(), "--model".into(), dir.clone().into()],
+        vec!["tokenize".into(), "--dialog".into(), dialog.into(), "--model".into(), dir.clone().into()],
+    ];
+    let dir_s = dir.display().to_string();
+    // No tokenizer.json: the bundled 32000-id tokenizer is not this model's.
+    for args in &commands {
+        let err = run_err(rlhf().args(args));
+        assert!(
+            err.contains(&dir_s) && err.contains("no tokenizer.json") && err.contains("512") && err.contains("32000"),
+            "{args:?}: {err}"
+        );
+    }
+    // Its own tokenizer.json with more ids than the model embeds: refused before any forward.
+    std::fs::copy(bundled_tokenizer(), dir.join("tokenizer.json")).unwrap();
+    for args in &commands {
+        let err = run_err(rlhf().args(args));
+        assert!(err.contains("has 32000 ids") && err.contains("vocab_size 512") && err.contains(&dir_s), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn bundled_tokenizer_fallback_is_warned_naming_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("no-tokenizer");
+    copy_dir(&fixture("tiny-mha"), &dir);
+    assert!(!dir.join("tokenizer.json").exists());
+    let out = rlhf()
+        .args(["eval", "lm", "--device", "cpu", "--model"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(fixture("lm_eval.jsonl"))
+        .env_remove("RLHF_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = format!("{} has no tokenizer.json: using the bundled Llama-2 tokenizer", dir.display());
+    assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
+    assert!(stderr.contains("WARN"), "{stderr}");
+    // With the tokenizer in the folder, no warning.
+    std::fs::copy(bundled_tokenizer(), dir.join("tokenizer.json")).unwrap();
+    let out =
+        rlhf().args(["eval", "lm", "--device", "cpu", "--model"]).arg(&dir).arg("--data").arg(fixture("lm_eval.jsonl")).output().unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("no tokenizer.json"));
+}

@@ -3,8 +3,8 @@
 //! in the same layout (sharded above a size limit) so that `transformers` reads what we save.
 //!
 //! Loading converts fp16/bf16/fp32 on disk to the VarStore's compute dtype, ignores unknown extra
-//! tensors (`rotary_emb.inv_freq` of older exports) and reports every missing or mis-shaped tensor
-//! in one error. Saving is atomic: everything is written into a sibling temp folder which then
+//! tensors (`rotary_emb.inv_freq` of older exports) and reports every missing, mis-shaped or
+//! wrong-dtype tensor (an integer header over float bytes) in one error. Saving is atomic: everything is written into a sibling temp folder which then
 //! replaces the target, so an interrupted save leaves the previous checkpoint intact.
 use crate::config::Config;
 use crate::device::kind_name;
@@ -113,11 +113,62 @@ impl CheckpointFiles {
 
     /// Shape of a tensor without reading its data.
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.shape_and_dtype(name).map(|(s, _)| s)
+    }
+
+    /// On-disk dtype of a tensor without reading its data.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.shape_and_dtype(name).map(|(_, d)| d)
+    }
+
+    fn shape_and_dtype(&self, name: &str) -> Option<(Vec<i64>, Dtype)> {
         let &i = self.location.get(name)?;
         let st = SafeTensors::deserialize(&self.files[i].1).ok()?;
         let view = st.tensor(name).ok()?;
-        Some(view.shape().iter().map(|&d| d as i64).collect())
+        Some((view.shape().iter().map(|&d| d as i64).collect(), view.dtype()))
     }
+}
+
+/// On-disk dtypes a floating-point variable may be loaded from (converted to the compute dtype).
+pub const FLOAT_DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::BF16, Dtype::F16];
+
+/// Whether a tensor stored as `found` may fill a variable of kind `expected`: any of
+/// [`FLOAT_DTYPES`] for a floating-point variable, the same dtype otherwise. Bytes of another
+/// kind (an `I32` header over what were `F32` weights) would load as garbage, so they are refused.
+pub fn dtype_fits(found: Dtype, expected: Kind) -> bool {
+    if is_float(expected) {
+        return FLOAT_DTYPES.contains(&found);
+    }
+    safetensors_dtype(expected) == Some(found)
+}
+
+fn is_float(k: Kind) -> bool {
+    matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
+}
+
+/// The safetensors dtype of a libtorch kind, where there is one.
+fn safetensors_dtype(k: Kind) -> Option<Dtype> {
+    Some(match k {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// What a variable of kind `k` may be stored as, for error messages.
+fn expected_dtypes(k: Kind) -> String {
+    if is_float(k) {
+        return "F32, BF16 or F16".into();
+    }
+    safetensors_dtype(k).map(|d| format!("{d:?}")).unwrap_or_else(|| format!("{k:?}"))
 }
 
 /// Copies every variable of `vs` from the checkpoint in `dir`, converting dtype and device.
@@ -137,27 +188,34 @@ pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(
     names.sort();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
+    let mut mistyped = Vec::new();
     let mut skipped = Vec::new();
     for name in &names {
-        match files.shape(name) {
+        let var = &vars[*name];
+        match files.shape_and_dtype(name) {
             None if optional(name) => skipped.push(name.to_string()),
             None => missing.push(name.to_string()),
-            Some(s) if s != vars[*name].size() => misshaped.push(format!("{name}: expected {:?}, found {:?}", vars[*name].size(), s)),
-            Some(_) => {}
+            Some((s, dtype)) => {
+                if s != var.size() {
+                    misshaped.push(format!("{name}: expected {:?}, found {:?}", var.size(), s));
+                }
+                if !dtype_fits(dtype, var.kind()) {
+                    mistyped.push(format!("{name}: found {dtype:?}, expected {}", expected_dtypes(var.kind())));
+                }
+            }
         }
     }
-    if !missing.is_empty() || !misshaped.is_empty() {
-        let mut msg = String::new();
-        if !missing.is_empty() {
-            msg += &format!("{} missing tensor(s): {}", missing.len(), missing.join(", "));
-        }
-        if !misshaped.is_empty() {
-            if !msg.is_empty() {
-                msg += "; ";
-            }
-            msg += &format!("{} mis-shaped tensor(s): {}", misshaped.len(), misshaped.join("; "));
-        }
-        return Err(LlamaError::Checkpoint { dir: dir.to_path_buf(), msg });
+    let problems: Vec<String> = [
+        (missing.len(), "missing", missing.join(", ")),
+        (misshaped.len(), "mis-shaped", misshaped.join("; ")),
+        (mistyped.len(), "wrong-dtype", mistyped.join("; ")),
+    ]
+    .into_iter()
+    .filter(|(n, _, _)| *n > 0)
+    .map(|(n, what, list)| format!("{n} {what} tensor(s): {list}"))
+    .collect();
+    if !problems.is_empty() {
+        return Err(LlamaError::Checkpoint { dir: dir.to_path_buf(), msg: problems.join("; ") });
     }
     tch::no_grad(|| -> Result<()> {
         for name in names.into_iter().filter(|n| !skipped.contains(n)) {

@@ -180,24 +180,99 @@ pub fn default_tokenizer_path() -> Option<PathBuf> {
     from_source.is_file().then_some(from_source)
 }
 
+/// Llama-2's vocabulary size, and `vocab_size` of a `config.json` that does not give one.
+pub const LLAMA2_VOCAB_SIZE: usize = 32000;
+
 /// The one tokenizer precedence of every command: an explicit `tokenizer` path, else
 /// `<model_dir>/tokenizer.json`, else the bundled Llama-2 tokenizer ([`default_tokenizer_path`]).
 /// Returns the tokenizer and the file it came from (copied into every saved model).
+///
+/// When `model_dir` has a `config.json`, the tokenizer must fit the model before any forward
+/// ([`check_vocab`]): an id past the embedding table would fail deep inside libtorch. Falling
+/// back on the bundled tokenizer for a model folder is warned about (once per folder and
+/// process), and is an error when the model's `vocab_size` is not the bundled tokenizer's.
 pub fn resolve(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<(Tokenizer, PathBuf)> {
-    let path = match (explicit, model_dir) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some(m)) if m.join("tokenizer.json").exists() => m.join("tokenizer.json"),
-        (None, m) => default_tokenizer_path().ok_or_else(|| {
-            LlamaError::Invalid(match m {
-                Some(m) => format!(
-                    "{} has no tokenizer.json and the Llama-2 tokenizer was not found (run scripts/setup, or set RLHF_TOKENIZER)",
-                    m.display()
-                ),
-                None => "no tokenizer: set `tokenizer` or run scripts/setup (or set RLHF_TOKENIZER)".into(),
-            })
-        })?,
+    let local = model_dir.map(|m| m.join("tokenizer.json")).filter(|p| p.exists());
+    let (path, bundled) = match (explicit, local) {
+        (Some(p), _) => (p.to_path_buf(), false),
+        (None, Some(p)) => (p, false),
+        (None, None) => (default_tokenizer_path().ok_or_else(|| no_tokenizer(model_dir))?, true),
     };
-    Ok((Tokenizer::from_file(&path)?, path))
+    let tok = Tokenizer::from_file(&path)?;
+    let Some(dir) = model_dir else { return Ok((tok, path)) };
+    if bundled && first_warning_for(dir) {
+        tracing::warn!(tokenizer = %path.display(), "{} has no tokenizer.json: using the bundled Llama-2 tokenizer", dir.display());
+    }
+    if let Some(model_vocab) = model_vocab_size(dir)? {
+        if bundled && tok.vocab_size() != model_vocab {
+            return Err(LlamaError::BundledVocab {
+                model_dir: dir.to_path_buf(),
+                model_vocab,
+                tokenizer: path,
+                tokenizer_vocab: tok.vocab_size(),
+            });
+        }
+        check_vocab(&tok, model_vocab, dir)?;
+    }
+    Ok((tok, path))
+}
+
+/// Refuses a tokenizer with more ids than the model in `model_dir` has embeddings
+/// (`model_vocab`, its `config.json` `vocab_size`): its ids past the table cannot be embedded.
+/// A smaller tokenizer is fine (a model's vocabulary may be padded, e.g. to a multiple of 64).
+pub fn check_vocab(tok: &Tokenizer, model_vocab: usize, model_dir: &Path) -> Result<()> {
+    if tok.vocab_size() > model_vocab {
+        return Err(LlamaError::Vocab {
+            tokenizer: tok.path().to_path_buf(),
+            tokenizer_vocab: tok.vocab_size(),
+            model_dir: model_dir.to_path_buf(),
+            model_vocab,
+        });
+    }
+    Ok(())
+}
+
+/// `vocab_size` of `<dir>/config.json` ([`LLAMA2_VOCAB_SIZE`] when the field is absent, as for
+/// the model config); `None` when the folder has no `config.json`.
+pub fn model_vocab_size(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join("config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: path.clone(), source: e })?;
+    match v.get("vocab_size") {
+        None | Some(serde_json::Value::Null) => Ok(Some(LLAMA2_VOCAB_SIZE)),
+        Some(n) => match n.as_u64().filter(|&n| n > 0) {
+            Some(n) => Ok(Some(n as usize)),
+            None => Err(LlamaError::Config { path, msg: format!("field vocab_size must be a positive integer, got {n}") }),
+        },
+    }
+}
+
+fn no_tokenizer(model_dir: Option<&Path>) -> LlamaError {
+    LlamaError::Invalid(match model_dir {
+        Some(m) => {
+            format!(
+                "{} has no tokenizer.json and the Llama-2 tokenizer was not found (run scripts/setup, or set RLHF_TOKENIZER)",
+                m.display()
+            )
+        }
+        None => "no tokenizer: set `tokenizer` or run scripts/setup (or set RLHF_TOKENIZER)".into(),
+    })
+}
+
+/// True the first time it is called for `dir` in this process: the bundled-tokenizer warning is
+/// given once per folder, not once per stage or evaluation that reloads it.
+fn first_warning_for(dir: &Path) -> bool {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.contains(&key) {
+        return false;
+    }
+    warned.push(key);
+    true
 }
 
 /// The first `<ancestor>/<rel>` that is a file, over the ancestors of `start` (nearest first).
@@ -226,6 +301,15 @@ mod tests {
         assert_eq!(find_upwards(&exe, Path::new(ASSET_PATH)), Some(asset));
         assert_eq!(find_upwards(Path::new("/nonexistent/a/b"), Path::new(ASSET_PATH)), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn bundled_tokenizer_warning_once_per_folder() {
+        let a = std::env::temp_dir().join(format!("rlhf-tok-warn-a-{}", std::process::id()));
+        let b = std::env::temp_dir().join(format!("rlhf-tok-warn-b-{}", std::process::id()));
+        assert!(first_warning_for(&a));
+        assert!(!first_warning_for(&a));
+        assert!(first_warning_for(&b));
     }
 
     #[test]

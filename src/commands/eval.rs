@@ -102,7 +102,7 @@ pub fn json_type(v: &serde_json::Value) -> &'static str {
 fn eval_lm(a: EvalLmArgs) -> Result<()> {
     super::set_threads(a.threads);
     let start = Instant::now();
-    let tok = super::tokenizer_for(&a.model)?;
+    let (tok, _) = llama::tokenizer::resolve(None, Some(&a.model))?;
     let texts = read_text_rows(&a.data)?;
     let (device, kind) = super::device_and_kind(&a.device, a.dtype.as_deref())?;
     let (_vs, model) = checkpoint::load_causal_lm(&a.model, device, kind)?;
@@ -126,6 +126,13 @@ fn eval_lm(a: EvalLmArgs) -> Result<()> {
         bail!("{}: no tokens to score (every row is a single token)", a.data.display());
     }
     let mean = nll / n_tokens as f64;
+    if !mean.is_finite() {
+        bail!(
+            "model {}: mean NLL over {n_tokens} tokens of {} is {mean}, not a finite number (NaN or infinite weights or activations)",
+            a.model.display(),
+            a.data.display()
+        );
+    }
     let out = serde_json::json!({
         "mean_nll": mean,
         "perplexity": mean.exp(),

@@ -44,7 +44,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.system.is_some() && !a.chat {
         bail!("--system needs --chat");
     }
-    let tok = super::tokenizer_for(&a.model)?;
+    let (tok, _) = llama::tokenizer::resolve(None, Some(&a.model))?;
     let ids = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {

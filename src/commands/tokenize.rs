@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Checkpoint folder whose tokenizer to use (falls back on the built Llama-2 tokenizer).
+    /// Checkpoint folder whose tokenizer to use (falls back on the bundled Llama-2 tokenizer, with a
+    /// warning; an error when the model's vocab_size differs from it).
     #[arg(long)]
     pub model: PathBuf,
     /// A JSON list of {"role": "system"|"user"|"assistant", "content": ...} messages.
@@ -18,7 +19,7 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
-    let tok = super::tokenizer_for(&a.model)?;
+    let (tok, _) = llama::tokenizer::resolve(None, Some(&a.model))?;
     let text = std::fs::read_to_string(&a.dialog).with_context(|| format!("reading {}", a.dialog.display()))?;
     let msgs: Vec<Message> = serde_json::from_str(&text)
         .with_context(|| format!("{}: expected a JSON list of {{\"role\", \"content\"}} messages", a.dialog.display()))?;
