@@ -1,8 +1,7 @@
 //! Record types (SFT, preference, prompts), JSONL/Parquet readers and writers, validation,
-//! the Llama 2 RM mixtures, the tokenized cache and the demo world. Every stage reads its data
-//! through this crate.
+//! the Llama 2 RM mixtures and the tokenized cache. Every stage reads its data through this crate.
+//! The demo world, which is data with a judge and a policy evaluation, is the `demo_world` crate.
 pub mod cache;
-pub mod demo;
 pub mod error;
 pub mod import;
 pub mod io;

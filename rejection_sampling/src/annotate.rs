@@ -4,7 +4,7 @@
 //! distribution the policy now produces; this file is that batch for the demo (`iter{N}/
 //! judged_pairs.jsonl`), ready for `rlhf reward train` next to the original comparisons.
 use crate::select::PromptSamples;
-use datasets::demo::{judge_messages, keep_safety_pair, rating_for_gap, Category, Judgement};
+use demo_world::{judge_messages, keep_safety_pair, rating_for_gap, Category, Judgement};
 use datasets::{PreferenceKind, PreferenceRecord};
 use std::collections::HashSet;
 

@@ -1,14 +1,16 @@
 //! The policy before and after a fine-tune, on held-out prompts: replies scored by the reward
-//! models (any prompt set) and by the demo world's ground-truth judges (demo prompts). Greedy
-//! replies always (`training::demo_eval::evaluate_policy`'s protocol, plus the reward-model scores
-//! of the same replies, so they are generated once); optionally also sampled replies, as a chat
+//! models (any prompt set) and by the demo world's ground-truth judges (demo prompts): an
+//! RM-score evaluation ([`RmEval`]) whose replies and ground truth are the demo world's one policy
+//! evaluation (`demo_world::eval::{replies, ground_truth}`). Greedy replies always (plus the
+//! reward-model scores of the same replies, so they are generated once); optionally also sampled replies, as a chat
 //! model is used (the Llama-2-Chat reference samples at T = 0.6, top-p 0.9): greedy decoding hides
 //! how often a policy still complies with a harmful request when it samples.
 use crate::error::Result;
 use crate::sampler::Scorer;
-use datasets::demo::{aggregate, judge_messages, DemoScores};
 use datasets::PromptRecord;
-use llama::{generate, Llama, SamplingParams, Tokenizer};
+use demo_world::eval::{ground_truth, last_message, ReplySpec, SAMPLES_KEPT};
+use demo_world::DemoScores;
+use llama::{Llama, SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,8 +31,9 @@ pub struct ReplyScores {
     pub demo: Option<DemoScores>,
 }
 
+/// The policy's held-out replies scored by the reward models (and, on demo prompts, the ground truth).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyEval {
+pub struct RmEval {
     pub model: PathBuf,
     pub prompts: usize,
     /// Greedy replies.
@@ -58,7 +61,8 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
-/// Replies (`params.num_samples` per prompt) to every prompt that fits the context.
+/// Replies (`params.num_samples` per prompt) to every prompt that fits the context, trimmed: call
+/// `b` seeded `params.seed + b`.
 fn replies<'p>(
     policy: &Llama,
     tok: &Tokenizer,
@@ -66,25 +70,9 @@ fn replies<'p>(
     params: &SamplingParams,
     batch: usize,
 ) -> Result<Vec<(&'p PromptRecord, String)>> {
-    let limit = policy.cfg.max_position_embeddings as usize;
-    let mut out = Vec::new();
-    for (b, chunk) in prompts.chunks(batch.max(1)).enumerate() {
-        let mut ids = Vec::new();
-        let mut kept = Vec::new();
-        for p in chunk {
-            let x = llama::chat::encode_prompt(tok, &p.prompt)?;
-            if x.len() + params.max_new_tokens <= limit {
-                ids.push(x);
-                kept.push(p);
-            }
-        }
-        let params = SamplingParams { seed: params.seed.wrapping_add(b as u64), ..params.clone() };
-        let gen = generate(policy, &ids, &params)?;
-        for (row, t) in gen.tokens.iter().enumerate() {
-            out.push((kept[row / params.num_samples], tok.decode(t)?.trim().to_string()));
-        }
-    }
-    Ok(out)
+    let spec = ReplySpec { batch, rounds: 1, seed_stride: 1 };
+    let r = demo_world::eval::replies(policy, tok, prompts, params, spec)?;
+    Ok(r.replies.into_iter().map(|x| (x.prompt, x.text.trim().to_string())).collect())
 }
 
 fn score(
@@ -96,7 +84,7 @@ fn score(
 ) -> Result<ReplyScores> {
     let items: Vec<(&PromptRecord, &str)> = replies.iter().map(|(p, r)| (*p, r.as_str())).collect();
     let scores = scorer.score(tok, &items)?;
-    let demo = aggregate(&replies.iter().map(|(p, r)| judge_messages(&p.prompt, r)).collect::<Vec<_>>());
+    let demo = ground_truth(replies.iter().map(|(p, r)| (p.prompt.as_slice(), r.as_str())));
     Ok(ReplyScores {
         temperature,
         per_prompt,
@@ -115,9 +103,9 @@ pub fn evaluate(
     tok: &Tokenizer,
     prompts: &[PromptRecord],
     spec: &EvalSpec,
-) -> Result<PolicyEval> {
+) -> Result<RmEval> {
     let start = Instant::now();
-    let params = training::demo_eval::greedy(spec.max_new_tokens, policy.cfg.eos_token_id);
+    let params = demo_world::eval::greedy(spec.max_new_tokens, policy.cfg.eos_token_id);
     let greedy_replies = replies(policy, tok, prompts, &params, spec.batch)?;
     let greedy = score(scorer, tok, &greedy_replies, 0.0, 1)?;
     let sampled = match spec.sampled {
@@ -128,7 +116,6 @@ pub fn evaluate(
         }
         None => None,
     };
-    let samples =
-        greedy_replies.iter().take(12).map(|(p, r)| (p.prompt.last().map(|m| m.content.clone()).unwrap_or_default(), r.clone())).collect();
-    Ok(PolicyEval { model: model_dir, prompts: greedy_replies.len(), greedy, sampled, samples, seconds: start.elapsed().as_secs_f64() })
+    let samples = greedy_replies.iter().take(SAMPLES_KEPT).map(|(p, r)| (last_message(&p.prompt), r.clone())).collect();
+    Ok(RmEval { model: model_dir, prompts: greedy_replies.len(), greedy, sampled, samples, seconds: start.elapsed().as_secs_f64() })
 }

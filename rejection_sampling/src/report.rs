@@ -2,9 +2,9 @@
 //! pool, throughput, and the policy before and after the fine-tune.
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
-use crate::eval::{PolicyEval, ReplyScores};
+use crate::eval::{RmEval, ReplyScores};
 use crate::select::{PoolUpdate, PromptSamples};
-use datasets::demo::{aggregate, judge_messages, Category, DemoScores, Judgement};
+use demo_world::{aggregate, judge_messages, Category, DemoScores, Judgement};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -151,8 +151,8 @@ pub struct IterationReport {
     pub model: PathBuf,
     /// The SFT stage's outcome.
     pub finetune: serde_json::Value,
-    pub eval_before: Option<PolicyEval>,
-    pub eval_after: Option<PolicyEval>,
+    pub eval_before: Option<RmEval>,
+    pub eval_after: Option<RmEval>,
 }
 
 /// `k = 1, 2, 4, ...` up to K, with K itself.
@@ -180,7 +180,7 @@ fn eval_table(md: &mut String, name: &str, b: &ReplyScores, a: &ReplyScores) {
     }
 }
 
-fn eval_rows(md: &mut String, before: Option<&PolicyEval>, after: Option<&PolicyEval>) {
+fn eval_rows(md: &mut String, before: Option<&RmEval>, after: Option<&RmEval>) {
     let (Some(b), Some(a)) = (before, after) else { return };
     let _ = writeln!(md, "\n## Policy before and after the fine-tune ({} held-out prompts)", a.prompts);
     eval_table(md, "Greedy replies:", &b.greedy, &a.greedy);
@@ -303,7 +303,7 @@ pub fn run_markdown(iterations: &[IterationReport]) -> String {
     let mut md = String::from("# Rejection sampling (Llama 2 Section 3.2.3)\n\n");
     let _ = writeln!(md, "| iteration | T | K | prompts | mean reward (k=1) | best-of-K reward | pool | greedy before: helpful / safe / false refusal | greedy after: helpful / safe / false refusal |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    let gt = |e: &Option<PolicyEval>| match e.as_ref().and_then(|e| e.greedy.demo.as_ref()) {
+    let gt = |e: &Option<RmEval>| match e.as_ref().and_then(|e| e.greedy.demo.as_ref()) {
         Some(d) => format!("{:.3} / {:.3} / {:.3}", d.helpful_rate, d.safe_rate, d.false_refusal_rate),
         None => "–".into(),
     };
@@ -322,7 +322,7 @@ pub fn run_markdown(iterations: &[IterationReport]) -> String {
             gt(&r.eval_after)
         );
     }
-    fn sampled(e: &Option<PolicyEval>) -> Option<(f64, &DemoScores)> {
+    fn sampled(e: &Option<RmEval>) -> Option<(f64, &DemoScores)> {
         e.as_ref().and_then(|e| e.sampled.as_ref()).and_then(|s| s.demo.as_ref().map(|d| (s.temperature, d)))
     }
     if iterations.iter().any(|r| sampled(&r.eval_after).is_some()) {

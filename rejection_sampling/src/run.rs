@@ -20,7 +20,7 @@
 use crate::config::{RejectionSamplingConfig, StartFrom};
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
-use crate::eval::{evaluate, EvalSpec, PolicyEval};
+use crate::eval::{evaluate, EvalSpec, RmEval};
 use crate::report::{run_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
 use crate::sampler::{batch_seed, sample_batch, SampleSpec, Scorer};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
@@ -298,7 +298,7 @@ impl<'a> RejectionSampler<'a> {
         Ok((records, sweep, throughput))
     }
 
-    fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &Scorer) -> Result<PolicyEval> {
+    fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &Scorer) -> Result<RmEval> {
         let c = self.cfg;
         let spec = EvalSpec {
             max_new_tokens: c.eval_max_new_tokens.unwrap_or(c.max_new_tokens),
@@ -407,7 +407,7 @@ impl<'a> RejectionSampler<'a> {
         let n_samples: usize = sampled.iter().map(|r| r.samples.len()).sum();
         let unfinished = sampled.iter().flat_map(|r| &r.samples).filter(|s| !s.finished).count();
         let rewards: Vec<Vec<f64>> = sampled.iter().map(|r| r.rewards()).collect();
-        let read_eval = |p: &Path| -> Result<Option<PolicyEval>> {
+        let read_eval = |p: &Path| -> Result<Option<RmEval>> {
             if p.exists() {
                 read_json(p).map(Some)
             } else {

@@ -24,7 +24,6 @@ fn main() {
             source: None,
             chosen_safe: None,
             rejected_safe: None,
-            truncated: false,
         })
         .collect();
     let refs: Vec<&PairTokens> = pairs.iter().collect();

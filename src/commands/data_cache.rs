@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datasets::cache::demo_scale::write_demo_scale;
 use datasets::cache::{build_cache_with, BuildOptions, CacheSettings, Encoding, DEFAULT_CACHE_DIR};
 use datasets::length::{LengthPolicy, Overlong};
 use datasets::mixture::{mix_files, MixSpec};
 use datasets::parse::parse_kind;
 use datasets::RecordKind;
+use demo_world::scale::write_demo_scale;
 use llama::chat::AssistantMask;
 use llama::Tokenizer;
 

@@ -2,7 +2,7 @@
 //! train/test and a manifest) whose every prompt has a ground-truth judge.
 use anyhow::{Context, Result};
 use clap::Args;
-use datasets::demo::{write_demo_with, DemoShares, DemoSizes};
+use demo_world::{write_demo_with, DemoShares, DemoSizes};
 use std::path::PathBuf;
 
 #[derive(Args)]

@@ -181,10 +181,10 @@ fn eval_demo(a: EvalDemoArgs) -> Result<()> {
         datasets::io::read_all(&a.prompts).with_context(|| format!("reading prompts {}", a.prompts.display()))?;
     let (device, kind) = super::device_and_kind(&a.device, a.dtype.as_deref())?;
     let (_vs, model) = checkpoint::load_causal_lm(&a.model, device, kind)?;
-    let mut params = training::demo_eval::greedy(a.max_new_tokens, model.cfg.eos_token_id);
+    let mut params = demo_world::greedy(a.max_new_tokens, model.cfg.eos_token_id);
     params.temperature = a.temperature;
     params.seed = a.seed;
-    let ev = training::demo_eval::evaluate_policy_n(&model, &tok, &prompts, &params, a.batch_size, a.samples)?;
+    let ev = demo_world::evaluate_policy(&model, &tok, &prompts, &params, a.batch_size, a.samples)?;
     println!("{}", serde_json::to_string(&ev)?);
     Ok(())
 }

@@ -294,7 +294,7 @@ fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde
             }
             let c: DemoCfg = parse(cfg)?;
             let out = dir.join("data");
-            let m = datasets::demo::write_demo(&out, datasets::demo::DemoSizes { sft: c.sft, pairs: c.pairs, prompts: c.prompts }, c.seed)?;
+            let m = demo_world::write_demo(&out, demo_world::DemoSizes { sft: c.sft, pairs: c.pairs, prompts: c.prompts }, c.seed)?;
             Ok((out, serde_json::to_value(&m)?))
         }
         "init" => {
@@ -331,14 +331,14 @@ fn run_stage(kind: &str, cfg: toml::Value, dir: &Path) -> Result<(PathBuf, serde
 /// (greedy replies saturate: a tiny policy that refuses every harmful prompt greedily still
 /// complies in a share of its samples), and the greedy rates under `greedy`.
 fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<serde_json::Value> {
-    use training::demo_eval::{evaluate_policy_n, greedy};
+    use demo_world::{evaluate_policy, greedy};
     let tok = super::tokenizer_for(model)?;
     let recs: Vec<datasets::PromptRecord> = datasets::io::read_all(prompts).with_context(|| format!("reading {}", prompts.display()))?;
     let (device, kind) = super::device_and_kind(&p.device, None)?;
     let (_vs, m) = llama::checkpoint::load_causal_lm(model, device, kind)?;
     let params = greedy(p.eval_max_new_tokens, m.cfg.eos_token_id);
-    let g = evaluate_policy_n(&m, &tok, &recs, &params, 64, 1)?;
-    let rates = |e: &training::demo_eval::PolicyEval| {
+    let g = evaluate_policy(&m, &tok, &recs, &params, 64, 1)?;
+    let rates = |e: &demo_world::PolicyEval| {
         serde_json::json!({
             "helpful": e.scores.helpful_rate, "safe": e.scores.safe_rate, "false_refusal": e.scores.false_refusal_rate,
             "n": e.scores.n, "per_family": e.scores.per_family,
@@ -347,7 +347,7 @@ fn ground_truth(model: &Path, prompts: &Path, p: &PipelineSection) -> Result<ser
     let mut out = rates(&g);
     if p.eval_temperature > 0.0 {
         let sampled = SamplingParams { temperature: p.eval_temperature, seed: 0, ..params };
-        let sv = evaluate_policy_n(&m, &tok, &recs, &sampled, 64, p.eval_samples.max(1))?;
+        let sv = evaluate_policy(&m, &tok, &recs, &sampled, 64, p.eval_samples.max(1))?;
         out = rates(&sv);
         out["temperature"] = p.eval_temperature.into();
         out["samples_per_prompt"] = p.eval_samples.max(1).into();

@@ -4,7 +4,6 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
-pub mod demo_eval;
 pub mod error;
 pub mod lock;
 pub mod metrics;

@@ -22,7 +22,6 @@
 //! **Streaming.** Inputs are read in row batches ([`crate::io::RecordReader::next_batch`]) on
 //! a reader thread, two batches ahead; each batch is tokenized in parallel (rayon) and appended
 //! to the files, so memory stays flat whatever the size of the input.
-pub mod demo_scale;
 pub mod encode;
 pub mod format;
 

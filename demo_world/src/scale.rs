@@ -11,7 +11,7 @@
 //!
 //! The counts are exact without encoding the long texts: the pieces are stripped and joined by one
 //! space, so the normalised reply is `"▁p1▁p2…"` with a word boundary before every `"▁pk"` (see
-//! [`super::encode`]), and `encode(reply)` is the concatenation of the `encode(pk)`. In the chat
+//! [`datasets::cache::encode`]), and `encode(reply)` is the concatenation of the `encode(pk)`. In the chat
 //! format a reply then takes that many ids plus two (the trailing `"▁"` of `" {a} "` and EOS).
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,10 +21,12 @@ use llama::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::demo::{generate, DemoShares, DemoSizes};
-use crate::error::{DatasetError, Result};
-use crate::io::RecordWriter;
-use crate::records::PreferenceRecord;
+use datasets::io::RecordWriter;
+use datasets::records::PreferenceRecord;
+
+use crate::{generate, DemoError, DemoShares, DemoSizes};
+
+type Result<T, E = DemoError> = std::result::Result<T, E>;
 
 /// Comparisons generated (in parallel) and written at a time.
 const CHUNK: usize = 8192;
@@ -46,7 +48,7 @@ pub struct DemoScaleSummary {
 /// Writes `pairs` comparisons to `out` (JSONL or Parquet by extension), atomically.
 pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: u64, tok: &Tokenizer) -> Result<DemoScaleSummary> {
     let sizes = DemoSizes { sft: 4000, pairs: 20_000, prompts: 0 };
-    let base = generate(sizes, &DemoShares::default(), seed).map_err(|e| DatasetError::Invalid(e.to_string()))?;
+    let base = generate(sizes, &DemoShares::default(), seed)?;
     let mut texts = BTreeSet::new();
     for p in base.preference_train.iter().chain(&base.preference_test) {
         texts.insert(p.chosen.trim().to_string());
@@ -61,7 +63,7 @@ pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: 
         texts.into_iter().filter(|t| !t.is_empty()).map(|t| Ok((tok.encode(&t, false, false)?.len(), t))).collect::<Result<_>>()?;
     let base_pairs: Vec<PreferenceRecord> = base.preference_train.into_iter().chain(base.preference_test).collect();
     if pool.is_empty() || base_pairs.is_empty() {
-        return Err(DatasetError::Invalid("demo world produced no comparisons".into()));
+        return Err(DemoError::Invalid("the demo world produced no comparisons to lengthen".into()));
     }
 
     let lengthen = |start: &str, rng: &mut SplitMix64| -> Result<(String, usize)> {
@@ -96,7 +98,7 @@ pub fn write_demo_scale(out: &Path, pairs: usize, tokens_per_side: usize, seed: 
         writer.write_batch(&records)?;
     }
     writer.finish()?;
-    let bytes = std::fs::metadata(out).map_err(|e| DatasetError::io(out, e))?.len();
+    let bytes = std::fs::metadata(out).map_err(|source| DemoError::Io { path: out.to_path_buf(), source })?.len();
     Ok(DemoScaleSummary {
         path: out.display().to_string(),
         pairs,

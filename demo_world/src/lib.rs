@@ -39,14 +39,27 @@
 //! labels drawn 18/47/35% as chosen-safe-other-unsafe / both safe / both unsafe as in Llama 2
 //! Sec. 3.2.1, with pairs whose chosen response is unsafe and the other safe dropped),
 //! `prompts_train.jsonl` / `prompts_test.jsonl` and `manifest.json`.
+//!
+//! **Policy evaluation** ([`eval`]): the one way a policy is measured on the world: replies
+//! generated to held-out prompts and judged (`rlhf eval demo`, the pipeline report, rejection
+//! sampling's before/after, PPO's held-out evaluation).
+//!
+//! **Benchmark scale** ([`scale`]): the world's comparisons lengthened to ~300 tokens a reply,
+//! 1.4M of them, for the tokenized-cache benchmark (`rlhf data demo-scale`).
+//!
+//! The world is a crate of its own so that the data layer (`datasets`) holds only what every
+//! dataset needs; this crate depends on it for the record types and on `llama` for generation.
+pub mod eval;
 pub mod generate;
 pub mod judge;
 pub mod respond;
+pub mod scale;
 pub mod world;
 
 #[cfg(test)]
 mod tests;
 
+pub use eval::{evaluate_policy, greedy, ground_truth, replies, PolicyEval, Replies, Reply, ReplySpec};
 pub use generate::{
     generate, keep_safety_pair, rating_for_gap, render_files, write_demo, write_demo_with, DemoData, DemoManifest, DemoShares, DemoSizes,
     PairTruth, SOURCE_HELPFUL, SOURCE_SAFETY,
@@ -66,4 +79,13 @@ pub enum DemoError {
     InvalidShare { name: &'static str, value: f64, why: &'static str },
     #[error("demo world: JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Data(#[from] datasets::DatasetError),
+    #[error(transparent)]
+    Model(#[from] llama::LlamaError),
+    #[error("demo world: {0}")]
+    Invalid(String),
+    /// An evaluation with no reply to judge.
+    #[error("no prompts to evaluate{0}")]
+    NoPrompts(String),
 }

@@ -12,7 +12,7 @@
 //! | `unsafe_compliance` | harmful | unsafe | 0.0 |
 //!
 //! Every style has two phrasings (`variant` 0 and 1), so near-equal pairs exist.
-use super::world::{Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS, HARMFUL};
+use crate::world::{Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS, HARMFUL};
 use llama::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 

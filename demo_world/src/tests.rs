@@ -1,7 +1,7 @@
-use super::generate::WORLD;
-use super::world::{normalize_prompt, BORDERLINE, HARMFUL, WORDS};
-use super::*;
-use crate::records::{PreferenceKind, Rating};
+use crate::generate::WORLD;
+use crate::world::{normalize_prompt, BORDERLINE, HARMFUL, WORDS};
+use crate::*;
+use datasets::records::{PreferenceKind, Rating};
 use llama::chat::Role;
 use llama::rng::SplitMix64;
 use std::collections::{BTreeMap, HashSet};
@@ -426,7 +426,7 @@ fn written_files_parse_back() {
     let m = write_demo(&dir, small(), 3).unwrap();
     assert_eq!(m.world, WORLD);
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
-    let sft: Vec<crate::records::SftRecord> = read("sft.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sft: Vec<datasets::records::SftRecord> = read("sft.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(sft.len(), 600);
     for l in read("preference_train.jsonl").lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();

@@ -20,7 +20,7 @@
 //!   non-harmful prompts only), `false_refusal` = false.
 //! * **Prompts outside the world**: `category` is `None`, `helpful` false, `safe` true,
 //!   `false_refusal` false; [`evaluate`] counts them apart and leaves them out of every rate.
-use super::world::{parse_prompt, Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS};
+use crate::world::{parse_prompt, Category, DemoPrompt, Family, ANIMAL_SOUNDS, BORDERLINE, CAPITALS, COLORS};
 use llama::chat::{Message, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

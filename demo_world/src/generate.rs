@@ -1,9 +1,9 @@
 //! Generates the demo data sets (SFT, preference train/test, prompts train/test, manifest) from a
 //! seed, and writes them atomically.
-use super::respond::{below, respond, wrong_response, Style};
-use super::world::{universe, Category, DemoPrompt, Family};
-use super::DemoError;
-use crate::records::{user_prompt, PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};
+use crate::respond::{below, respond, wrong_response, Style};
+use crate::world::{universe, Category, DemoPrompt, Family};
+use crate::DemoError;
+use datasets::records::{user_prompt, PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};
 use llama::chat::Message;
 use llama::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
