@@ -4,10 +4,10 @@
 use crate::config::PpoConfig;
 use crate::math::{gae, kl_penalty, masked_mean, masked_whiten, token_rewards};
 use crate::models::{response_logprobs, response_values, Policy, ScalarModel, SeqBatch};
-use crate::reward::{combined_logit, RewardSource};
+use crate::reward::RewardSource;
 use datasets::PromptRecord;
 use llama::{generate, SamplingParams, Tokenizer};
-use reward::combine::{response_tokens, score_sequences, sigmoid};
+use reward::combine::{logit, sigmoid, RewardScorer, ScoreOrder, ScorerSpec};
 use tch::{Device, Kind, Tensor};
 use training::TrainError;
 
@@ -75,7 +75,8 @@ pub fn sample(
     Ok(out)
 }
 
-/// Scores every sample with the reward models and sets `score = LOGIT(Rc)` (Llama 2's rule).
+/// Scores every sample with the reward models ([`reward::combine::RewardScorer`], in sampling
+/// order, `generation_batch_size` sequences per forward) and sets `score = LOGIT(Rc)` (Llama 2's rule).
 pub fn score(
     rms: &RewardModels,
     tok: &Tokenizer,
@@ -84,20 +85,25 @@ pub fn score(
     cfg: &PpoConfig,
     device: Device,
 ) -> Result<()> {
-    let seqs = samples
-        .iter()
-        .map(|s| response_tokens(tok, &all[s.prompt].record.prompt, &s.text, cfg.rm_max_len))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let run = |m: &Option<ScalarModel>| -> Result<Option<Vec<f64>>> {
-        m.as_ref().map(|m| score_sequences(&m.model, &seqs, device, cfg.generation_batch_size)).transpose().map_err(TrainError::from)
+    let spec = ScorerSpec {
+        threshold: cfg.safety_threshold,
+        max_len: cfg.rm_max_len,
+        batch: cfg.generation_batch_size,
+        order: ScoreOrder::AsGiven,
     };
-    let (h, s) = (run(&rms.helpfulness)?, run(&rms.safety)?);
-    for (i, smp) in samples.iter_mut().enumerate() {
-        smp.helpfulness_raw = h.as_ref().map(|v| v[i]);
-        smp.safety_raw = s.as_ref().map(|v| v[i]);
-        let (rc, source) = combined_logit(smp.safety_raw, smp.helpfulness_raw, all[smp.prompt].record.is_safety, cfg.safety_threshold);
-        smp.score = rc - if smp.finished { 0.0 } else { cfg.missing_eos_penalty.unwrap_or(0.0) };
-        smp.source = source;
+    let scorer = RewardScorer {
+        helpfulness: rms.helpfulness.as_ref().map(|m| &m.model),
+        safety: rms.safety.as_ref().map(|m| &m.model),
+        spec,
+        device,
+    };
+    let items: Vec<(&PromptRecord, &str)> = samples.iter().map(|s| (&all[s.prompt].record, s.text.as_str())).collect();
+    let scores = scorer.score(tok, &items)?;
+    for (smp, sc) in samples.iter_mut().zip(scores) {
+        smp.helpfulness_raw = sc.helpfulness_raw;
+        smp.safety_raw = sc.safety_raw;
+        smp.score = logit(sc.rc) - if smp.finished { 0.0 } else { cfg.missing_eos_penalty.unwrap_or(0.0) };
+        smp.source = sc.source;
     }
     Ok(())
 }

@@ -1,89 +1,13 @@
 //! Best-of-K sampling and scoring of one prompt batch: each prompt is prefilled once and its KV
 //! cache expanded to K rows (`num_samples`), every reply is scored by the reward models, and the
-//! samples are ranked by Llama 2's combined reward `R_c` (Section 3.2.3).
+//! samples are ranked by Llama 2's combined reward `R_c` (Section 3.2.3), as
+//! [`reward::combine::RewardScorer`] gives it (the scorer PPO uses too).
 use crate::error::Result;
 use crate::select::{best_index, prompt_key, PromptSamples, Sample};
 use datasets::PromptRecord;
 use llama::{generate, Llama, SamplingParams, Tokenizer};
-use reward::combine::{combined, response_tokens, score_sequences, sigmoid};
-use reward::RewardModel;
-use std::path::Path;
+use reward::combine::RewardScorer;
 use std::time::Instant;
-use tch::{nn, Device, Kind};
-
-/// The helpfulness and/or safety reward model, and how their scores combine.
-pub struct Scorer {
-    helpfulness: Option<(nn::VarStore, RewardModel)>,
-    safety: Option<(nn::VarStore, RewardModel)>,
-    pub threshold: f64,
-    pub max_len: usize,
-    pub batch: usize,
-    device: Device,
-}
-
-/// Scores of one reply: sigmoid helpfulness and safety (where a model is given) and `R_c`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scores {
-    pub helpfulness: Option<f64>,
-    pub safety: Option<f64>,
-    pub reward: f64,
-}
-
-fn load_rm(dir: &Path, device: Device, kind: Kind, what: &str) -> Result<(nn::VarStore, RewardModel)> {
-    let (vs, rm, fresh) = RewardModel::load(dir, device, kind, 0)?;
-    if fresh {
-        tracing::warn!("{what} reward model {} has no score head (a causal LM?): its scores are random", dir.display());
-    }
-    Ok((vs, rm))
-}
-
-impl Scorer {
-    pub fn load(
-        helpfulness: Option<&Path>,
-        safety: Option<&Path>,
-        device: Device,
-        kind: Kind,
-        threshold: f64,
-        max_len: usize,
-        batch: usize,
-    ) -> Result<Self> {
-        Ok(Scorer {
-            helpfulness: helpfulness.map(|d| load_rm(d, device, kind, "helpfulness")).transpose()?,
-            safety: safety.map(|d| load_rm(d, device, kind, "safety")).transpose()?,
-            threshold,
-            max_len,
-            batch,
-            device,
-        })
-    }
-
-    /// Scores each `(prompt, reply)`; the prompt record's `is_safety` is Llama 2's IS_SAFETY(p).
-    pub fn score(&self, tok: &Tokenizer, items: &[(&PromptRecord, &str)]) -> Result<Vec<Scores>> {
-        let seqs =
-            items.iter().map(|(p, r)| response_tokens(tok, &p.prompt, r, self.max_len)).collect::<std::result::Result<Vec<_>, _>>()?;
-        // Sorting by length keeps padding low inside each reward-model batch.
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| seqs[i].len());
-        let sorted: Vec<Vec<u32>> = order.iter().map(|&i| seqs[i].clone()).collect();
-        let run = |m: &Option<(nn::VarStore, RewardModel)>| -> Result<Option<Vec<f64>>> {
-            let Some((_, rm)) = m else { return Ok(None) };
-            let raw = score_sequences(rm, &sorted, self.device, self.batch)?;
-            let mut out = vec![0.0; raw.len()];
-            for (&i, r) in order.iter().zip(raw) {
-                out[i] = sigmoid(r);
-            }
-            Ok(Some(out))
-        };
-        let h = run(&self.helpfulness)?;
-        let s = run(&self.safety)?;
-        Ok((0..items.len())
-            .map(|i| {
-                let (hi, si) = (h.as_ref().map(|v| v[i]), s.as_ref().map(|v| v[i]));
-                Scores { helpfulness: hi, safety: si, reward: combined(si, hi, items[i].0.is_safety, self.threshold) }
-            })
-            .collect())
-    }
-}
 
 /// What sampling a batch needs besides the prompts.
 pub struct SampleSpec {
@@ -101,7 +25,7 @@ pub struct SampleSpec {
 /// encoding plus `max_new_tokens` exceeds the model's context come back skipped (no samples).
 pub fn sample_batch(
     policy: &Llama,
-    scorer: &Scorer,
+    scorer: &RewardScorer,
     tok: &Tokenizer,
     prompts: &[&PromptRecord],
     spec: &SampleSpec,
@@ -164,7 +88,7 @@ pub fn sample_batch(
                 text: texts[row].clone(),
                 tokens: out.tokens[row].len(),
                 finished: out.finished[row],
-                reward: s.reward,
+                reward: s.rc,
                 helpfulness: s.helpfulness,
                 safety: s.safety,
             });

@@ -24,6 +24,7 @@ fn main() {
             source: None,
             chosen_safe: None,
             rejected_safe: None,
+            truncated: false,
         })
         .collect();
     let refs: Vec<&PairTokens> = pairs.iter().collect();

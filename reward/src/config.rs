@@ -38,7 +38,7 @@ pub struct RewardConfig {
     pub token_cache: Option<PathBuf>,
     /// On-disk dtype of the saved model.
     #[serde(default = "default_save_dtype")]
-    pub save_dtype: String,
+    pub save_dtype: llama::Dtype,
     #[serde(default = "rm_train_defaults")]
     pub train: TrainConfig,
 }
@@ -49,8 +49,8 @@ fn default_max_len() -> usize {
 fn default_threshold() -> f64 {
     0.5
 }
-fn default_save_dtype() -> String {
-    "float32".into()
+fn default_save_dtype() -> llama::Dtype {
+    llama::Dtype::Float32
 }
 
 /// Llama 2 RM training: 1 epoch, lr 1e-5, cosine to 10%, warmup 3% (min 5), 512 pairs per step.
@@ -70,5 +70,27 @@ impl RewardConfig {
             return Err("`threshold` must be in [0, 1]".into());
         }
         self.train.validate().map_err(|e| format!("train.{e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use training::config::ScheduleKind;
+
+    /// Llama 2 Section 3.2.2: what a config that sets only its model and data gets.
+    #[test]
+    fn defaults_are_the_llama2_reward_model_recipe() {
+        let c: RewardConfig = serde_json::from_value(serde_json::json!({"model": "m", "train_data": ["d.jsonl"]})).unwrap();
+        let t = &c.train;
+        assert_eq!(t.lr, 1e-5, "max lr 1e-5 (5e-6 for 70B, set in its config)");
+        assert_eq!(t.epochs, 1, "one epoch: longer overfits");
+        assert_eq!(t.schedule, ScheduleKind::Cosine);
+        assert_eq!(t.lr_floor_ratio, 0.1, "cosine to 10% of the peak");
+        assert_eq!((t.warmup_ratio, t.warmup_min_steps), (0.03, 5), "warmup 3% of the steps, at least 5");
+        assert_eq!(t.micro_batch_size * t.grad_accumulation, 512, "512 pairs per step");
+        assert_eq!((t.beta1, t.beta2, t.eps, t.weight_decay, t.grad_clip), (0.9, 0.95, 1e-5, 0.1, 1.0), "AdamW as the base model");
+        assert_eq!(c.margin, MarginKind::Small, "Table 27's small margin");
+        assert_eq!(rm_train_defaults(), c.train);
     }
 }

@@ -19,6 +19,8 @@ pub struct PairTokens {
     pub source: Option<String>,
     pub chosen_safe: Option<bool>,
     pub rejected_safe: Option<bool>,
+    /// The chosen or the rejected encoding was longer than `max_len` and lost its start.
+    pub truncated: bool,
 }
 
 impl PairTokens {
@@ -60,6 +62,7 @@ pub struct PairMeta {
 /// rejected), each cut to `max_len` as [`encode_pair`] does. Shared by the tokenizing path and
 /// the tokenized cache (`datasets::cache`), so both give the same rows.
 pub fn pair_from_sequences(mut c: Vec<u32>, mut j: Vec<u32>, max_len: usize, meta: PairMeta) -> PairTokens {
+    let truncated = c.len() > max_len || j.len() > max_len;
     for s in [&mut c, &mut j] {
         if s.len() > max_len {
             s.drain(..s.len() - max_len);
@@ -77,6 +80,57 @@ pub fn pair_from_sequences(mut c: Vec<u32>, mut j: Vec<u32>, max_len: usize, met
         source: meta.source,
         chosen_safe: meta.chosen_safe,
         rejected_safe: meta.rejected_safe,
+        truncated,
+    }
+}
+
+/// What a set of pairs lacks or lost, counted so that training and evaluation can say so instead
+/// of silently giving no margin, leaving out Table 29 or scoring cut sequences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PairGaps {
+    pub pairs: usize,
+    /// Pairs without a `rating`: no margin in Eq. 2 and in no Table 8 bin.
+    pub unrated: usize,
+    /// Pairs without a safety label on either response (`chosen_safe`, `rejected_safe`).
+    pub without_safety_labels: usize,
+    /// Pairs whose chosen or rejected encoding was cut to `max_seq_len` (its start dropped).
+    pub truncated: usize,
+}
+
+impl PairGaps {
+    pub fn of<'a>(pairs: impl IntoIterator<Item = &'a PairTokens>) -> Self {
+        let mut g = PairGaps::default();
+        for p in pairs {
+            g.pairs += 1;
+            g.unrated += p.rating.is_none() as usize;
+            g.without_safety_labels += (p.chosen_safe.is_none() && p.rejected_safe.is_none()) as usize;
+            g.truncated += p.truncated as usize;
+        }
+        g
+    }
+
+    /// Logs (`tracing::warn`) what training on these pairs does silently otherwise: unrated pairs
+    /// get no margin (with a margin configured) and cut pairs are scored on their last
+    /// `max_seq_len` tokens. `what` names the data (e.g. `training`).
+    pub fn warn_training(&self, what: &str, margin: crate::loss::MarginKind, max_seq_len: usize) {
+        if self.unrated > 0 && margin != crate::loss::MarginKind::None {
+            tracing::warn!(
+                "{} of {} {what} pairs have no rating: they train with margin 0 (Eq. 1), not the {margin:?} margin of Table 27",
+                self.unrated,
+                self.pairs
+            );
+        }
+        self.warn_truncated(what, max_seq_len);
+    }
+
+    pub fn warn_truncated(&self, what: &str, max_seq_len: usize) {
+        if self.truncated > 0 {
+            tracing::warn!(
+                "{} of {} {what} pairs are longer than max_seq_len = {max_seq_len} tokens: their start (the prompt's first) is cut",
+                self.truncated,
+                self.pairs
+            );
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub struct PairScore {
     pub source: Option<String>,
     pub chosen_safe: Option<bool>,
     pub rejected_safe: Option<bool>,
+    /// The pair was cut to `max_seq_len` before scoring.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 impl PairScore {
@@ -43,6 +46,7 @@ pub fn score_pairs(model: &RewardModel, pairs: &[PairTokens], device: Device, ba
                 source: p.source.clone(),
                 chosen_safe: p.chosen_safe,
                 rejected_safe: p.rejected_safe,
+                truncated: p.truncated,
             });
         }
     }
@@ -111,6 +115,14 @@ pub struct RmReport {
     pub rejected_scores: Stats,
     /// Present when the data carries safety labels.
     pub safety: Option<SafetyDetection>,
+    /// Pairs without a rating: in `overall` and `by_source`, in no Table 8 bin.
+    pub unrated_pairs: usize,
+    /// Responses with a safety label (`chosen_safe` / `rejected_safe`): Table 29 is computed from
+    /// them, and is absent when there are none.
+    pub safety_labelled_responses: usize,
+    /// Pairs scored after being cut to `max_seq_len` (their start dropped): their scores are not
+    /// those of the whole dialog.
+    pub truncated_pairs: usize,
 }
 
 pub fn sigmoid(x: f64) -> f64 {
@@ -139,6 +151,11 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let unrated_pairs = scores.iter().filter(|s| s.rating.is_none()).count();
+    let safety_labelled_responses =
+        scores.iter().map(|s| s.chosen_safe.is_some() as usize + s.rejected_safe.is_some() as usize).sum::<usize>();
+    let truncated_pairs = scores.iter().filter(|s| s.truncated).count();
+    warn_gaps(scores.len(), unrated_pairs, safety_labelled_responses, truncated_pairs);
     let c: Vec<f64> = scores.iter().map(|s| s.chosen).collect();
     let r: Vec<f64> = scores.iter().map(|s| s.rejected).collect();
     RmReport {
@@ -155,7 +172,45 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
             recall: ratio(hit, unsafe_n),
             precision: ratio(hit, pred),
         }),
+        unrated_pairs,
+        safety_labelled_responses,
+        truncated_pairs,
     }
+}
+
+/// Says in the log what the report leaves out or scores cut.
+fn warn_gaps(n: usize, unrated: usize, labelled: usize, truncated: usize) {
+    if unrated > 0 {
+        tracing::warn!("{unrated} of {n} evaluation pairs have no rating: they are in no Table 8 bin (only in the overall accuracy)");
+    }
+    if n > 0 && labelled == 0 {
+        tracing::warn!("no evaluation pair has a safety label (chosen_safe / rejected_safe): no Table 29 unsafe-response detection");
+    }
+    if truncated > 0 {
+        tracing::warn!("{truncated} of {n} evaluation pairs were cut to max_seq_len (their start dropped) before scoring");
+    }
+}
+
+/// The lines of the Markdown report that say what the figures leave out or scored cut.
+fn gap_lines(r: &RmReport) -> String {
+    let n = r.overall.n;
+    let mut s = String::new();
+    if r.unrated_pairs > 0 {
+        s += &format!("- {} of {n} pairs have no rating: they count in the overall accuracy but in no Table 8 bin.\n", r.unrated_pairs);
+    }
+    if n > 0 && r.safety_labelled_responses == 0 {
+        s += "- No response carries a safety label (`chosen_safe` / `rejected_safe`): Table 29 is not computed.\n";
+    }
+    if r.truncated_pairs > 0 {
+        s += &format!(
+            "- {} of {n} pairs were longer than `max_seq_len` and were scored on their last `max_seq_len` tokens (the prompt's start cut).\n",
+            r.truncated_pairs
+        );
+    }
+    if !s.is_empty() {
+        s = format!("## Data notes\n\n{s}\n");
+    }
+    s
 }
 
 fn pct(a: &Accuracy) -> String {
@@ -174,6 +229,7 @@ pub fn markdown(name: &str, r: &RmReport) -> String {
         r.overall.n,
         r.mean_margin
     );
+    s += &gap_lines(r);
     s += "## Accuracy per test set (Table 7 layout)\n\n|";
     for k in r.by_source.keys() {
         s += &format!(" {k} |");
@@ -220,7 +276,15 @@ mod tests {
     use super::*;
 
     fn ps(c: f64, r: f64, rating: Rating, src: &str, cs: Option<bool>, rs: Option<bool>) -> PairScore {
-        PairScore { chosen: c, rejected: r, rating: Some(rating), source: Some(src.into()), chosen_safe: cs, rejected_safe: rs }
+        PairScore {
+            chosen: c,
+            rejected: r,
+            rating: Some(rating),
+            source: Some(src.into()),
+            chosen_safe: cs,
+            rejected_safe: rs,
+            truncated: false,
+        }
     }
 
     #[test]
@@ -243,6 +307,34 @@ mod tests {
         assert_eq!((sd.recall, sd.precision), (0.0, 0.0));
         let md = markdown("t", &r);
         assert!(md.contains("| 50.0 | 50.0 |") && md.contains("Table 8 layout"), "{md}");
+        assert_eq!((r.unrated_pairs, r.safety_labelled_responses, r.truncated_pairs), (0, 6, 0));
+        assert!(!md.contains("Data notes"), "{md}");
+    }
+
+    /// Unrated pairs, no safety labels and cut pairs are said in report.json and report.md, not
+    /// silently left out of Table 8 / Table 29 or scored cut.
+    #[test]
+    fn the_report_says_what_it_leaves_out() {
+        let mut s = vec![
+            ps(2.0, 0.0, Rating::Better, "a", None, None),
+            ps(1.0, 0.0, Rating::Better, "a", None, None),
+            ps(0.0, 1.0, Rating::Better, "a", None, None),
+        ];
+        s[0].rating = None;
+        s[1].rating = None;
+        s[2].truncated = true;
+        let r = report(&s, 0.5);
+        assert_eq!((r.unrated_pairs, r.safety_labelled_responses, r.truncated_pairs), (2, 0, 1));
+        assert!(r.safety.is_none());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (v["unrated_pairs"].as_u64(), v["safety_labelled_responses"].as_u64(), v["truncated_pairs"].as_u64()),
+            (Some(2), Some(0), Some(1))
+        );
+        let md = markdown("t", &r);
+        assert!(md.contains("2 of 3 pairs have no rating"), "{md}");
+        assert!(md.contains("Table 29 is not computed"), "{md}");
+        assert!(md.contains("1 of 3 pairs were longer than `max_seq_len`"), "{md}");
     }
 }
 

@@ -5,10 +5,55 @@
 use llama::checkpoint::{self as ck, SaveOptions};
 use llama::model::{Linear, Mask};
 use llama::{Config, Llama, LlamaError};
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 pub const ARCHITECTURE: &str = "LlamaForSequenceClassification";
+
+/// The file beside `config.json` that records how a reward model was trained. A file of its own
+/// keeps `config.json` exactly the HF config that `transformers` reads.
+pub const TRAINING_RECORD: &str = "reward_config.json";
+
+/// How a reward model was trained, as far as scoring it the same way needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// The longest prompt + response of training (longer pairs lost their start): scoring with
+    /// another length scores other token sequences.
+    pub max_seq_len: usize,
+}
+
+/// Writes [`TRAINING_RECORD`] into `run_dir` and returns its path, to be copied into every
+/// checkpoint (`final/`, `best/`, `checkpoints/*`) with the tokenizer files.
+pub fn write_training_record(run_dir: &Path, max_seq_len: usize) -> Result<PathBuf, LlamaError> {
+    std::fs::create_dir_all(run_dir).map_err(|e| LlamaError::Io { path: run_dir.into(), source: e })?;
+    let path = run_dir.join(TRAINING_RECORD);
+    let json = serde_json::to_string_pretty(&TrainingRecord { max_seq_len }).expect("record serialises");
+    ck::write_atomic(&path, json.as_bytes())?;
+    Ok(path)
+}
+
+/// The `max_seq_len` the reward model in `dir` was trained with, from its [`TRAINING_RECORD`];
+/// `None` when the model has no record (trained elsewhere, or before the record existed). An
+/// unreadable record is warned about and also gives `None`.
+pub fn trained_max_seq_len(dir: &Path) -> Option<usize> {
+    let path = dir.join(TRAINING_RECORD);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("{}: unreadable ({e}); the training max_seq_len is unknown", path.display());
+            return None;
+        }
+    };
+    match serde_json::from_str::<TrainingRecord>(&text) {
+        Ok(r) => Some(r.max_seq_len),
+        Err(e) => {
+            tracing::warn!("{}: invalid ({e}); the training max_seq_len is unknown", path.display());
+            None
+        }
+    }
+}
 
 pub struct RewardModel {
     pub trunk: Llama,
@@ -44,5 +89,22 @@ impl RewardModel {
     pub fn scores_at(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, read: &Tensor) -> Tensor {
         let h = self.trunk.forward_at(ids, positions, mask, read);
         self.score.forward(&h).squeeze_dim(-1).to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_training_max_seq_len_is_recorded_beside_the_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("final");
+        assert_eq!(trained_max_seq_len(&dir), None, "no record: unknown");
+        let path = write_training_record(&dir, 512).unwrap();
+        assert_eq!(path, dir.join(TRAINING_RECORD));
+        assert_eq!(trained_max_seq_len(&dir), Some(512));
+        std::fs::write(&path, "{\"max_seq_len\": \"long\"}").unwrap();
+        assert_eq!(trained_max_seq_len(&dir), None, "an invalid record is warned about, not trusted");
     }
 }
