@@ -122,7 +122,7 @@ pub struct PpoConfig {
     pub logprob_tolerance: f64,
     /// On-disk dtype of `final/` and `best/`.
     #[serde(default = "default_save_dtype")]
-    pub save_dtype: String,
+    pub save_dtype: llama::Dtype,
     /// Optimizer and run settings. In PPO `micro_batch_size × grad_accumulation` is the mini-batch
     /// (one optimizer step each) and `save_every`, `eval_every`, `log_every` count iterations;
     /// `epochs`, `max_steps` and the warmup fields are not used.
@@ -184,8 +184,8 @@ fn default_log_samples() -> usize {
 fn default_logprob_tolerance() -> f64 {
     1e-3
 }
-fn default_save_dtype() -> String {
-    "float32".into()
+fn default_save_dtype() -> llama::Dtype {
+    llama::Dtype::Float32
 }
 
 /// Llama 2 PPO: constant lr 1e-6, AdamW (0.9, 0.95) eps 1e-5, weight decay 0.1, clip 1.0,
@@ -220,6 +220,9 @@ impl PpoConfig {
         if self.train_prompts.is_empty() {
             return Err("`train_prompts` lists no file".into());
         }
+        if self.iterations == 0 {
+            return Err("`iterations` must be at least 1 (a PPO run of 0 iterations trains nothing)".into());
+        }
         if self.rollout_batch_size == 0 || self.generation_batch_size == 0 || self.ppo_epochs == 0 {
             return Err("`rollout_batch_size`, `generation_batch_size` and `ppo_epochs` must be at least 1".into());
         }
@@ -245,5 +248,22 @@ impl PpoConfig {
             return Err("`value_lr` must be positive".into());
         }
         self.train.validate().map_err(|e| format!("train.{e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_iterations_is_a_config_error() {
+        let cfg: PpoConfig = serde_json::from_value(
+            serde_json::json!({"policy": "p", "helpfulness_rm": "p", "train_prompts": ["x.jsonl"], "iterations": 0}),
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("`iterations`"), "{err}");
+        let one = PpoConfig { iterations: 1, ..cfg };
+        assert_eq!(one.validate(), Ok(()));
     }
 }

@@ -1,28 +1,25 @@
 //! The PPO trainer: `prepare` (models, prompts, optimizers), `rollout` (sample and score),
 //! `optimize` (one pass of clipped policy and value updates over the rollout's mini-batches),
-//! `evaluate` (held-out prompts) and [`train`], the loop with checkpoints, exact resume, early
-//! stopping and metrics.
-//!
-//! The shared `training::runner` fits one model and one optimizer; PPO trains two and its step is
-//! an iteration (rollout + several optimizer steps), so the loop lives here and reuses the
-//! runner's pieces: `CheckpointManager` (newest checkpoint, pruning rules), `MetricsLog`,
-//! `Progress` and the config hash.
-use crate::checkpoint::{self as pck, Part, PpoState};
+//! `evaluate` (held-out prompts), and [`train`], which hands the trainer to the shared
+//! `training::runner` loop (checkpoints of both trained models, exact resume, early stopping on
+//! the held-out reward, metrics): to the runner a PPO step is one iteration, a rollout and the
+//! optimizer steps over it.
+use crate::checkpoint::{PpoState, POLICY, VALUE};
 use crate::config::PpoConfig;
 use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance};
 use crate::models::{response_logprobs_and_logits, response_values, Policy, ScalarModel, SeqBatch};
 use crate::rollout::{pad_rows, reference_logprobs, sample, score, values, EncodedPrompt, RewardModels, Rollout};
-use demo_world::eval::ground_truth;
+use datasets::demo::{aggregate, judge_messages};
 use llama::rng::SplitMix64;
 use llama::{SamplingParams, Tokenizer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-use training::checkpoint::{CheckpointManager, TrainerState};
-use training::metrics::{MetricsLog, Progress};
-use training::runner::fnv1a;
-use training::{AdamW, LrSchedule, TrainError};
+use training::checkpoint::{Part, PartMut};
+use training::metrics::MetricsLog;
+use training::runner::{config_hash, Evaluation, RunOptions, Stage};
+use training::{AdamW, LrSchedule, RunLock, TrainError};
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
@@ -54,8 +51,23 @@ pub fn encode_prompts(tok: &Tokenizer, records: Vec<datasets::PromptRecord>, max
     Ok((out, skipped))
 }
 
+/// Training prompts of the config's files, or an error saying why there are none: files with
+/// no prompt record, or every prompt longer than `max_prompt_len`.
+pub fn check_prompts(cfg: &PpoConfig, read: usize, kept: usize) -> Result<()> {
+    let files = || cfg.train_prompts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    match (read, kept) {
+        (0, _) => Err(TrainError::Config(format!("no training prompts: `train_prompts` ({}) hold no prompt record", files()))),
+        (n, 0) => Err(TrainError::Config(format!(
+            "no training prompts left: all {n} prompts of `train_prompts` ({}) are longer than `max_prompt_len` = {} tokens",
+            files(),
+            cfg.max_prompt_len
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What one held-out evaluation measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalResult {
     /// Mean `LOGIT(Rc)` of the held-out responses (no whitening, no KL): what early stopping follows.
     pub reward: f64,
@@ -95,6 +107,13 @@ pub struct PpoTrainer<'a> {
     schedule: LrSchedule,
     value_schedule: LrSchedule,
     pub state: PpoState,
+    /// The evaluation of the initial policy (not on a resumed run) and the latest one.
+    initial_eval: Option<EvalResult>,
+    last_eval: Option<EvalResult>,
+    /// `samples.jsonl`, opened when the run begins.
+    samples_log: Option<MetricsLog>,
+    /// Start of the current iteration.
+    iteration_start: Option<Instant>,
 }
 
 /// Optimizer-side statistics of one iteration.
@@ -120,11 +139,7 @@ impl<'a> PpoTrainer<'a> {
         if prompts.is_empty() {
             return Err(TrainError::Config("no training prompt (all longer than `max_prompt_len`?)".into()));
         }
-        let device = llama::device::parse_device(&cfg.train.device)?;
-        let kind = match &cfg.train.dtype {
-            Some(s) => llama::device::parse_kind(s)?,
-            None => llama::device::default_kind(device),
-        };
+        let llama::Compute { device, kind } = cfg.train.compute()?;
         let policy = Policy::load(&cfg.policy, device, kind)?;
         let reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
         // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
@@ -150,14 +165,7 @@ impl<'a> PpoTrainer<'a> {
         let total = cfg.iterations * cfg.steps_per_iteration();
         let schedule = cfg.train.lr_schedule(total);
         let value_schedule = training::TrainConfig { lr: cfg.value_lr, ..cfg.train.clone() }.lr_schedule(total);
-        let state = PpoState {
-            prompt_epoch: 0,
-            prompt_cursor: 0,
-            rng: SplitMix64::new(cfg.train.seed),
-            policy_steps: 0,
-            value_steps: 0,
-            evals_since_best: 0,
-        };
+        let state = PpoState { prompt_epoch: 0, prompt_cursor: 0, rng: SplitMix64::new(cfg.train.seed), policy_steps: 0, value_steps: 0 };
         Ok(PpoTrainer {
             cfg,
             tok,
@@ -173,6 +181,10 @@ impl<'a> PpoTrainer<'a> {
             schedule,
             value_schedule,
             state,
+            initial_eval: None,
+            last_eval: None,
+            samples_log: None,
+            iteration_start: None,
         })
     }
 
@@ -389,7 +401,8 @@ impl<'a> PpoTrainer<'a> {
         };
         let (mut helpful, mut safe, mut false_ref) = (None, None, None);
         if cfg.demo_judge {
-            let a = ground_truth(samples.iter().map(|s| (self.eval_prompts[s.prompt].record.prompt.as_slice(), s.text.as_str())));
+            let j: Vec<_> = samples.iter().map(|s| judge_messages(&self.eval_prompts[s.prompt].record.prompt, &s.text)).collect();
+            let a = aggregate(&j);
             (helpful, safe, false_ref) = (Some(a.helpful_rate), Some(a.safe_rate), Some(a.false_refusal_rate));
         }
         Ok(Some(EvalResult {
@@ -403,35 +416,121 @@ impl<'a> PpoTrainer<'a> {
         }))
     }
 
-    fn parts(&self) -> [Part<'_>; 2] {
-        let mut vcfg = self.value.model.trunk.cfg.clone();
-        vcfg.pad_token_id.get_or_insert(0);
-        [
-            Part {
-                name: "policy",
-                vs: &self.policy.vs,
-                cfg: self.policy.model.cfg.clone(),
-                architecture: "LlamaForCausalLM",
-                opt: &self.policy_opt,
-            },
-            Part { name: "value", vs: &self.value.vs, cfg: vcfg, architecture: reward::model::ARCHITECTURE, opt: &self.value_opt },
-        ]
+    /// One iteration: a rollout and the optimizer steps over it; writes its samples.
+    fn iteration(&mut self, step: u64) -> Result<serde_json::Value> {
+        self.iteration_start = Some(Instant::now());
+        let epoch = self.state.prompt_epoch;
+        let ro = self.rollout()?;
+        let mut rec = self.optimize(&ro)?;
+        let it = step + 1;
+        for (k, v) in ro.stats().as_object().expect("object") {
+            rec[k] = v.clone();
+        }
+        let gen_tokens = ro.generated_tokens();
+        rec["step"] = serde_json::json!(it);
+        rec["prompt_epoch"] = serde_json::json!(epoch);
+        rec["tokens"] = serde_json::json!(gen_tokens);
+        rec["rollout_tokens_per_s"] = serde_json::json!(gen_tokens as f64 / ro.generation_seconds.max(1e-9));
+        rec["time_generation_s"] = serde_json::json!(ro.generation_seconds);
+        rec["time_scoring_s"] = serde_json::json!(ro.scoring_seconds);
+        self.log_samples(&ro, it)?;
+        Ok(rec)
     }
 
-    /// Restores weights, optimizers and the PPO state from a checkpoint.
-    fn load(&mut self, path: &Path) -> Result<TrainerState> {
-        let ts = pck::read_state(path)?;
-        let st: PpoState = serde_json::from_value(ts.extra.clone())
-            .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("trainer_state.json extra: {e}") })?;
-        pck::load_part(path, "policy", &mut self.policy.vs, &mut self.policy_opt, st.policy_steps)?;
-        pck::load_part(path, "value", &mut self.value.vs, &mut self.value_opt, st.value_steps)?;
-        self.state = st;
-        Ok(ts)
+    /// The first `log_samples` rollouts of iteration `it` into samples.jsonl.
+    fn log_samples(&mut self, ro: &Rollout, it: u64) -> Result<()> {
+        let Some(log) = self.samples_log.as_mut() else { return Ok(()) };
+        for (s, w) in ro.samples.iter().zip(Vec::<f32>::try_from(&ro.scores_whitened)?).take(self.cfg.log_samples) {
+            let p = &self.prompts[s.prompt].record;
+            log.write(&serde_json::json!({
+                "step": it, "prompt": p.prompt.last().map(|m| m.content.as_str()), "is_safety": p.is_safety,
+                "response": s.text, "finished": s.finished, "score": s.score, "score_whitened": w, "rm": s.source,
+                "safety_raw": s.safety_raw, "helpfulness_raw": s.helpfulness_raw,
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn value_config(&self) -> llama::Config {
+        let mut vcfg = self.value.model.trunk.cfg.clone();
+        vcfg.pad_token_id.get_or_insert(0);
+        vcfg
+    }
+}
+
+/// To the runner a PPO step is an iteration; the policy is the product (`final/`, `best/`), the
+/// value model is saved as `final_value/`; early stopping and `best/` follow the held-out reward.
+impl Stage for PpoTrainer<'_> {
+    fn total_steps(&self) -> u64 {
+        self.cfg.iterations
+    }
+    fn step(&mut self, step: u64) -> Result<serde_json::Value> {
+        self.iteration(step)
+    }
+    fn evaluate(&mut self, steps: u64) -> Result<Option<Evaluation>> {
+        let Some(e) = PpoTrainer::evaluate(self)? else { return Ok(None) };
+        let out = Evaluation { value: e.reward, record: e.record() };
+        match steps {
+            0 => self.initial_eval = Some(e),
+            _ => self.last_eval = Some(e),
+        }
+        Ok(Some(out))
+    }
+    fn higher_is_better(&self) -> bool {
+        true
+    }
+    fn parts(&self) -> Vec<Part<'_>> {
+        vec![
+            Part {
+                name: POLICY,
+                vs: &self.policy.vs,
+                opt: &self.policy_opt,
+                cfg: self.policy.model.cfg.clone(),
+                architecture: "LlamaForCausalLM",
+            },
+            Part {
+                name: VALUE,
+                vs: &self.value.vs,
+                opt: &self.value_opt,
+                cfg: self.value_config(),
+                architecture: reward::model::ARCHITECTURE,
+            },
+        ]
+    }
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        vec![
+            PartMut { name: POLICY, vs: &mut self.policy.vs, opt: &mut self.policy_opt, opt_steps: Some(self.state.policy_steps) },
+            PartMut { name: VALUE, vs: &mut self.value.vs, opt: &mut self.value_opt, opt_steps: Some(self.state.value_steps) },
+        ]
+    }
+    fn extra_state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+    fn restore_extra(&mut self, extra: &serde_json::Value) -> Result<()> {
+        self.state = serde_json::from_value(extra.clone()).map_err(|e| TrainError::Config(format!("PPO state: {e}")))?;
+        Ok(())
+    }
+    fn begin(&mut self, run_dir: &Path, resumed_from: Option<u64>) -> Result<()> {
+        self.samples_log = Some(MetricsLog::open(&run_dir.join("samples.jsonl"), resumed_from)?);
+        Ok(())
+    }
+    fn end_step(&mut self, record: &mut serde_json::Value) -> Result<()> {
+        let secs = self.iteration_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        record["iteration_s"] = serde_json::json!(secs);
+        Ok(())
+    }
+    fn progress(&self, rec: &serde_json::Value) -> String {
+        format!(
+            "reward {:.3} kl {:.3} len {:.1}",
+            rec["reward_raw_mean"].as_f64().unwrap_or(f64::NAN),
+            rec["kl"].as_f64().unwrap_or(f64::NAN),
+            rec["response_length"].as_f64().unwrap_or(f64::NAN)
+        )
     }
 }
 
 /// What a finished run produced (`summary.json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PpoOutcome {
     /// The final policy (HF layout).
     pub final_model: PathBuf,
@@ -461,188 +560,74 @@ pub struct RunInputs<'a> {
 
 /// Runs PPO into `run_dir`: `checkpoints/`, `metrics.jsonl` (one line per iteration, plus an
 /// evaluation line at step 0), `samples.jsonl`, `final/`, `final_value/`, `best/`, `summary.json`.
-/// With `resume`, continues from the newest checkpoint bit-exactly; a run folder with
-/// checkpoints is never silently overwritten.
+/// With `resume`, continues from the newest checkpoint bit-exactly (or returns the stored outcome
+/// of a finished run); a run folder with checkpoints is never silently overwritten.
 pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -> Result<PpoOutcome> {
     let start = Instant::now();
+    let _lock = RunLock::acquire(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
+    let read = inputs.train_prompts.len();
     let (prompts, skipped) = encode_prompts(inputs.tokenizer, inputs.train_prompts, cfg.max_prompt_len)?;
+    check_prompts(cfg, read, prompts.len())?;
     let (eval_prompts, skipped_eval) = encode_prompts(inputs.tokenizer, inputs.eval_prompts, cfg.max_prompt_len)?;
     if skipped + skipped_eval > 0 {
         tracing::warn!("skipped {skipped} training and {skipped_eval} held-out prompts longer than {} tokens", cfg.max_prompt_len);
     }
     let mut tr = PpoTrainer::prepare(cfg, inputs.tokenizer, prompts, eval_prompts)?;
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    let ckman = CheckpointManager::new(run_dir, cfg.train.keep_last);
-    let config_hash = fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes());
-    let mut ts = TrainerState { config_hash: config_hash.clone(), ..Default::default() };
-    let mut resumed_from = None;
-    match ckman.latest()? {
-        Some(path) if resume => {
-            ts = tr.load(&path)?;
-            if ts.config_hash != config_hash {
-                return Err(TrainError::Checkpoint {
-                    path,
-                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
-                });
-            }
-            resumed_from = Some(ts.step);
-            tracing::info!(iteration = ts.step, "ppo: resumed from {}", path.display());
-        }
-        Some(path) => {
-            return Err(TrainError::Checkpoint {
-                path,
-                msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
-            })
-        }
-        None => {}
-    }
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), resumed_from)?;
-    let mut samples_log = MetricsLog::open(&run_dir.join("samples.jsonl"), resumed_from)?;
-    let initial_eval = match resumed_from {
-        None => {
-            let e = tr.evaluate()?;
-            if let Some(e) = &e {
-                let mut rec = e.record();
-                rec["step"] = serde_json::json!(0);
-                metrics.write(&rec)?;
-                ts.best_eval = Some(e.reward);
-                ts.best_step = Some(0);
-            }
-            e
-        }
-        Some(_) => None,
+    let opts = RunOptions {
+        eval_at_start: true,
+        early_stop_patience: cfg.early_stop_patience,
+        final_dtype: cfg.save_dtype.kind(),
+        extra_files: inputs.extra_files,
+        // Reward, KL and the rest per iteration.
+        plot_keys: vec![
+            "reward_raw_mean",
+            "eval_reward",
+            "kl",
+            "eval_kl",
+            "entropy",
+            "clip_frac",
+            "value_loss",
+            "explained_variance",
+            "eval_helpful_rate",
+            "eval_safe_rate",
+            "eval_false_refusal_rate",
+            "response_length",
+        ],
+        ..RunOptions::new("ppo", run_dir, resume, config_hash(cfg), &cfg.train)
     };
-    let progress = Progress::new("ppo", ts.step, cfg.iterations, cfg.train.log_every);
-    let (mut last_eval, mut early_stopped) = (None, false);
-    while ts.step < cfg.iterations && !early_stopped {
-        let t_iter = Instant::now();
-        let epoch = tr.state.prompt_epoch;
-        let ro = tr.rollout()?;
-        let mut rec = tr.optimize(&ro)?;
-        ts.step += 1;
-        let it = ts.step;
-        for (k, v) in ro.stats().as_object().expect("object") {
-            rec[k] = v.clone();
-        }
-        let gen_tokens = ro.generated_tokens();
-        rec["step"] = serde_json::json!(it);
-        rec["prompt_epoch"] = serde_json::json!(epoch);
-        rec["tokens"] = serde_json::json!(gen_tokens);
-        rec["rollout_tokens_per_s"] = serde_json::json!(gen_tokens as f64 / ro.generation_seconds.max(1e-9));
-        rec["time_generation_s"] = serde_json::json!(ro.generation_seconds);
-        rec["time_scoring_s"] = serde_json::json!(ro.scoring_seconds);
-        let last = it == cfg.iterations;
-        let mut save_now = (cfg.train.save_every > 0 && it % cfg.train.save_every == 0) || last;
-        if (cfg.train.eval_every > 0 && it % cfg.train.eval_every == 0) || last {
-            if let Some(e) = tr.evaluate()? {
-                for (k, v) in e.record().as_object().expect("object") {
-                    rec[k] = v.clone();
-                }
-                if ts.best_eval.is_none_or(|b| e.reward > b) {
-                    ts.best_eval = Some(e.reward);
-                    ts.best_step = Some(it);
-                    tr.state.evals_since_best = 0;
-                    save_now = true;
-                } else {
-                    tr.state.evals_since_best += 1;
-                    if cfg.early_stop_patience > 0 && tr.state.evals_since_best >= cfg.early_stop_patience {
-                        early_stopped = true;
-                        save_now = true;
-                        tracing::info!("ppo: held-out reward has not improved for {} evaluations; stopping", tr.state.evals_since_best);
-                    }
-                }
-                last_eval = Some(e);
-            }
-        }
-        rec["iteration_s"] = serde_json::json!(t_iter.elapsed().as_secs_f64());
-        metrics.write(&rec)?;
-        for (s, w) in ro.samples.iter().zip(Vec::<f32>::try_from(&ro.scores_whitened)?).take(cfg.log_samples) {
-            let p = &tr.prompts[s.prompt].record;
-            samples_log.write(&serde_json::json!({
-                "step": it, "prompt": p.prompt.last().map(|m| m.content.as_str()), "is_safety": p.is_safety,
-                "response": s.text, "finished": s.finished, "score": s.score, "score_whitened": w, "rm": s.source,
-                "safety_raw": s.safety_raw, "helpfulness_raw": s.helpfulness_raw,
-            }))?;
-        }
-        progress.update(
-            it,
-            &format!(
-                "reward {:.3} kl {:.3} len {:.1}",
-                rec["reward_raw_mean"].as_f64().unwrap_or(f64::NAN),
-                rec["kl"].as_f64().unwrap_or(f64::NAN),
-                rec["response_length"].as_f64().unwrap_or(f64::NAN)
-            ),
-        );
-        if save_now {
-            ts.extra = serde_json::to_value(&tr.state).expect("state serialises");
-            pck::save(&ckman, &tr.parts(), &inputs.extra_files, &ts)?;
-        }
-    }
-    let final_dtype = llama::device::parse_kind(&cfg.save_dtype)?;
-    let [policy, value] = tr.parts();
-    let save = |p: &Part, dir: &Path| {
-        let opts = llama::checkpoint::SaveOptions {
-            architecture: p.architecture.into(),
-            dtype: final_dtype,
-            extra_files: inputs.extra_files.clone(),
-            ..Default::default()
-        };
-        llama::checkpoint::save(p.vs, &p.cfg, dir, &opts)
-    };
-    let final_model = run_dir.join("final");
-    let final_value_model = run_dir.join("final_value");
-    save(&policy, &final_model)?;
-    save(&value, &final_value_model)?;
-    let best_model = match ts.best_step {
-        Some(s) if s > 0 && ckman.path_of(s).exists() => {
-            let dst = run_dir.join("best");
-            let src = ckman.path_of(s).join("policy");
-            let tmp = run_dir.join(format!(".best.tmp-{}", std::process::id()));
-            std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-            for e in std::fs::read_dir(&src).map_err(|e| TrainError::io(&src, e))?.flatten() {
-                std::fs::copy(e.path(), tmp.join(e.file_name())).map_err(|err| TrainError::io(e.path(), err))?;
-            }
-            llama::checkpoint::replace_dir(&tmp, &dst)?;
-            Some(dst)
-        }
-        _ => None,
-    };
-    let outcome = PpoOutcome {
-        final_model,
-        final_value_model,
-        best_model,
-        iterations: ts.step,
-        early_stopped,
-        initial_eval,
-        final_eval: last_eval,
-        best_eval_reward: ts.best_eval,
-        best_iteration: ts.best_step,
-        resumed_from,
+    training::runner::run(&mut tr, &opts, |tr, r| PpoOutcome {
+        final_model: r.final_model,
+        final_value_model: run_dir.join(format!("final_{VALUE}")),
+        best_model: r.best_model,
+        iterations: r.steps,
+        early_stopped: r.early_stopped,
+        initial_eval: tr.initial_eval.clone(),
+        final_eval: tr.last_eval.clone(),
+        best_eval_reward: r.best_eval_loss,
+        best_iteration: r.best_step,
+        resumed_from: r.resumed_from,
         skipped_prompts: skipped,
         seconds: start.elapsed().as_secs_f64(),
-    };
-    let summary = serde_json::to_string_pretty(&outcome).expect("outcome serialises");
-    llama::checkpoint::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
-    // Reward, KL and the rest per iteration as a PNG; a plotting failure costs the picture only.
-    let keys = [
-        "reward_raw_mean",
-        "eval_reward",
-        "kl",
-        "eval_kl",
-        "entropy",
-        "clip_frac",
-        "value_loss",
-        "explained_variance",
-        "eval_helpful_rate",
-        "eval_safe_rate",
-        "eval_false_refusal_rate",
-        "response_length",
-    ];
-    if let Err(e) = training::plot::metrics_grid(&run_dir.join("metrics.jsonl"), &run_dir.join("curves.png"), &keys, "ppo") {
-        tracing::warn!("ppo: could not draw curves.png: {e}");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_prompts_names_the_files_and_the_reason() {
+        let mut cfg: PpoConfig =
+            serde_json::from_value(serde_json::json!({"policy": "p", "helpfulness_rm": "p", "train_prompts": ["a.jsonl", "b.jsonl"]}))
+                .unwrap();
+        cfg.max_prompt_len = 12;
+        let empty = check_prompts(&cfg, 0, 0).unwrap_err().to_string();
+        assert!(empty.contains("a.jsonl, b.jsonl") && empty.contains("no prompt record") && !empty.contains("max_prompt_len"), "{empty}");
+        let long = check_prompts(&cfg, 5, 0).unwrap_err().to_string();
+        assert!(long.contains("a.jsonl, b.jsonl") && long.contains("all 5 prompts") && long.contains("`max_prompt_len` = 12"), "{long}");
+        assert!(check_prompts(&cfg, 5, 1).is_ok());
     }
-    Ok(outcome)
 }

@@ -8,8 +8,9 @@ use crate::model::{RewardModel, ARCHITECTURE};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
-use training::runner::{fnv1a, RunOptions, RunResult, Stage};
-use training::{AdamW, LrSchedule, TrainError};
+use training::checkpoint::{Part, PartMut};
+use training::runner::{config_hash, Evaluation, RunOptions, RunResult, Stage};
+use training::{AdamW, LrSchedule, RunLock, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
 
@@ -44,11 +45,7 @@ impl<'a> RewardRun<'a> {
         if pairs.is_empty() {
             return Err(TrainError::Config("no training pairs".into()));
         }
-        let device = llama::device::parse_device(&cfg.train.device)?;
-        let kind = match &cfg.train.dtype {
-            Some(s) => llama::device::parse_kind(s)?,
-            None => llama::device::default_kind(device),
-        };
+        let llama::Compute { device, kind } = cfg.train.compute()?;
         let (vs, model, fresh_head) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
         if fresh_head {
             tracing::info!("reward head initialised from N(0, 0.02) on top of {}", cfg.model.display());
@@ -128,29 +125,22 @@ impl Stage for RewardRun<'_> {
     fn step(&mut self, step: u64) -> Result<serde_json::Value> {
         RewardRun::step(self, step)
     }
-    fn evaluate(&mut self) -> Result<Option<f64>> {
-        RewardRun::evaluate(self)
+    fn evaluate(&mut self, _steps: u64) -> Result<Option<Evaluation>> {
+        Ok(RewardRun::evaluate(self)?.map(Evaluation::loss))
     }
-    fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+    fn parts(&self) -> Vec<Part<'_>> {
+        let mut cfg = self.model.trunk.cfg.clone();
+        cfg.pad_token_id.get_or_insert(0);
+        vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg, architecture: ARCHITECTURE }]
     }
-    fn optimizer(&self) -> &AdamW {
-        &self.opt
-    }
-    fn parts_mut(&mut self) -> (&mut nn::VarStore, &mut AdamW) {
-        (&mut self.vs, &mut self.opt)
-    }
-    fn model_config(&self) -> llama::Config {
-        let mut c = self.model.trunk.cfg.clone();
-        c.pad_token_id.get_or_insert(0);
-        c
-    }
-    fn architecture(&self) -> &str {
-        ARCHITECTURE
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        vec![PartMut { name: "model", vs: &mut self.vs, opt: &mut self.opt, opt_steps: None }]
     }
 }
 
-/// Trains a reward model into `run_dir` (checkpoints/, metrics.jsonl, final/, best/).
+/// Trains a reward model into `run_dir` (checkpoints/, metrics.jsonl, final/, best/,
+/// summary.json). With `resume`, continues from the newest checkpoint (or returns the stored
+/// outcome of a finished run).
 pub fn train(
     cfg: &RewardConfig,
     pairs: &[PairTokens],
@@ -159,21 +149,16 @@ pub fn train(
     resume: bool,
     extra_files: &[PathBuf],
 ) -> Result<RunResult> {
+    // Before the model is loaded: a folder in use fails at once.
+    let _lock = RunLock::acquire(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
     let mut run = RewardRun::prepare(cfg, pairs, eval_pairs)?;
     let opts = RunOptions {
-        name: "reward".into(),
-        run_dir: run_dir.to_path_buf(),
-        resume,
-        config_hash: fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes()),
-        keep_last: cfg.train.keep_last,
-        save_every: cfg.train.save_every,
-        eval_every: cfg.train.eval_every,
-        log_every: cfg.train.log_every,
-        final_dtype: llama::device::parse_kind(&cfg.save_dtype)?,
+        final_dtype: cfg.save_dtype.kind(),
         extra_files: extra_files.to_vec(),
+        ..RunOptions::new("reward", run_dir, resume, config_hash(cfg), &cfg.train)
     };
-    training::runner::run(&mut run, &opts)
+    training::runner::run(&mut run, &opts, |_, r| r)
 }

@@ -8,13 +8,14 @@ use llama::{Config, Llama, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind};
-use training::runner::{fnv1a, RunOptions};
-use training::{AdamW, LrSchedule, TrainError};
+use training::checkpoint::{Part, PartMut};
+use training::runner::{config_hash, Evaluation, RunOptions};
+use training::{AdamW, LrSchedule, RunLock, TrainError};
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-/// What a finished run produced.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a finished run produced (`summary.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SftOutcome {
     /// The final model (HF layout).
     pub final_model: PathBuf,
@@ -77,11 +78,7 @@ impl<'a> Run<'a> {
     /// of truncated (over-long) examples.
     pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
         cfg.validate().map_err(TrainError::Config)?;
-        let device = llama::device::parse_device(&cfg.train.device)?;
-        let kind = match &cfg.train.dtype {
-            Some(s) => llama::device::parse_kind(s)?,
-            None => llama::device::default_kind(device),
-        };
+        let llama::Compute { device, kind } = cfg.train.compute()?;
         let (vs, model) = build_model(cfg, device, kind)?;
         let truncated = train.iter().filter(|e| e.len() > cfg.max_seq_len).count();
         // Pack once in a seeded order; epochs then shuffle whole rows.
@@ -178,29 +175,20 @@ impl training::runner::Stage for Run<'_> {
     fn step(&mut self, step: u64) -> Result<serde_json::Value> {
         Run::step(self, step)
     }
-    fn evaluate(&mut self) -> Result<Option<f64>> {
-        Run::evaluate(self)
+    fn evaluate(&mut self, _steps: u64) -> Result<Option<Evaluation>> {
+        Ok(Run::evaluate(self)?.map(Evaluation::loss))
     }
-    fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+    fn parts(&self) -> Vec<Part<'_>> {
+        vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg: self.model.cfg.clone(), architecture: "LlamaForCausalLM" }]
     }
-    fn optimizer(&self) -> &AdamW {
-        &self.opt
-    }
-    fn parts_mut(&mut self) -> (&mut nn::VarStore, &mut AdamW) {
-        (&mut self.vs, &mut self.opt)
-    }
-    fn model_config(&self) -> Config {
-        self.model.cfg.clone()
-    }
-    fn architecture(&self) -> &str {
-        "LlamaForCausalLM"
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        vec![PartMut { name: "model", vs: &mut self.vs, opt: &mut self.opt, opt_steps: None }]
     }
 }
 
 /// Trains, checkpointing into `run_dir/checkpoints`; writes `run_dir/final` (and `run_dir/best`)
-/// and `run_dir/summary.json`. With `resume`, continues from the newest checkpoint; a run folder
-/// with checkpoints is never silently overwritten.
+/// and `run_dir/summary.json`. With `resume`, continues from the newest checkpoint (or returns the
+/// stored outcome of a finished run); a run folder with checkpoints is never silently overwritten.
 pub fn train(
     cfg: &SftConfig,
     train: &[Example],
@@ -209,24 +197,18 @@ pub fn train(
     resume: bool,
     extra_files: &[PathBuf],
 ) -> Result<SftOutcome> {
+    // Before the model is built: a folder in use fails at once.
+    let _lock = RunLock::acquire(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
     let (mut run, truncated) = Run::prepare(cfg, train, eval)?;
     let opts = RunOptions {
-        name: "sft".into(),
-        run_dir: run_dir.to_path_buf(),
-        resume,
-        config_hash: fnv1a(serde_json::to_string(cfg).expect("config serialises").as_bytes()),
-        keep_last: cfg.train.keep_last,
-        save_every: cfg.train.save_every,
-        eval_every: cfg.train.eval_every,
-        log_every: cfg.train.log_every,
-        final_dtype: llama::device::parse_kind(&cfg.save_dtype)?,
+        final_dtype: cfg.save_dtype.kind(),
         extra_files: extra_files.to_vec(),
+        ..RunOptions::new("sft", run_dir, resume, config_hash(cfg), &cfg.train)
     };
-    let r = training::runner::run(&mut run, &opts)?;
-    let outcome = SftOutcome {
+    training::runner::run(&mut run, &opts, |run, r| SftOutcome {
         final_model: r.final_model,
         best_model: r.best_model,
         steps: r.steps,
@@ -238,10 +220,7 @@ pub fn train(
         resumed_from: r.resumed_from,
         seconds: r.seconds,
         tokens_per_s: r.tokens_per_s,
-    };
-    let summary = serde_json::to_string_pretty(&outcome).expect("outcome serialises");
-    ck::write_atomic(&run_dir.join("summary.json"), summary.as_bytes())?;
-    Ok(outcome)
+    })
 }
 
 /// Mean NLL per target token of `examples` under `model` (for tests and reports).

@@ -1,10 +1,14 @@
-//! Trainer checkpoints: `<run>/checkpoints/step-00000042/` holds the model in the HF layout
-//! (`model/`, fp32 so that resuming is exact), the optimizer state (`optimizer.safetensors`) and
-//! `trainer_state.json` (step, epoch, data cursor, RNG state, best eval, ...).
+//! Trainer checkpoints: `<run>/checkpoints/step-00000042/` holds each trained model of the stage
+//! in the HF layout (fp32, so that resuming is exact) in a folder named after it, its optimizer
+//! state, and `trainer_state.json` (step, best eval, the stage's data cursor and RNG in `extra`).
+//! SFT and reward models train one model, `model/` with `optimizer.safetensors`; PPO trains two,
+//! `policy/` + `policy_optimizer.safetensors` and `value/` + `value_optimizer.safetensors`.
 //!
 //! A checkpoint is built in a temp folder and renamed into place, then `latest` is rewritten
 //! atomically: a crash at any moment leaves the previous checkpoint valid and `latest` pointing to
-//! a complete one. Keep-last-N pruning never removes the best checkpoint.
+//! a complete one. Keep-last-N pruning never removes the best checkpoint. What a crash leaves
+//! behind (temp folders, half-replaced folders) is tidied by [`remove_stale_temps`] at the next
+//! start, under the run-folder lock.
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use llama::checkpoint::{self as ck, CheckpointFiles, SaveOptions};
@@ -15,17 +19,52 @@ use tch::nn;
 /// Where a stage stands; stages put their own resumable state (data cursor, RNG) in `extra`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
-    /// Optimizer steps done.
+    /// Optimizer steps done (PPO: iterations).
     pub step: u64,
     pub epoch: u64,
     /// Micro-batches consumed in the current epoch.
     pub cursor: u64,
     pub best_eval: Option<f64>,
     pub best_step: Option<u64>,
+    /// Evaluations since the best one (early stopping).
+    #[serde(default)]
+    pub evals_since_best: u64,
     /// Hash of the config that produced the run (resuming with another config is refused).
     pub config_hash: String,
     #[serde(default)]
     pub extra: serde_json::Value,
+}
+
+/// One trained model of a stage and its optimizer, as a checkpoint saves it.
+pub struct Part<'a> {
+    /// Its folder inside a checkpoint (`model`, `policy`, `value`).
+    pub name: &'static str,
+    pub vs: &'a nn::VarStore,
+    pub opt: &'a AdamW,
+    /// The config written with it.
+    pub cfg: llama::Config,
+    /// `LlamaForCausalLM` or `LlamaForSequenceClassification`.
+    pub architecture: &'static str,
+}
+
+/// One trained model of a stage and its optimizer, to load a checkpoint into.
+pub struct PartMut<'a> {
+    pub name: &'static str,
+    pub vs: &'a mut nn::VarStore,
+    pub opt: &'a mut AdamW,
+    /// Updates the optimizer had applied at the checkpoint, when they are not the checkpoint's
+    /// step (PPO takes several per iteration; the stage reads them from its restored `extra`).
+    pub opt_steps: Option<u64>,
+}
+
+/// The optimizer file of a part: `optimizer.safetensors` for a stage's single `model`,
+/// `<name>_optimizer.safetensors` otherwise.
+pub fn optimizer_file(part: &str) -> String {
+    if part == "model" {
+        "optimizer.safetensors".into()
+    } else {
+        format!("{part}_optimizer.safetensors")
+    }
 }
 
 pub struct CheckpointManager {
@@ -42,8 +81,9 @@ impl CheckpointManager {
         CheckpointManager { dir: run_dir.join("checkpoints"), keep_last: keep_last.max(1) }
     }
 
-    /// Saves model, optimizer and state; returns the checkpoint folder.
-    pub fn save(&self, vs: &nn::VarStore, cfg: &llama::Config, opts: &SaveOptions, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+    /// Saves every part (weights fp32, optimizer state) and `state` as checkpoint `state.step`;
+    /// returns its folder.
+    pub fn save(&self, parts: &[Part], extra_files: &[PathBuf], state: &TrainerState) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         let name = step_name(state.step);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -51,13 +91,16 @@ impl CheckpointManager {
             std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        ck::save(vs, cfg, &tmp.join("model"), opts)?;
-        let tensors: Vec<(String, tch::Tensor)> =
-            opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
-        ck::write_safetensors(&tmp.join("optimizer.safetensors"), &tensors)?;
+        for p in parts {
+            let opts = SaveOptions { architecture: p.architecture.into(), extra_files: extra_files.to_vec(), ..Default::default() };
+            ck::save(p.vs, &p.cfg, &tmp.join(p.name), &opts)?;
+            let tensors: Vec<(String, tch::Tensor)> =
+                p.opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
+            ck::write_safetensors(&tmp.join(optimizer_file(p.name)), &tensors)?;
+        }
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         ck::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
-        let dst = self.dir.join(&name);
+        let dst = self.path_of(state.step);
         ck::replace_dir(&tmp, &dst)?;
         ck::write_atomic(&self.dir.join("latest"), name.as_bytes())?;
         self.prune(state)?;
@@ -70,7 +113,7 @@ impl CheckpointManager {
         let keep_from = steps.len().saturating_sub(self.keep_last);
         for (i, s) in steps.iter().enumerate() {
             if i < keep_from && Some(*s) != state.best_step {
-                let p = self.dir.join(step_name(*s));
+                let p = self.path_of(*s);
                 std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
             }
         }
@@ -92,6 +135,13 @@ impl CheckpointManager {
         Ok(out)
     }
 
+    /// The complete checkpoints, newest first: the ones a resume tries in turn.
+    pub fn newest_first(&self) -> Result<Vec<PathBuf>> {
+        let mut steps = self.list()?;
+        steps.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(steps.into_iter().map(|s| self.path_of(s)).collect())
+    }
+
     /// The newest complete checkpoint, if any.
     pub fn latest(&self) -> Result<Option<PathBuf>> {
         let pointer = self.dir.join("latest");
@@ -101,7 +151,7 @@ impl CheckpointManager {
                 return Ok(Some(p));
             }
         }
-        Ok(self.list()?.into_iter().max().map(|s| self.dir.join(step_name(s))))
+        Ok(self.list()?.into_iter().max().map(|s| self.path_of(s)))
     }
 
     /// The checkpoint of a given step.
@@ -110,14 +160,117 @@ impl CheckpointManager {
     }
 }
 
-/// Loads a checkpoint into the model variables and the optimizer; returns its trainer state.
-pub fn load(path: &Path, vs: &mut nn::VarStore, opt: &mut AdamW) -> Result<TrainerState> {
+/// Reads the trainer state of a checkpoint.
+pub fn read_state(path: &Path) -> Result<TrainerState> {
     let state_path = path.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Json { path: state_path, source: e })?;
-    ck::load_var_store(vs, &path.join("model"))?;
-    let files = CheckpointFiles::open_file(&path.join("optimizer.safetensors"))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Json { path: state_path, source: e })
+}
+
+/// Loads one part's weights and optimizer state (`opt_steps` updates done) from a checkpoint.
+pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW, opt_steps: u64) -> Result<()> {
+    ck::load_var_store(vs, &path.join(name))?;
+    let files = CheckpointFiles::open_file(&path.join(optimizer_file(name)))?;
     let device = vs.device();
-    opt.load_state(state.step, |name| Ok(files.tensor(name)?.to_device(device)))?;
+    opt.load_state(opt_steps, |n| Ok(files.tensor(n)?.to_device(device)))
+}
+
+/// Loads a single-model checkpoint (`model/`, `optimizer.safetensors`); returns its state.
+pub fn load(path: &Path, vs: &mut nn::VarStore, opt: &mut AdamW) -> Result<TrainerState> {
+    let state = read_state(path)?;
+    load_part(path, "model", vs, opt, state.step)?;
     Ok(state)
+}
+
+/// `name` without a crash leftover's suffix: `.<base>.tmp-<pid>` and `<stem>.tmp-<pid>` (temp
+/// folders and files of `llama::checkpoint::{save, replace_dir, write_atomic}`) give
+/// `Temp`; `.<base>.old-<pid>` (a folder `replace_dir` had moved aside) gives `Old(base)`.
+#[derive(Debug, PartialEq, Eq)]
+enum Leftover {
+    Temp,
+    Old(String),
+}
+
+fn leftover(name: &str) -> Option<Leftover> {
+    let pid_suffix = |marker: &str| -> Option<String> {
+        let (head, pid) = name.rsplit_once(marker)?;
+        (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !head.is_empty()).then(|| head.to_string())
+    };
+    if pid_suffix(".tmp-").is_some() {
+        return Some(Leftover::Temp);
+    }
+    let base = pid_suffix(".old-")?.strip_prefix('.')?.to_string();
+    (!base.is_empty()).then_some(Leftover::Old(base))
+}
+
+/// Tidies what an interrupted run (SIGKILL, full disk) left in `run_dir` and its `checkpoints/`,
+/// whatever process made it: temp folders and files are removed; a folder `replace_dir` had moved
+/// aside is put back when its replacement never arrived (it is complete), else removed. Only safe
+/// while holding the run-folder lock. Returns what was removed or restored.
+pub fn remove_stale_temps(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut done = Vec::new();
+    for dir in [run_dir.to_path_buf(), run_dir.join("checkpoints")] {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<(PathBuf, Leftover)> =
+            rd.flatten().filter_map(|e| leftover(&e.file_name().to_string_lossy()).map(|l| (e.path(), l))).collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, kind) in entries {
+            match kind {
+                Leftover::Old(base) if !dir.join(&base).exists() => {
+                    let dst = dir.join(&base);
+                    std::fs::rename(&path, &dst).map_err(|e| TrainError::io(&dst, e))?;
+                }
+                _ => {
+                    let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    r.map_err(|e| TrainError::io(&path, e))?;
+                }
+            }
+            done.push(path);
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_recognised_by_name() {
+        assert_eq!(leftover(".step-00000004.tmp-123"), Some(Leftover::Temp));
+        assert_eq!(leftover(".final.tmp-9"), Some(Leftover::Temp));
+        assert_eq!(leftover("latest.tmp-77"), Some(Leftover::Temp));
+        assert_eq!(leftover("summary.tmp-77"), Some(Leftover::Temp));
+        assert_eq!(leftover(".final.old-12"), Some(Leftover::Old("final".into())));
+        assert_eq!(leftover(".step-00000002.old-5"), Some(Leftover::Old("step-00000002".into())));
+        for keep in ["final", "step-00000004", "latest", "metrics.jsonl", ".lock", ".x.tmp-", ".x.tmp-12a", "notes.tmp-old", "a.old-3"] {
+            assert_eq!(leftover(keep), None, "{keep}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_of_any_process_are_removed_and_moved_aside_folders_restored() {
+        let run = tempfile::tempdir().unwrap();
+        let r = run.path();
+        let ckd = r.join("checkpoints");
+        for d in [ckd.join(".step-00000006.tmp-4242"), ckd.join("step-00000004"), r.join(".best.tmp-1"), r.join("final")] {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("model.safetensors"), b"x").unwrap();
+        }
+        // A kill inside replace_dir: `best` moved aside, its replacement not yet renamed in.
+        std::fs::create_dir_all(r.join(".best.old-7")).unwrap();
+        std::fs::write(r.join(".best.old-7/model.safetensors"), b"complete").unwrap();
+        // The same with the replacement in place: the old copy is garbage.
+        std::fs::create_dir_all(r.join(".final.old-7")).unwrap();
+        std::fs::write(ckd.join("latest.tmp-99"), b"step-00000006").unwrap();
+        std::fs::write(r.join("metrics.tmp-3"), b"").unwrap();
+        let removed = remove_stale_temps(r).unwrap();
+        assert_eq!(removed.len(), 6, "{removed:?}");
+        let mut left: Vec<String> = std::fs::read_dir(r).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["best", "checkpoints", "final"]);
+        assert_eq!(std::fs::read(r.join("best/model.safetensors")).unwrap(), b"complete");
+        let ck: Vec<String> = std::fs::read_dir(&ckd).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        assert_eq!(ck, ["step-00000004"]);
+    }
 }

@@ -17,6 +17,8 @@ pub enum TrainError {
     },
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
+    #[error("checkpoint {}: was written by a different config; resume with the same config or use a new run folder", .path.display())]
+    OtherConfig { path: PathBuf },
     #[error("step {step}: non-finite {what} ({value}); stopping with the last good checkpoint kept")]
     NonFinite { step: u64, what: &'static str, value: f64 },
     #[error("config: {0}")]
@@ -27,6 +29,8 @@ pub enum TrainError {
     Plot(String),
     #[error(transparent)]
     Model(#[from] llama::LlamaError),
+    #[error(transparent)]
+    Text(#[from] llama::TextError),
     #[error(transparent)]
     Data(#[from] datasets::DatasetError),
     #[error("torch: {0}")]
