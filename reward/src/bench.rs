@@ -3,7 +3,7 @@
 use crate::config::{rm_train_defaults, RewardConfig};
 use crate::data::PairTokens;
 use crate::loss::MarginKind;
-use crate::trainer::RewardRun;
+use crate::trainer::RewardTrainer;
 use std::path::PathBuf;
 use training::bench::{random_ids, time_steps, TrainBench};
 use training::error::{Result, TrainError};
@@ -57,7 +57,7 @@ pub fn throughput(b: &TrainBench) -> Result<serde_json::Value> {
         train: b.train_config(rm_train_defaults()),
     };
     let pairs = synthetic_pairs(b.rows(), b.seq_len, b.prompt_len, b.seed);
-    let mut run = RewardRun::prepare(&cfg, &pairs, &[])?;
+    let mut run = RewardTrainer::prepare(&cfg, &pairs, &[])?;
     let step_s = time_steps(b.warmup, b.steps, |s| run.step(s).map(|_| ()))?;
     Ok(serde_json::json!({
         "pairs_per_s": b.batch as f64 / step_s,

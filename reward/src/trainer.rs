@@ -14,7 +14,7 @@ use training::{AdamW, LrSchedule, RunLock, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
 
-pub struct RewardRun<'a> {
+pub struct RewardTrainer<'a> {
     cfg: &'a RewardConfig,
     vs: nn::VarStore,
     pub model: RewardModel,
@@ -39,7 +39,7 @@ fn margins(cfg: &RewardConfig, pairs: &[&PairTokens], device: Device) -> Tensor 
     Tensor::from_slice(&m).to_device(device)
 }
 
-impl<'a> RewardRun<'a> {
+impl<'a> RewardTrainer<'a> {
     pub fn prepare(cfg: &'a RewardConfig, pairs: &'a [PairTokens], eval_pairs: &'a [PairTokens]) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
         if pairs.is_empty() {
@@ -58,7 +58,7 @@ impl<'a> RewardRun<'a> {
         }
         let schedule = cfg.train.lr_schedule(total_steps);
         let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
-        Ok(RewardRun { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
+        Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
     }
 
     fn step_pairs(&self, step: u64) -> Vec<&'a PairTokens> {
@@ -118,15 +118,15 @@ impl<'a> RewardRun<'a> {
     }
 }
 
-impl Stage for RewardRun<'_> {
+impl Stage for RewardTrainer<'_> {
     fn total_steps(&self) -> u64 {
         self.total_steps
     }
     fn step(&mut self, step: u64) -> Result<serde_json::Value> {
-        RewardRun::step(self, step)
+        RewardTrainer::step(self, step)
     }
     fn evaluate(&mut self, _steps: u64) -> Result<Option<Evaluation>> {
-        Ok(RewardRun::evaluate(self)?.map(Evaluation::loss))
+        Ok(RewardTrainer::evaluate(self)?.map(Evaluation::loss))
     }
     fn parts(&self) -> Vec<Part<'_>> {
         let mut cfg = self.model.trunk.cfg.clone();
@@ -154,7 +154,7 @@ pub fn train(
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
-    let mut run = RewardRun::prepare(cfg, pairs, eval_pairs)?;
+    let mut run = RewardTrainer::prepare(cfg, pairs, eval_pairs)?;
     let opts = RunOptions {
         final_dtype: cfg.save_dtype.kind(),
         extra_files: extra_files.to_vec(),

@@ -2,7 +2,7 @@
 //! SFT trainer's own step.
 use crate::config::{sft_train_defaults, SftConfig};
 use crate::data::Example;
-use crate::trainer::Run;
+use crate::trainer::SftTrainer;
 use std::path::PathBuf;
 use training::bench::{random_ids, time_steps, TrainBench};
 use training::error::{Result, TrainError};
@@ -42,7 +42,7 @@ pub fn throughput(b: &TrainBench) -> Result<serde_json::Value> {
         train,
     };
     let examples = synthetic_examples(b.rows(), b.seq_len, b.prompt_len, b.seed);
-    let (mut run, _) = Run::prepare(&cfg, &examples, &[])?;
+    let (mut run, _) = SftTrainer::prepare(&cfg, &examples, &[])?;
     let step_s = time_steps(b.warmup, b.steps, |s| run.step(s).map(|rec| tracing::debug!("{rec}")))?;
     Ok(serde_json::json!({
         "tokens_per_s": (b.batch * b.seq_len) as f64 / step_s,

@@ -11,4 +11,4 @@ pub mod trainer;
 pub use config::SftConfig;
 pub use data::{pack, Example, PackedRow};
 pub use run::run;
-pub use trainer::{train, Run, SftOutcome};
+pub use trainer::{train, SftOutcome, SftTrainer};

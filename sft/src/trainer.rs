@@ -45,7 +45,7 @@ pub fn examples_from_dialogs(tok: &Tokenizer, dialogs: &[Vec<llama::Message>], m
 }
 
 /// A prepared SFT run: model, packed rows, optimizer and schedule.
-pub struct Run<'a> {
+pub struct SftTrainer<'a> {
     cfg: &'a SftConfig,
     vs: nn::VarStore,
     model: Llama,
@@ -73,7 +73,7 @@ fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarSt
     Ok((vs, model))
 }
 
-impl<'a> Run<'a> {
+impl<'a> SftTrainer<'a> {
     /// Builds the model, packs the data and creates the optimizer; returns the run and the number
     /// of truncated (over-long) examples.
     pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
@@ -97,7 +97,7 @@ impl<'a> Run<'a> {
         }
         let schedule = cfg.train.lr_schedule(total_steps);
         let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
-        Ok((Run { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
+        Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
     }
 
     /// Rows of optimizer step `step`: a slice of the epoch's shuffled order.
@@ -168,15 +168,15 @@ impl<'a> Run<'a> {
     }
 }
 
-impl training::runner::Stage for Run<'_> {
+impl training::runner::Stage for SftTrainer<'_> {
     fn total_steps(&self) -> u64 {
         self.total_steps
     }
     fn step(&mut self, step: u64) -> Result<serde_json::Value> {
-        Run::step(self, step)
+        SftTrainer::step(self, step)
     }
     fn evaluate(&mut self, _steps: u64) -> Result<Option<Evaluation>> {
-        Ok(Run::evaluate(self)?.map(Evaluation::loss))
+        Ok(SftTrainer::evaluate(self)?.map(Evaluation::loss))
     }
     fn parts(&self) -> Vec<Part<'_>> {
         vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg: self.model.cfg.clone(), architecture: "LlamaForCausalLM" }]
@@ -202,7 +202,7 @@ pub fn train(
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
-    let (mut run, truncated) = Run::prepare(cfg, train, eval)?;
+    let (mut run, truncated) = SftTrainer::prepare(cfg, train, eval)?;
     let opts = RunOptions {
         final_dtype: cfg.save_dtype.kind(),
         extra_files: extra_files.to_vec(),

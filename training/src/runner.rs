@@ -3,7 +3,9 @@
 //! best, stop early, checkpoint every N steps and at the end, export the final and best models
 //! and write `summary.json`. A stage supplies its trained models, its step and its evaluation
 //! ([`Stage`]); everything resumable lives in the models, their optimizers, the step count and the
-//! stage's `extra` state, so a resumed run continues bit-exactly.
+//! stage's `extra` state, so a resumed run continues bit-exactly. The stage drivers are named
+//! one way, `<Stage>Trainer`: `sft::SftTrainer`, `reward::trainer::RewardTrainer`,
+//! `ppo::PpoTrainer`.
 use crate::checkpoint::{self as tck, CheckpointManager, Part, PartMut, TrainerState};
 use crate::error::{Result, TrainError};
 use crate::lock::RunLock;
