@@ -1,7 +1,8 @@
 //! `rlhf rejection-sampling` end to end on micro models (a random policy; a reward model built
 //! from a causal LM, so its score head is random): two iterations of best-of-K, pooling and the
-//! SFT fine-tune; a run killed with SIGKILL mid-sampling resumes without losing or repeating a
-//! sample and ends with the same samples and pool as an uninterrupted run.
+//! SFT fine-tune; a run killed with SIGKILL (while sampling iteration 1, while fine-tuning, while
+//! sampling iteration 2) resumes without losing or repeating a sample and ends with the same
+//! samples and pools, byte for byte, as an uninterrupted run; a second run into a held folder fails.
 mod common;
 use common::*;
 use serde_json::Value;
@@ -150,28 +151,70 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
     let again = json_line(&run_ok(rs(&cfg, &full).arg("--resume")));
     assert_eq!(again["skipped_iterations"], serde_json::json!([1, 2]));
 
-    // Interrupted run: SIGKILL as soon as sampling has logged a few prompts.
-    let cut = tmp.path().join("cut");
-    let log = cut.join("samples-iter1.jsonl");
-    let logged = || std::fs::read(&log).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0) >= 2;
-    kill_when(&mut rs(&cfg, &cut), logged, Duration::from_secs(60), Duration::ZERO, "two sampled prompts");
-    let before = std::fs::read(&log).unwrap();
-    let done_before = before.iter().filter(|&&c| c == b'\n').count();
-    assert!(done_before < PROMPTS, "sampling was not interrupted");
-    // Lines logged before the kill, minus a possibly torn last line.
-    let kept = &before[..before.iter().rposition(|&c| c == b'\n').unwrap() + 1];
+    // Interrupted runs: SIGKILL at several points, then --resume; each ends with the uninterrupted
+    // run's samples and pools, byte for byte. Scores re-read from the sample logs must round-trip
+    // exactly, or a resumed pool differs in the last digit (and a tie between iterations can flip).
+    let lines_in = |p: &Path| std::fs::read(p).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
+    let has_checkpoint =
+        |d: &Path| std::fs::read_dir(d).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false);
+    let points: [(&str, &dyn Fn(&Path) -> bool); 3] = [
+        ("iteration 1 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter1.jsonl")) >= 2),
+        ("iteration 1 fine-tune", &|cut: &Path| has_checkpoint(&cut.join("iter1/sft/checkpoints"))),
+        ("iteration 2 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter2.jsonl")) >= 2),
+    ];
+    for (n, (what, ready)) in points.iter().enumerate() {
+        let cut = tmp.path().join(format!("cut{n}"));
+        kill_when(&mut rs(&cfg, &cut), || ready(&cut), Duration::from_secs(120), Duration::ZERO, what);
+        assert!(!cut.join("iter2/done.json").exists(), "{what}: the run finished before the kill");
+        let log = cut.join(if n == 2 { "samples-iter2.jsonl" } else { "samples-iter1.jsonl" });
+        let before = std::fs::read(&log).unwrap();
+        // Lines logged before the kill, minus a possibly torn last line.
+        let kept = before[..before.iter().rposition(|&c| c == b'\n').unwrap() + 1].to_vec();
+        if n != 1 {
+            assert!(lines_in(&log) < PROMPTS, "{what}: sampling was not interrupted");
+        }
 
-    // Without --resume the folder is not touched.
-    let err = run_err(&mut rs(&cfg, &cut));
-    assert!(err.contains("--resume"), "{err}");
-    let resumed = json_line(&run_ok(rs(&cfg, &cut).arg("--resume")));
-    assert_eq!(resumed["iterations"].as_u64(), Some(2));
-    let after = std::fs::read(&log).unwrap();
-    assert!(after.starts_with(kept), "samples logged before the kill were lost or rewritten");
-    // Same samples (each prompt once) and the same pool as the uninterrupted run.
-    assert_eq!(samples_by_key(&log), s1);
-    assert_eq!(samples_by_key(&cut.join("samples-iter2.jsonl")), s2);
-    assert_eq!(std::fs::read(cut.join("pool.jsonl")).unwrap(), std::fs::read(full.join("pool.jsonl")).unwrap());
+        // Without --resume the folder is not touched.
+        let err = run_err(&mut rs(&cfg, &cut));
+        assert!(err.contains("--resume"), "{what}: {err}");
+        let resumed = json_line(&run_ok(rs(&cfg, &cut).arg("--resume")));
+        assert_eq!(resumed["iterations"].as_u64(), Some(2), "{what}");
+        assert!(std::fs::read(&log).unwrap().starts_with(&kept), "{what}: samples logged before the kill were lost or rewritten");
+        // Same samples (each prompt once) and the same pools as the uninterrupted run.
+        assert_eq!(samples_by_key(&cut.join("samples-iter1.jsonl")), s1, "{what}: iteration 1 samples");
+        assert_eq!(samples_by_key(&cut.join("samples-iter2.jsonl")), s2, "{what}: iteration 2 samples");
+        for f in ["iter1/pool.jsonl", "iter2/pool.jsonl", "pool.jsonl"] {
+            assert!(
+                std::fs::read(cut.join(f)).unwrap() == std::fs::read(full.join(f)).unwrap(),
+                "{what}: {f} differs from the uninterrupted run's"
+            );
+        }
+    }
+}
+
+/// A second run into a folder a running rejection-sampling run holds fails at once, naming the
+/// folder and the holder's pid; the holder is not disturbed.
+#[test]
+fn a_second_run_into_a_held_folder_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let out = tmp.path().join("held");
+    let mut first = rs(&cfg, &out).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !out.join("config.json").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the first run never started");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended before the second started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t1 = std::time::Instant::now();
+    let err = run_err(rs(&cfg, &out).arg("--resume"));
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(still_running, "the first run ended before the second was refused: the check proves nothing");
+    assert!(t1.elapsed() < Duration::from_secs(20), "the second run waited instead of failing at once");
+    assert!(err.contains(&out.display().to_string()), "the error names the folder: {err}");
+    assert!(err.contains(&first.id().to_string()), "the error names the holder's pid {}: {err}", first.id());
 }
 
 #[test]

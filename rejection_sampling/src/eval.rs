@@ -2,15 +2,15 @@
 //! models (any prompt set) and by the demo world's ground-truth judges (demo prompts): an
 //! RM-score evaluation ([`RmEval`]) whose replies and ground truth are the demo world's one policy
 //! evaluation (`demo_world::eval::{replies, ground_truth}`). Greedy replies always (plus the
-//! reward-model scores of the same replies, so they are generated once); optionally also sampled replies, as a chat
-//! model is used (the Llama-2-Chat reference samples at T = 0.6, top-p 0.9): greedy decoding hides
+//! reward-model scores of the same replies, so they are generated once); optionally also sampled
+//! replies, as a chat model is used (the Llama-2-Chat reference samples at T = 0.6, top-p 0.9): greedy decoding hides
 //! how often a policy still complies with a harmful request when it samples.
 use crate::error::Result;
-use crate::sampler::Scorer;
 use datasets::PromptRecord;
 use demo_world::eval::{ground_truth, last_message, ReplySpec, SAMPLES_KEPT};
 use demo_world::DemoScores;
 use llama::{Llama, SamplingParams, Tokenizer};
+use reward::combine::RewardScorer;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -76,7 +76,7 @@ fn replies<'p>(
 }
 
 fn score(
-    scorer: &Scorer,
+    scorer: &RewardScorer,
     tok: &Tokenizer,
     replies: &[(&PromptRecord, String)],
     temperature: f64,
@@ -89,7 +89,7 @@ fn score(
         temperature,
         per_prompt,
         replies: replies.len(),
-        mean_reward: mean(scores.iter().map(|s| s.reward)).unwrap_or(f64::NAN),
+        mean_reward: mean(scores.iter().map(|s| s.rc)).unwrap_or(f64::NAN),
         mean_helpfulness: mean(scores.iter().filter_map(|s| s.helpfulness)),
         mean_safety: mean(scores.iter().filter_map(|s| s.safety)),
         demo: (demo.n_unknown < demo.n).then_some(demo),
@@ -99,7 +99,7 @@ fn score(
 pub fn evaluate(
     model_dir: PathBuf,
     policy: &Llama,
-    scorer: &Scorer,
+    scorer: &RewardScorer,
     tok: &Tokenizer,
     prompts: &[PromptRecord],
     spec: &EvalSpec,

@@ -22,18 +22,20 @@ use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
 use crate::eval::{evaluate, EvalSpec, RmEval};
 use crate::report::{run_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
-use crate::sampler::{batch_seed, sample_batch, SampleSpec, Scorer};
+use crate::sampler::{batch_seed, sample_batch, SampleSpec};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
 use crate::shard::{pending_batches, SampleLog};
 use datasets::{PromptRecord, SftRecord};
 use llama::checkpoint::write_atomic;
 use llama::{Llama, Tokenizer};
+use reward::combine::{RewardModels, RewardScorer, ScoreOrder, ScorerSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind};
 use training::runner::fnv1a;
+use training::RunLock;
 
 /// What a finished run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +74,8 @@ pub struct RejectionSampler<'a> {
     device: Device,
     kind: Kind,
     config_hash: String,
+    /// The run folder's lock, held as long as the sampler lives.
+    _lock: RunLock,
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -119,8 +123,8 @@ fn load_policy(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, 
 }
 
 impl<'a> RejectionSampler<'a> {
-    /// Checks the run folder (a folder with a run in it needs `resume` and the same config),
-    /// reads the prompts and records the config.
+    /// Locks the run folder, checks it (a folder with a run in it needs `resume` and the same
+    /// config), reads the prompts and records the config.
     pub fn prepare(
         cfg: &'a RejectionSamplingConfig,
         tok: &'a Tokenizer,
@@ -129,11 +133,7 @@ impl<'a> RejectionSampler<'a> {
         extra_files: &[PathBuf],
     ) -> Result<Self> {
         cfg.validate().map_err(RsError::Config)?;
-        let device = llama::device::parse_device(&cfg.device)?;
-        let kind = match &cfg.dtype {
-            Some(s) => llama::device::parse_kind(s)?,
-            None => llama::device::default_kind(device),
-        };
+        let llama::Compute { device, kind } = cfg.device.compute(cfg.dtype)?;
         let config_json = serde_json::to_value(cfg).map_err(|e| RsError::Config(e.to_string()))?;
         let config_hash = fnv1a(config_json.to_string().as_bytes());
         let prompts = load_prompts(&cfg.prompts, cfg.max_prompts)?;
@@ -142,6 +142,8 @@ impl<'a> RejectionSampler<'a> {
             Some(p) => datasets::io::read_all::<PromptRecord>(p)?,
             None => Vec::new(),
         };
+        // One run per folder: a second run into `out` fails here, naming the holder's pid and host.
+        let lock = RunLock::acquire(out)?;
         let record = out.join("config.json");
         if record.exists() {
             if !resume {
@@ -173,6 +175,7 @@ impl<'a> RejectionSampler<'a> {
             device,
             kind,
             config_hash,
+            _lock: lock,
         })
     }
 
@@ -184,22 +187,29 @@ impl<'a> RejectionSampler<'a> {
         self.out.join(format!("samples-iter{it}.jsonl"))
     }
 
-    fn scorer(&self) -> Result<Scorer> {
+    /// The helpfulness and/or safety reward models (a causal LM's random head is drawn from seed 0).
+    fn reward_models(&self) -> Result<RewardModels> {
         let c = self.cfg;
-        Scorer::load(
-            c.helpfulness_rm.as_deref(),
-            c.safety_rm.as_deref(),
-            self.device,
-            self.kind,
-            c.safety_threshold,
-            c.rm_max_seq_len,
-            c.score_batch_size,
-        )
+        Ok(RewardModels::load(c.helpfulness_rm.as_deref(), c.safety_rm.as_deref(), self.device, self.kind, (0, 0))?)
+    }
+
+    /// Scoring as rejection sampling does it: sorted by length within `score_batch_size` batches.
+    fn scorer_spec(&self) -> ScorerSpec {
+        let c = self.cfg;
+        ScorerSpec { threshold: c.safety_threshold, max_len: c.rm_max_seq_len, batch: c.score_batch_size, order: ScoreOrder::ByLength }
     }
 
     /// Samples each of the first `count` prompts not yet in `log`, a batch at a time, appending
     /// every batch as soon as it is scored.
-    fn sample_into(&self, log: &mut SampleLog, policy: &Llama, scorer: &Scorer, it: usize, temperature: f64, count: usize) -> Result<()> {
+    fn sample_into(
+        &self,
+        log: &mut SampleLog,
+        policy: &Llama,
+        scorer: &RewardScorer,
+        it: usize,
+        temperature: f64,
+        count: usize,
+    ) -> Result<()> {
         let keys = &self.keys[..count];
         let batches = pending_batches(keys, self.cfg.prompt_batch_size, log.done());
         let total = count.div_ceil(self.cfg.prompt_batch_size);
@@ -266,7 +276,8 @@ impl<'a> RejectionSampler<'a> {
         let need_eval = !self.eval_prompts.is_empty() && !eval_before.exists();
         if need_sampling || need_eval {
             let (_vs, policy) = load_policy(policy_dir, self.device, self.kind)?;
-            let scorer = self.scorer()?;
+            let rms = self.reward_models()?;
+            let scorer = rms.scorer(self.scorer_spec());
             self.sample_into(&mut log, &policy, &scorer, it, t, self.prompts.len())?;
             for (l, &x) in sweep_logs.iter_mut().zip(&sweep_temps) {
                 self.sample_into(l, &policy, &scorer, it, x, n_sweep)?;
@@ -298,7 +309,7 @@ impl<'a> RejectionSampler<'a> {
         Ok((records, sweep, throughput))
     }
 
-    fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &Scorer) -> Result<RmEval> {
+    fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &RewardScorer) -> Result<RmEval> {
         let c = self.cfg;
         let spec = EvalSpec {
             max_new_tokens: c.eval_max_new_tokens.unwrap_or(c.max_new_tokens),
@@ -400,7 +411,7 @@ impl<'a> RejectionSampler<'a> {
         let eval_after = dir.join("eval-after.json");
         if !self.eval_prompts.is_empty() && !eval_after.exists() {
             let (_vs, policy) = load_policy(&outcome.final_model, self.device, self.kind)?;
-            let e = self.evaluate(&outcome.final_model, &policy, &self.scorer()?)?;
+            let e = self.evaluate(&outcome.final_model, &policy, &self.reward_models()?.scorer(self.scorer_spec()))?;
             write_json(&eval_after, &e)?;
         }
         let sampled: Vec<&PromptSamples> = records.iter().filter(|r| r.skipped.is_none()).collect();
@@ -494,10 +505,12 @@ impl<'a> RejectionSampler<'a> {
     }
 }
 
-/// Prepares and runs rejection sampling into `out` (see the module docs for the layout).
-pub fn run(cfg: &RejectionSamplingConfig, tok: &Tokenizer, out: &Path, resume: bool, extra_files: &[PathBuf]) -> Result<RsOutcome> {
+/// Prepares and runs rejection sampling into `out` (see the module docs for the layout), as
+/// `rlhf rejection-sampling` and the pipeline call it; the tokenizer is the policy's (or `tokenizer`).
+pub fn run(cfg: &RejectionSamplingConfig, out: &Path, resume: bool) -> Result<RsOutcome> {
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
     }
-    RejectionSampler::prepare(cfg, tok, out, resume, extra_files)?.run()
+    let (tok, tok_path) = llama::tokenizer::resolve(cfg.tokenizer.as_deref(), Some(&cfg.policy))?;
+    RejectionSampler::prepare(cfg, &tok, out, resume, &training::stage::tokenizer_files(&tok_path))?.run()
 }

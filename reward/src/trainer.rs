@@ -155,9 +155,14 @@ pub fn train(
         tch::set_num_threads(n as i32);
     }
     let mut run = RewardTrainer::prepare(cfg, pairs, eval_pairs)?;
+    crate::data::PairGaps::of(pairs).warn_training("training", cfg.margin, cfg.max_seq_len);
+    // Every saved model records its training max_seq_len (`reward eval` and `score` default to it);
+    // staged in a folder of its own, so a refused start never rewrites what a model carries.
+    let mut extra_files = extra_files.to_vec();
+    extra_files.push(crate::model::write_training_record(&run_dir.join(".record"), cfg.max_seq_len)?);
     let opts = RunOptions {
         final_dtype: cfg.save_dtype.kind(),
-        extra_files: extra_files.to_vec(),
+        extra_files,
         ..RunOptions::new("reward", run_dir, resume, config_hash(cfg), &cfg.train)
     };
     training::runner::run(&mut run, &opts, |_, r| r)
