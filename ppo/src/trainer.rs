@@ -9,7 +9,7 @@ use crate::config::PpoConfig;
 use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance};
 use crate::models::{response_logprobs_and_logits, response_values, Policy, ScalarModel, SeqBatch};
 use crate::rollout::{pad_rows, reference_logprobs, sample, score, values, EncodedPrompt, RewardModels, Rollout};
-use datasets::demo::{aggregate, judge_messages};
+use demo_world::eval::ground_truth;
 use llama::rng::SplitMix64;
 use llama::{SamplingParams, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -401,8 +401,7 @@ impl<'a> PpoTrainer<'a> {
         };
         let (mut helpful, mut safe, mut false_ref) = (None, None, None);
         if cfg.demo_judge {
-            let j: Vec<_> = samples.iter().map(|s| judge_messages(&self.eval_prompts[s.prompt].record.prompt, &s.text)).collect();
-            let a = aggregate(&j);
+            let a = ground_truth(samples.iter().map(|s| (self.eval_prompts[s.prompt].record.prompt.as_slice(), s.text.as_str())));
             (helpful, safe, false_ref) = (Some(a.helpful_rate), Some(a.safe_rate), Some(a.false_refusal_rate));
         }
         Ok(Some(EvalResult {
