@@ -163,6 +163,8 @@ pub enum DatasetError {
     EmptyMix { target: &'static str, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] llama::LlamaError),
+    #[error("tokenizer: {0}")]
+    Text(#[from] llama::TextError),
     #[error("{0}")]
     Invalid(String),
 }

@@ -83,6 +83,8 @@ pub enum DemoError {
     Data(#[from] datasets::DatasetError),
     #[error(transparent)]
     Model(#[from] llama::LlamaError),
+    #[error(transparent)]
+    Text(#[from] llama::TextError),
     #[error("demo world: {0}")]
     Invalid(String),
     /// An evaluation with no reply to judge.

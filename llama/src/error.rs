@@ -21,20 +21,9 @@ pub enum LlamaError {
     Safetensors { path: PathBuf, msg: String },
     #[error("checkpoint {dir}: {msg}")]
     Checkpoint { dir: PathBuf, msg: String },
-    #[error("tokenizer {path}: {msg}")]
-    Tokenizer { path: PathBuf, msg: String },
-    #[error(
-        "tokenizer {tokenizer} has {tokenizer_vocab} ids but the model in {model_dir} has vocab_size {model_vocab} (config.json): \
-         ids past the model's vocabulary cannot be embedded; use the tokenizer the model was trained with"
-    )]
-    Vocab { tokenizer: PathBuf, tokenizer_vocab: usize, model_dir: PathBuf, model_vocab: usize },
-    #[error(
-        "{model_dir} has no tokenizer.json and its vocab_size {model_vocab} (config.json) is not the {tokenizer_vocab} ids of the \
-         bundled Llama-2 tokenizer {tokenizer}: copy the tokenizer the model was trained with to {model_dir}/tokenizer.json"
-    )]
-    BundledVocab { model_dir: PathBuf, model_vocab: usize, tokenizer: PathBuf, tokenizer_vocab: usize },
-    #[error("chat format: {0}")]
-    Chat(String),
+    /// The text layer: tokenizer, chat format, tokenizer build.
+    #[error(transparent)]
+    Text(#[from] llama_text::TextError),
     #[error("invalid device {0:?}: expected auto, cpu, cuda or cuda:N")]
     Device(String),
     #[error("{0}")]

@@ -18,6 +18,8 @@ pub enum RsError {
     #[error(transparent)]
     Model(#[from] llama::LlamaError),
     #[error(transparent)]
+    Text(#[from] llama::TextError),
+    #[error(transparent)]
     Data(#[from] datasets::DatasetError),
     #[error(transparent)]
     Train(#[from] training::TrainError),

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::error::{LlamaError, Result};
+use crate::error::{Result, TextError};
 
 /// Number of pieces in Meta's Llama-2 SentencePiece model (`tokenizer.model`).
 pub const LLAMA2_VOCAB_SIZE: usize = 32000;
@@ -42,7 +42,7 @@ const SPECIALS: [(&str, u32); 3] = [("<unk>", 0), ("<s>", 1), ("</s>", 2)];
 
 /// Build the Llama-2 `tokenizer.json` text from the source of `llama-tokenizer.js`.
 ///
-/// Fails with [`LlamaError::Invalid`] when the constants are missing, are not valid base64/UTF-8,
+/// Fails with [`TextError::Invalid`] when the constants are missing, are not valid base64/UTF-8,
 /// or do not describe the Llama-2 tokenizer (32000 unique pieces with `<unk>`, `<s>`, `</s>` at
 /// ids 0-2, 61249 merges whose results are all in the vocabulary).
 pub fn build_tokenizer_json(js_source: &str) -> Result<String> {
@@ -54,8 +54,8 @@ pub fn build_tokenizer_json(js_source: &str) -> Result<String> {
 
 /// [`build_tokenizer_json`] on a file, with the file named in any error.
 pub fn build_tokenizer_json_from_file(js_path: &Path) -> Result<String> {
-    let src = std::fs::read_to_string(js_path).map_err(|e| LlamaError::io(js_path, e))?;
-    build_tokenizer_json(&src).map_err(|e| LlamaError::Tokenizer { path: js_path.to_path_buf(), msg: e.to_string() })
+    let src = std::fs::read_to_string(js_path).map_err(|e| TextError::io(js_path, e))?;
+    build_tokenizer_json(&src).map_err(|e| TextError::Tokenizer { path: js_path.to_path_buf(), msg: e.to_string() })
 }
 
 /// `tokenizer_config.json` for `transformers` (`AutoTokenizer`), with the Llama-2 HF fields:
@@ -78,8 +78,8 @@ pub fn tokenizer_config_json() -> String {
     serde_json::to_string_pretty(&cfg).unwrap_or_default()
 }
 
-fn invalid(msg: impl std::fmt::Display) -> LlamaError {
-    LlamaError::Invalid(format!("llama-tokenizer.js: {msg}"))
+fn invalid(msg: impl std::fmt::Display) -> TextError {
+    TextError::Invalid(format!("llama-tokenizer.js: {msg}"))
 }
 
 /// The contents of the string literal assigned to `name` (`name = "..."`) in JS source.

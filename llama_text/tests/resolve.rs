@@ -1,7 +1,7 @@
 //! The one tokenizer precedence (`tokenizer::resolve`) and the vocabulary check, on a 4-id
 //! word-level tokenizer written by the test (no downloaded asset needed).
-use llama::tokenizer::{check_vocab, model_vocab_size, resolve, Tokenizer};
-use llama::LlamaError;
+use llama_text::tokenizer::{check_vocab, model_vocab_size, resolve, Tokenizer};
+use llama_text::TextError;
 use std::path::{Path, PathBuf};
 
 /// A `tokenizer.json` with `n` ids (`<unk>`, `<s>`, `</s>`, then words `w3`...).
@@ -63,7 +63,7 @@ fn tokenizer_larger_than_model_vocab_is_refused() {
     let dir = model_dir(tmp.path(), "m512", Some(512));
     write_tokenizer(&dir.join("tokenizer.json"), 600);
     let err = resolve(None, Some(&dir)).unwrap_err();
-    assert!(matches!(err, LlamaError::Vocab { tokenizer_vocab: 600, model_vocab: 512, .. }), "{err:?}");
+    assert!(matches!(err, TextError::Vocab { tokenizer_vocab: 600, model_vocab: 512, .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("600") && msg.contains("512") && msg.contains(&dir.display().to_string()), "{msg}");
     // An explicit tokenizer is checked against the model folder too.
@@ -108,7 +108,7 @@ fn model_vocab_size_reads_config_json() {
 fn bundled_fallback_must_match_the_model_vocab() {
     let tmp = tempfile::tempdir().unwrap();
     let bundled = write_tokenizer(&tmp.path().join("bundled/tokenizer.json"), 6);
-    std::env::set_var(llama::tokenizer::TOKENIZER_ENV, &bundled);
+    std::env::set_var(llama_text::tokenizer::TOKENIZER_ENV, &bundled);
     let same = model_dir(tmp.path(), "same", Some(6));
     let (tok, path) = resolve(None, Some(&same)).unwrap();
     assert_eq!((tok.vocab_size(), path), (6, bundled.clone()));
@@ -116,12 +116,12 @@ fn bundled_fallback_must_match_the_model_vocab() {
     for v in [512, 5] {
         let dir = model_dir(tmp.path(), &format!("v{v}"), Some(v));
         let err = resolve(None, Some(&dir)).unwrap_err();
-        assert!(matches!(err, LlamaError::BundledVocab { model_vocab, tokenizer_vocab: 6, .. } if model_vocab == v), "{err:?}");
+        assert!(matches!(err, TextError::BundledVocab { model_vocab, tokenizer_vocab: 6, .. } if model_vocab == v), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&dir.display().to_string()) && msg.contains("no tokenizer.json") && msg.contains(&v.to_string()), "{msg}");
     }
     // Nothing to check without a model folder or its config.json.
     assert_eq!(resolve(None, None).unwrap().1, bundled);
     assert_eq!(resolve(None, Some(&tmp.path().join("no-config"))).unwrap().1, bundled);
-    std::env::remove_var(llama::tokenizer::TOKENIZER_ENV);
+    std::env::remove_var(llama_text::tokenizer::TOKENIZER_ENV);
 }

@@ -4,14 +4,14 @@
 //!
 //! The tokenizer is built from `.cache/llama-tokenizer-js/llama-tokenizer.js`
 //! (`scripts/fetch_tokenizer.sh`), which also tests `tokenizer_build`; failing that, it is loaded
-//! from `llama::tokenizer::default_tokenizer_path()`. With neither, the tests fail (run scripts/setup).
+//! from `llama_text::tokenizer::default_tokenizer_path()`. With neither, the tests fail (run scripts/setup).
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use llama::chat::{encode_dialog, encode_prompt, AssistantMask, Message, Role};
-use llama::tokenizer::{default_tokenizer_path, Tokenizer};
-use llama::tokenizer_build::build_tokenizer_json_from_file;
-use llama::LlamaError;
+use llama_text::chat::{encode_dialog, encode_prompt, AssistantMask, Message, Role};
+use llama_text::tokenizer::{default_tokenizer_path, Tokenizer};
+use llama_text::tokenizer_build::build_tokenizer_json_from_file;
+use llama_text::TextError;
 use serde::Deserialize;
 
 fn repo_root() -> PathBuf {
@@ -235,7 +235,7 @@ fn prompt_dialogs_have_no_mask_and_prompts_need_a_user_last() {
         assert_eq!(t.num_assistant_tokens(), 0);
     }
     let err = encode_prompt(tok, &prompt[..2]).unwrap_err();
-    assert!(matches!(err, LlamaError::Chat(_)), "{err}");
+    assert!(matches!(err, TextError::Chat(_)), "{err}");
     assert!(err.to_string().contains("last message must be from user, got assistant"), "{err}");
 }
 
@@ -254,7 +254,7 @@ fn role_alternation_errors() {
     ];
     for (dialog, want) in cases {
         let err = encode_dialog(tok, dialog, AssistantMask::AllTurns).unwrap_err();
-        assert!(matches!(err, LlamaError::Chat(_)), "{err}");
+        assert!(matches!(err, TextError::Chat(_)), "{err}");
         assert!(err.to_string().contains(want), "{err} should contain {want:?}");
     }
 }

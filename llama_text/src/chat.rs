@@ -27,7 +27,7 @@
 //! it would count as prompt, because it contains prompt text.
 use serde::{Deserialize, Serialize};
 
-use crate::error::{LlamaError, Result};
+use crate::error::{Result, TextError};
 use crate::tokenizer::Tokenizer;
 
 /// Start of a user instruction.
@@ -128,16 +128,16 @@ fn py_strip(s: &str) -> &str {
 /// Errors name the offending message (0-based, counting the system message).
 pub fn validate_roles(messages: &[Message]) -> Result<()> {
     let Some(first) = messages.first() else {
-        return Err(LlamaError::Chat("empty dialog".into()));
+        return Err(TextError::Chat("empty dialog".into()));
     };
     let offset = usize::from(first.role == Role::System);
     if offset == 1 && messages.len() == 1 {
-        return Err(LlamaError::Chat("dialog has only a system message; it must be followed by a user message".into()));
+        return Err(TextError::Chat("dialog has only a system message; it must be followed by a user message".into()));
     }
     for (i, m) in messages.iter().enumerate().skip(offset) {
         let expected = if (i - offset) % 2 == 0 { Role::User } else { Role::Assistant };
         if m.role != expected {
-            return Err(LlamaError::Chat(format!(
+            return Err(TextError::Chat(format!(
                 "message {i} has role {}, expected {expected}: roles must alternate \
                  user/assistant after an optional leading system message",
                 m.role
@@ -156,7 +156,7 @@ pub fn dialog_segments(messages: &[Message]) -> Result<Vec<Segment>> {
     let (folded_first, rest) = match messages {
         [sys, user, rest @ ..] if sys.role == Role::System => (format!("{B_SYS}{}{E_SYS}{}", sys.content, user.content), rest),
         [user, rest @ ..] => (user.content.clone(), rest),
-        [] => return Err(LlamaError::Chat("empty dialog".into())),
+        [] => return Err(TextError::Chat("empty dialog".into())),
     };
     let contents: Vec<&str> = std::iter::once(folded_first.as_str()).chain(rest.iter().map(|m| m.content.as_str())).collect();
     let mut segments = Vec::with_capacity(contents.len().div_ceil(2));
@@ -205,7 +205,7 @@ pub fn encode_dialog(tok: &Tokenizer, messages: &[Message], mask: AssistantMask)
 pub fn encode_prompt(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
     match messages.last() {
         Some(m) if m.role != Role::User => {
-            Err(LlamaError::Chat(format!("last message must be from user, got {} (message {})", m.role, messages.len() - 1)))
+            Err(TextError::Chat(format!("last message must be from user, got {} (message {})", m.role, messages.len() - 1)))
         }
         _ => Ok(encode_dialog(tok, messages, AssistantMask::AllTurns)?.ids),
     }

@@ -9,7 +9,7 @@
 //! * `decode` skips BOS/EOS/UNK, like `sp.decode`, and drops the leading dummy-prefix space.
 use std::path::{Path, PathBuf};
 
-use crate::error::{LlamaError, Result};
+use crate::error::{Result, TextError};
 
 /// Piece used by Llama-2 for beginning of sequence (id 1).
 pub const BOS_TOKEN: &str = "<s>";
@@ -47,7 +47,7 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Load a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
+        let json = std::fs::read_to_string(path).map_err(|e| TextError::io(path, e))?;
         Self::from_json_with_path(&json, path.to_path_buf())
     }
 
@@ -63,7 +63,7 @@ impl Tokenizer {
     }
 
     fn from_json_with_path(json: &str, path: PathBuf) -> Result<Self> {
-        let err = |msg: String| LlamaError::Tokenizer { path: path.clone(), msg };
+        let err = |msg: String| TextError::Tokenizer { path: path.clone(), msg };
         let mut inner: tokenizers::Tokenizer = json.parse().map_err(|e| err(format!("cannot parse tokenizer.json: {e}")))?;
         // Ids must not depend on settings a foreign tokenizer.json may carry.
         inner.with_padding(None);
@@ -75,8 +75,8 @@ impl Tokenizer {
         Ok(Tokenizer { inner, path, bos_id, eos_id })
     }
 
-    fn error(&self, msg: impl std::fmt::Display) -> LlamaError {
-        LlamaError::Tokenizer { path: self.path.clone(), msg: msg.to_string() }
+    fn error(&self, msg: impl std::fmt::Display) -> TextError {
+        TextError::Tokenizer { path: self.path.clone(), msg: msg.to_string() }
     }
 
     /// Meta's `Tokenizer.encode(s, bos, eos)`: SentencePiece ids of `text` (with its dummy
@@ -205,7 +205,7 @@ pub fn resolve(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<(Tok
     }
     if let Some(model_vocab) = model_vocab_size(dir)? {
         if bundled && tok.vocab_size() != model_vocab {
-            return Err(LlamaError::BundledVocab {
+            return Err(TextError::BundledVocab {
                 model_dir: dir.to_path_buf(),
                 model_vocab,
                 tokenizer: path,
@@ -222,7 +222,7 @@ pub fn resolve(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<(Tok
 /// A smaller tokenizer is fine (a model's vocabulary may be padded, e.g. to a multiple of 64).
 pub fn check_vocab(tok: &Tokenizer, model_vocab: usize, model_dir: &Path) -> Result<()> {
     if tok.vocab_size() > model_vocab {
-        return Err(LlamaError::Vocab {
+        return Err(TextError::Vocab {
             tokenizer: tok.path().to_path_buf(),
             tokenizer_vocab: tok.vocab_size(),
             model_dir: model_dir.to_path_buf(),
@@ -239,19 +239,19 @@ pub fn model_vocab_size(dir: &Path) -> Result<Option<usize>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| LlamaError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlamaError::Json { path: path.clone(), source: e })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| TextError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TextError::Json { path: path.clone(), source: e })?;
     match v.get("vocab_size") {
         None | Some(serde_json::Value::Null) => Ok(Some(LLAMA2_VOCAB_SIZE)),
         Some(n) => match n.as_u64().filter(|&n| n > 0) {
             Some(n) => Ok(Some(n as usize)),
-            None => Err(LlamaError::Config { path, msg: format!("field vocab_size must be a positive integer, got {n}") }),
+            None => Err(TextError::Config { path, msg: format!("field vocab_size must be a positive integer, got {n}") }),
         },
     }
 }
 
-fn no_tokenizer(model_dir: Option<&Path>) -> LlamaError {
-    LlamaError::Invalid(match model_dir {
+fn no_tokenizer(model_dir: Option<&Path>) -> TextError {
+    TextError::Invalid(match model_dir {
         Some(m) => {
             format!(
                 "{} has no tokenizer.json and the Llama-2 tokenizer was not found (run scripts/setup, or set RLHF_TOKENIZER)",
