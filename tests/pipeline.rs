@@ -60,3 +60,214 @@ fn smoke_pipeline_killed_resumed_and_reported() {
     );
     assert_eq!(before, std::fs::metadata(out.join("sft/manifest.json")).unwrap().modified().unwrap());
 }
+
+/// A tiny pipeline (every stage kind the demo's first half uses, with `${stage}` references and a
+/// ground-truth evaluation), for the tests that need a finished or running pipeline quickly.
+/// `sft_steps` sets how long its SFT stage trains (epochs and optimizer steps).
+fn tiny_config(dir: &std::path::Path, sft_steps: u64) -> std::path::PathBuf {
+    let text = format!(
+        r#"[pipeline]
+eval_prompts = "${{data}}/prompts_test.jsonl"
+eval_max_new_tokens = 4
+eval_temperature = 0.0
+device = "cpu"
+
+[[stages]]
+name = "data"
+kind = "demo_data"
+[stages.config]
+sft = 64
+pairs = 64
+prompts = 20
+
+[[stages]]
+name = "mix"
+kind = "mix"
+[stages.config]
+target = "helpfulness"
+data = ["${{data}}/preference_train.jsonl"]
+
+[[stages]]
+name = "sft"
+kind = "sft"
+[stages.config]
+init_preset = "micro"
+train_data = ["${{data}}/sft.jsonl"]
+eval_fraction = 0.1
+max_seq_len = 64
+[stages.config.train]
+lr = 5e-3
+epochs = {sft_steps}
+max_steps = {sft_steps}
+micro_batch_size = 4
+grad_accumulation = 1
+device = "cpu"
+threads = 1
+save_every = 1
+
+[[stages]]
+name = "rm"
+kind = "reward"
+[stages.config]
+model = "${{sft}}"
+train_data = ["${{mix}}"]
+eval_data = ["${{data}}/preference_test.jsonl"]
+max_seq_len = 64
+[stages.config.train]
+lr = 1e-3
+epochs = 1
+max_steps = 2
+micro_batch_size = 4
+grad_accumulation = 1
+device = "cpu"
+threads = 1
+"#
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Copies a folder tree (files and folders only).
+fn copy_tree(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Every file named `name` under `dir`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_named(&p, name));
+        } else if p.file_name().is_some_and(|n| n == name) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The whole pipeline is resolved and validated before the first stage runs: a bad later stage,
+/// a reference to an undefined, later or the same stage, and an unknown `${stage.attr}` all fail
+/// at once with an error naming the stage, and no stage folder is created.
+#[test]
+fn bad_later_stage_fails_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path(), 2);
+    let cases: &[(&str, &[&str])] = &[
+        ("stages.rm.config.bogus_key=1", &["rm", "bogus_key"]),
+        ("stages.rm.config.train.lr=-1", &["rm", "lr"]),
+        ("stages.mix.config.data=[\"${data.anything}/preference_train.jsonl\"]", &["mix", "${data.anything}"]),
+        ("stages.mix.config.data=[\"${nowhere}/x.jsonl\"]", &["mix", "nowhere"]),
+        ("stages.mix.config.data=[\"${rm}/x.jsonl\"]", &["mix", "rm"]),
+        ("stages.mix.config.data=[\"${mix}/x.jsonl\"]", &["mix", "itself"]),
+        ("pipeline.eval_prompts=${rm}/prompts.jsonl", &["eval_prompts", "rm"]),
+    ];
+    for (i, (set, words)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let err = run_err(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&out).args(["--set", set]));
+        for w in *words {
+            assert!(err.contains(w), "--set {set}: the error does not name {w:?}: {err}");
+        }
+        assert!(!out.join("data").exists(), "--set {set}: the data stage ran before the error: {err}");
+    }
+}
+
+/// Two pipelines into the same folder: the second (here with a changed first stage, which it
+/// would re-run) fails at once, naming the folder and the first one's pid and host, and touches
+/// nothing of the first's.
+#[test]
+fn second_pipeline_into_the_same_folder_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path(), 100_000);
+    let out = tmp.path().join("run");
+    let mut first = rlhf()
+        .args(["pipeline", "run"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !out.join("sft/.fingerprint").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the first run never reached its SFT stage");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let data_manifest = out.join("data/manifest.json");
+    let data_written = std::fs::metadata(&data_manifest).unwrap().modified().unwrap();
+    let t1 = std::time::Instant::now();
+    let mut second = rlhf()
+        .args(["pipeline", "run"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "stages.data.config.seed=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second run that does not stop by itself is killed (it would train on).
+    while second.try_wait().unwrap().is_none() && t1.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = t1.elapsed();
+    if second.try_wait().unwrap().is_none() {
+        second.kill().unwrap();
+    }
+    let second = second.wait_with_output().unwrap();
+    let alive = first.try_wait().unwrap().is_none();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(alive, "the first run ended while the second ran");
+    assert!(!second.status.success(), "the second run into the same folder succeeded: {err}");
+    assert!(waited < Duration::from_secs(20), "the second run did not fail at once ({waited:?}): {err}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    for w in [out.display().to_string(), first.id().to_string(), host] {
+        assert!(err.contains(&w), "the error does not name {w:?}: {err}");
+    }
+    assert_eq!(data_written, std::fs::metadata(&data_manifest).unwrap().modified().unwrap(), "the second run re-ran the data stage: {err}");
+}
+
+/// A copied pipeline folder is a pipeline of its own: its manifests and report name paths
+/// relative to the run folder, so a re-run in the copy (with the original deleted) skips every
+/// stage and nothing in it points back at the original.
+#[test]
+fn copied_pipeline_folder_is_up_to_date_and_self_contained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path(), 2);
+    let (orig, copy) = (tmp.path().join("orig"), tmp.path().join("copy"));
+    run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&orig));
+    copy_tree(&orig, &copy);
+    std::fs::remove_dir_all(&orig).unwrap();
+    let manifests: Vec<_> = ["data", "mix", "sft", "rm"].iter().map(|st| copy.join(st).join("manifest.json")).collect();
+    let mtimes: Vec<_> = manifests.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&copy));
+    for (p, t) in manifests.iter().zip(&mtimes) {
+        assert_eq!(*t, std::fs::metadata(p).unwrap().modified().unwrap(), "{} was re-run in the copy", p.display());
+    }
+    let orig_name = orig.display().to_string();
+    for p in files_named(&copy, "manifest.json").iter().chain([&copy.join("report.json")]) {
+        let text = std::fs::read_to_string(p).unwrap();
+        assert!(!text.contains(&orig_name), "{} names the original folder: {text}", p.display());
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(copy.join("report.json")).unwrap()).unwrap();
+    for st in report["stages"].as_array().unwrap() {
+        let output = std::path::Path::new(st["output"].as_str().unwrap());
+        assert!(output.is_relative() && copy.join(output).exists(), "stage output {output:?} is not inside the copy");
+    }
+    let status = run_ok(rlhf().args(["pipeline", "status"]).arg(&copy));
+    assert_eq!(status.matches(" done ").count(), 4, "{status}");
+}

@@ -10,7 +10,6 @@ pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod pipeline;
-pub mod pipeline_stages;
 pub mod reward;
 pub mod stage;
 pub mod tokenize;

@@ -1,0 +1,123 @@
+//! The pipeline config file: `[pipeline]` (the ground-truth evaluation and its device) and
+//! `[[stages]]` tables with `name`, `kind` and a `config` table in that stage's own format.
+use crate::error::{PipelineError, Result};
+use llama::device::DeviceSpec;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub pipeline: PipelineSection,
+    pub stages: Vec<StageSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Held-out prompts for the ground-truth evaluation of every policy stage (demo world).
+    #[serde(default)]
+    pub eval_prompts: Option<String>,
+    /// Reply budget of that evaluation.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: usize,
+    /// Sampling temperature of the primary evaluation (0 = greedy only). A greedy evaluation is
+    /// always reported beside it (`ground_truth.greedy`).
+    #[serde(default = "default_eval_temperature")]
+    pub eval_temperature: f64,
+    /// Replies per prompt of the sampled evaluation, pooled into its rates.
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+    /// Device of the ground-truth evaluation: `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            eval_prompts: None,
+            eval_max_new_tokens: default_eval_tokens(),
+            eval_temperature: default_eval_temperature(),
+            eval_samples: default_eval_samples(),
+            device: DeviceSpec::Auto,
+        }
+    }
+}
+
+fn default_eval_tokens() -> usize {
+    48
+}
+fn default_eval_temperature() -> f64 {
+    1.0
+}
+fn default_eval_samples() -> usize {
+    8
+}
+
+/// One `[[stages]]` table as written: its `config` still holds `${stage}` references.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The stage's folder under the run folder, and the name `${name}` refers to.
+    pub name: String,
+    /// One of [`crate::plan::StageKind`]'s names.
+    pub kind: String,
+    #[serde(default = "empty_table")]
+    pub config: toml::Value,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
+}
+
+impl PipelineConfig {
+    /// Reads a pipeline config file as TOML (overrides are applied to this value, then
+    /// [`PipelineConfig::from_toml`] types it).
+    pub fn read_toml(path: &Path) -> Result<toml::Value> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+        let table = text.parse::<toml::Table>().map_err(|source| PipelineError::Toml { path: path.to_path_buf(), source })?;
+        Ok(toml::Value::Table(table))
+    }
+
+    /// Types a pipeline config read from `path` (named in errors).
+    pub fn from_toml(value: toml::Value, path: &Path) -> Result<Self> {
+        value.try_into().map_err(|e| PipelineError::Config { path: path.to_path_buf(), msg: format!("invalid pipeline config: {e}") })
+    }
+}
+
+/// Where a `--set key=value` override applies: `stages.<name>.<key>=<value>` addresses the stage
+/// named `<name>` (returned with `<key>=<value>`), anything else the whole config.
+pub fn set_target<'a>(root: &'a mut toml::Value, set: &str) -> Result<(&'a mut toml::Value, String)> {
+    let err = |msg: String| PipelineError::Set { set: set.to_string(), msg };
+    let Some(rest) = set.strip_prefix("stages.") else { return Ok((root, set.to_string())) };
+    let (name, tail) = rest.split_once('.').ok_or_else(|| err("expected stages.<name>.<key>=<value>".into()))?;
+    if !tail.contains('=') {
+        return Err(err("expected key=value".into()));
+    }
+    let stages = root.get_mut("stages").and_then(|v| v.as_array_mut()).ok_or_else(|| err("the config has no [[stages]]".into()))?;
+    let stage = stages
+        .iter_mut()
+        .find(|st| st.get("name").and_then(|n| n.as_str()) == Some(name))
+        .ok_or_else(|| err(format!("no stage named {name}")))?;
+    Ok((stage, tail.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_target_addresses_a_stage_by_name() {
+        let mut v: toml::Value = toml::Value::Table("[[stages]]\nname = \"a\"\nkind = \"sft\"\n".parse().unwrap());
+        let (t, s) = set_target(&mut v, "stages.a.config.train.lr=1").unwrap();
+        assert_eq!((t.get("name").and_then(|n| n.as_str()), s.as_str()), (Some("a"), "config.train.lr=1"));
+        let (t, s) = set_target(&mut v, "pipeline.device=cpu").unwrap();
+        assert!(t.get("stages").is_some() && s == "pipeline.device=cpu");
+        let e = set_target(&mut v, "stages.b.config.x=1").unwrap_err().to_string();
+        assert!(e.contains("no stage named b"), "{e}");
+        assert!(set_target(&mut v, "stages.a").is_err());
+        assert!(set_target(&mut v, "stages.a.config").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The pipeline report: `report.json` (every stage's manifest summary, paths relative to the run
+//! folder), `report.md` (ground truth, Table 8 layout of the reward models, reward-model scores of
+//! each policy stage's held-out replies, PPO reward and KL) and `ground_truth.png`.
+use crate::error::Result;
+use crate::manifest::Manifest;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A stage's throughput for the report, from its manifest and run folder: training tokens/s (SFT,
+/// RM), generated tokens/s of sampling (rejection sampling), rollout and training tokens/s (PPO,
+/// medians over iterations).
+fn throughput(out: &Path, m: &Manifest, rs_report: Option<&serde_json::Value>) -> Option<String> {
+    let x = &m.metrics;
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    match m.kind.as_str() {
+        "sft" => x["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
+        "reward" => x["run"]["tokens_per_s"].as_f64().map(|t| format!("{t:.0} train")),
+        "rejection_sampling" => {
+            let t = rs_report?["iterations"].as_array()?.last()?["throughput"]["tokens_per_s"].as_f64()?;
+            Some(format!("{t:.0} generated"))
+        }
+        "ppo" => {
+            let recs = training::metrics::read_metrics(&out.join(&m.name).join("metrics.jsonl")).ok()?;
+            let col = |k: &str| median(recs.iter().filter_map(|r| r.get(k)?.as_f64()).collect());
+            Some(format!("{:.0} rollout, {:.0} train", col("rollout_tokens_per_s")?, col("train_tokens_per_s")?))
+        }
+        _ => None,
+    }
+}
+
+/// A rejection-sampling stage's own `report.json` (per iteration: evaluations, throughput).
+fn rs_report(out: &Path, m: &Manifest) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join(&m.name).join("report.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Writes `report.json`, `report.md` and `ground_truth.png` into the run folder `out`.
+pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
+    let rs_reports: BTreeMap<&str, serde_json::Value> =
+        manifests.iter().filter(|m| m.kind == "rejection_sampling").filter_map(|m| Some((m.name.as_str(), rs_report(out, m)?))).collect();
+    let rs_of = |m: &Manifest| rs_reports.get(m.name.as_str());
+    let stages: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds, "tokens_per_s": throughput(out, m, rs_of(m)),
+                "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({"stages": stages});
+    llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let mut md = String::from(
+        "# Pipeline report\n\n## Ground truth on held-out demo prompts\n\nSampled: the pooled rates of several sampled replies per prompt (temperature and count in \
+         report.json); greedy: one greedy reply per prompt.\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | wall s | tokens/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let (mut groups, mut h, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in manifests {
+        let gt = |k: &str| m.ground_truth.as_ref().and_then(|g| g[k].as_f64());
+        let fmt = |x: Option<f64>| x.map(|v| format!("{:.3}", v)).unwrap_or_else(|| "–".into());
+        let gg = |k: &str| m.ground_truth.as_ref().and_then(|g| g["greedy"][k].as_f64());
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            m.name,
+            m.kind,
+            fmt(gt("helpful")),
+            fmt(gt("safe")),
+            fmt(gt("false_refusal")),
+            fmt(gg("helpful")),
+            fmt(gg("safe")),
+            fmt(gg("false_refusal")),
+            m.wall_seconds,
+            throughput(out, m, rs_of(m)).unwrap_or_else(|| "–".into())
+        );
+        if m.ground_truth.is_some() {
+            groups.push(m.name.clone());
+            h.push(gt("helpful").unwrap_or(f64::NAN));
+            s.push(gt("safe").unwrap_or(f64::NAN));
+            f.push(gt("false_refusal").unwrap_or(f64::NAN));
+        }
+    }
+    let rm: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "reward").collect();
+    if !rm.is_empty() {
+        md += "\n## Reward models: test accuracy by rating (Llama 2 Table 8 layout)\n\n| RM | significantly better | better | slightly better | negligibly better / unsure | avg |\n|---|---|---|---|---|---|\n";
+        for m in rm {
+            let ev = &m.metrics["eval"];
+            let bins: Vec<String> = ev["by_rating"]
+                .as_array()
+                .map(|a| a.iter().map(|b| format!("{:.1}", 100.0 * b[1]["accuracy"].as_f64().unwrap_or(f64::NAN))).collect())
+                .unwrap_or_default();
+            md +=
+                &format!("| {} | {} | {:.1} |\n", m.name, bins.join(" | "), 100.0 * ev["overall"]["accuracy"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    // What every run has, judges or not: the reward models' scores of each policy's held-out
+    // replies (rejection sampling: greedy replies before and after; PPO: sampled replies).
+    let mut rm_rows = String::new();
+    for m in manifests {
+        let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        match m.kind.as_str() {
+            "rejection_sampling" => {
+                let Some(its) = rs_of(m).and_then(|r| r["iterations"].as_array()) else { continue };
+                let (Some(first), Some(last)) = (its.first(), its.last()) else { continue };
+                let (b, a) = (&first["eval_before"]["greedy"], &last["eval_after"]["greedy"]);
+                rm_rows += &format!(
+                    "| {} | greedy, {} prompts | R_c {} → {} | helpfulness {} → {} | safety {} → {} |\n",
+                    m.name,
+                    last["eval_after"]["prompts"],
+                    f(&b["mean_reward"]),
+                    f(&a["mean_reward"]),
+                    f(&b["mean_helpfulness"]),
+                    f(&a["mean_helpfulness"]),
+                    f(&b["mean_safety"]),
+                    f(&a["mean_safety"])
+                );
+            }
+            "ppo" => {
+                let x = &m.metrics;
+                rm_rows += &format!(
+                    "| {} | sampled, {} replies | LOGIT(R_c) {} → {} | | |\n",
+                    m.name,
+                    x["final_eval"]["responses"],
+                    f(&x["initial_eval"]["reward"]),
+                    f(&x["final_eval"]["reward"])
+                );
+            }
+            _ => {}
+        }
+    }
+    if !rm_rows.is_empty() {
+        md += "\n## Reward-model scores of the held-out replies, start → end of each policy stage\n\n| stage | replies | combined | helpfulness RM (sigmoid) | safety RM (sigmoid) |\n|---|---|---|---|---|\n";
+        md += &rm_rows;
+    }
+    let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
+    if !ppo.is_empty() {
+        md += "\n## PPO: held-out reward and KL (the stage's own evaluation)\n\n| stage | iterations | eval reward LOGIT(Rc) start → end | KL to π_0 (nats/reply) at the end | curves |\n|---|---|---|---|---|\n";
+        for m in ppo {
+            let x = &m.metrics;
+            let f = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+            md += &format!(
+                "| {} | {} | {} → {} | {} | `{}/curves.png` |\n",
+                m.name,
+                x["iterations"],
+                f(&x["initial_eval"]["reward"]),
+                f(&x["final_eval"]["reward"]),
+                f(&x["final_eval"]["kl"]),
+                m.name
+            );
+        }
+    }
+    if !groups.is_empty() {
+        let png = out.join("ground_truth.png");
+        training::plot::bar_chart(
+            &png,
+            "Ground truth on held-out prompts (sampled replies; greedy in report.md)",
+            "rate",
+            &groups,
+            &[("helpful".into(), h), ("safe".into(), s), ("false refusal".into(), f)],
+        )?;
+        md += "\n![ground truth per stage](ground_truth.png)\n";
+    }
+    md += "\nPer-stage curves: `<stage>/curves.png`; manifests: `<stage>/manifest.json`.\n";
+    llama::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! `rlhf pipeline run`: the stages of a validated plan in order, each in `DIR/<name>/` under an
+//! exclusive lock (and the run folder under one for the whole run). A stage whose manifest
+//! matches its fingerprint is skipped; a changed config or input re-runs it and, through the
+//! fingerprints, everything downstream; an interrupted stage resumes from its own checkpoints.
+use crate::config::PipelineConfig;
+use crate::error::{PipelineError, Result};
+use crate::ground_truth::ground_truth;
+use crate::manifest::{relative_to, relativize, Manifest, MANIFEST_FILE};
+use crate::plan::{Plan, PlannedStage, StageConfig};
+use crate::refs::{substitute, substitute_str, Attr, Reference};
+use crate::report::write_report;
+use crate::stages::run_stage;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use training::lock::{RunLock, LOCK_FILE};
+use training::runner::fnv1a;
+
+/// What `rlhf pipeline run` prints when every stage is done.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub out: PathBuf,
+    pub report: PathBuf,
+    pub seconds: f64,
+    pub stages: usize,
+}
+
+/// A finished (or skipped) stage, as later stages see it.
+struct Done {
+    /// Its output in this run folder.
+    output: PathBuf,
+    fingerprint: String,
+}
+
+/// Runs (or resumes) every stage of `cfg` (read from `config_path`) into run folder `out`. The
+/// whole pipeline is validated first; a second run into the same folder fails at once.
+pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSummary> {
+    let plan = Plan::new(cfg, config_path)?;
+    let _lock = RunLock::acquire(out)?;
+    let t0 = Instant::now();
+    let mut done: BTreeMap<String, Done> = BTreeMap::new();
+    let mut manifests = Vec::new();
+    for stage in &plan.stages {
+        let m = run_or_skip(&plan, stage, out, &done)?;
+        done.insert(stage.name.clone(), Done { output: m.output_in(out), fingerprint: m.fingerprint.clone() });
+        manifests.push(m);
+    }
+    write_report(out, &manifests)?;
+    Ok(RunSummary { out: out.to_path_buf(), report: out.join("report.md"), seconds: t0.elapsed().as_secs_f64(), stages: manifests.len() })
+}
+
+/// The manifest of `stage`: its folder's when up to date, else that of a fresh (or resumed) run.
+fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<String, Done>) -> Result<Manifest> {
+    let err = |msg: String| PipelineError::Stage { path: out.to_path_buf(), stage: stage.name.clone(), msg };
+    let dir = out.join(&stage.name);
+    // The plan checked that every reference names an earlier stage.
+    let path_of = |r: &Reference| match r.attr {
+        Attr::Output => done[&r.stage].output.clone(),
+        Attr::Dir => out.join(&r.stage),
+    };
+    let mut resolved = stage.config.clone();
+    let used = substitute(&mut resolved, &path_of).map_err(err)?;
+    let inputs: BTreeMap<String, String> = used.iter().map(|n| (n.clone(), done[n].fingerprint.clone())).collect();
+    // Run-folder-relative, so that a copied folder is still up to date.
+    let mut config = serde_json::to_value(&resolved)?;
+    relativize(&mut config, out);
+    let fingerprint = fnv1a(format!("{}|{}|{}", stage.kind.name(), config, serde_json::to_string(&inputs)?).as_bytes());
+    let _lock = RunLock::acquire(&dir)?;
+    if let Some(m) = Manifest::read(&dir).filter(|m| m.fingerprint == fingerprint && m.output_in(out).exists()) {
+        tracing::info!("pipeline: {} is up to date, skipped", stage.name);
+        return Ok(m);
+    }
+    prepare_dir(&dir, &fingerprint)?;
+    tracing::info!("pipeline: running {} ({})", stage.name, stage.kind.name());
+    let start = Instant::now();
+    let typed = StageConfig::parse(stage.kind, resolved).map_err(|m| err(format!("{} config: {m}", stage.kind.name())))?;
+    let result = run_stage(&typed, &dir).map_err(|source| PipelineError::Run {
+        stage: stage.name.clone(),
+        kind: stage.kind.name().to_string(),
+        source,
+    })?;
+    let ground_truth = match (&plan.section.eval_prompts, stage.kind.is_policy()) {
+        (Some(p), true) => {
+            let prompts = substitute_str(p, &path_of).map_err(err)?;
+            let gt = ground_truth(&result.output, &prompts, &plan.section);
+            Some(gt.map_err(|source| PipelineError::GroundTruth { stage: stage.name.clone(), source })?)
+        }
+        _ => None,
+    };
+    let mut metrics = result.metrics;
+    relativize(&mut metrics, out);
+    let m = Manifest {
+        name: stage.name.clone(),
+        kind: stage.kind.name().to_string(),
+        fingerprint,
+        config,
+        inputs,
+        output: relative_to(&result.output, out),
+        metrics,
+        ground_truth,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    };
+    m.write(&dir)?;
+    Ok(m)
+}
+
+/// A stage folder holds the work of one fingerprint: a folder left by another config is cleared
+/// (all but its lock), one left by an interrupted run of the same config is kept (the stage
+/// resumes from it).
+fn prepare_dir(dir: &Path, fingerprint: &str) -> Result<()> {
+    let marker = dir.join(".fingerprint");
+    let same = std::fs::read_to_string(&marker).map(|f| f.trim() == fingerprint).unwrap_or(false);
+    if !same {
+        clear_dir(dir)?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
+    llama::checkpoint::write_atomic(&marker, fingerprint.as_bytes())?;
+    let _ = std::fs::remove_file(dir.join(MANIFEST_FILE));
+    Ok(())
+}
+
+/// Removes everything in `dir` but the lock file (held by this run).
+fn clear_dir(dir: &Path) -> Result<()> {
+    let io = |e| PipelineError::io(dir, e);
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        if e.file_name() == LOCK_FILE {
+            continue;
+        }
+        let p = e.path();
+        let removed = if e.file_type().map_err(io)?.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        removed.map_err(|e| PipelineError::io(&p, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearing_a_stage_folder_keeps_its_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sft");
+        let lock = RunLock::acquire(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("checkpoints/step-1")).unwrap();
+        std::fs::write(dir.join(".fingerprint"), "old").unwrap();
+        std::fs::write(dir.join(MANIFEST_FILE), "{}").unwrap();
+        prepare_dir(&dir, "new").unwrap();
+        let left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, [".fingerprint", LOCK_FILE]);
+        assert_eq!(std::fs::read_to_string(dir.join(".fingerprint")).unwrap(), "new");
+        // The same fingerprint keeps the interrupted work (the stage resumes from it).
+        std::fs::create_dir_all(dir.join("checkpoints/step-2")).unwrap();
+        prepare_dir(&dir, "new").unwrap();
+        assert!(dir.join("checkpoints/step-2").exists());
+        drop(lock);
+    }
+}

@@ -1,0 +1,46 @@
+//! `rlhf pipeline status DIR`: the stage table of a run folder (done with its wall time and
+//! ground truth, or interrupted with its newest checkpoint).
+use crate::error::{PipelineError, Result};
+use crate::manifest::Manifest;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// The stage table of run folder `dir`, one line per stage folder in the order they started.
+pub fn status(dir: &Path) -> Result<String> {
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| PipelineError::io(dir, e))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    entries.sort_by_key(|p| std::fs::metadata(p.join(".fingerprint")).and_then(|m| m.modified()).ok());
+    let mut t = String::new();
+    let _ = writeln!(t, "{:<22} {:<20} {:<12} {:>8}  {}", "stage", "kind", "status", "wall s", "ground truth (helpful/safe/false refusal)");
+    for p in entries {
+        let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        match Manifest::read(&p) {
+            Some(m) => {
+                let gt = m
+                    .ground_truth
+                    .as_ref()
+                    .map(|g| {
+                        format!(
+                            "{:.3}/{:.3}/{:.3}",
+                            g["helpful"].as_f64().unwrap_or(f64::NAN),
+                            g["safe"].as_f64().unwrap_or(f64::NAN),
+                            g["false_refusal"].as_f64().unwrap_or(f64::NAN)
+                        )
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(t, "{:<22} {:<20} {:<12} {:>8.0}  {}", name, m.kind, "done", m.wall_seconds, gt);
+            }
+            None if p.join(".fingerprint").exists() => {
+                let step = training::checkpoint::CheckpointManager::new(&p, 1)
+                    .latest()
+                    .ok()
+                    .flatten()
+                    .map(|c| c.display().to_string())
+                    .unwrap_or_else(|| "no checkpoint".into());
+                let _ = writeln!(t, "{:<22} {:<20} {:<12} {:>8}  {}", name, "?", "interrupted", "-", step);
+            }
+            None => {}
+        }
+    }
+    Ok(t)
+}
