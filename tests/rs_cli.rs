@@ -157,7 +157,8 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
     let lines_in = |p: &Path| std::fs::read(p).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
     let has_checkpoint =
         |d: &Path| std::fs::read_dir(d).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false);
-    let points: [(&str, &dyn Fn(&Path) -> bool); 3] = [
+    type KillWhen<'a> = &'a dyn Fn(&Path) -> bool;
+    let points: [(&str, KillWhen); 3] = [
         ("iteration 1 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter1.jsonl")) >= 2),
         ("iteration 1 fine-tune", &|cut: &Path| has_checkpoint(&cut.join("iter1/sft/checkpoints"))),
         ("iteration 2 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter2.jsonl")) >= 2),

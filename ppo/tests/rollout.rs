@@ -125,7 +125,7 @@ fn check(c: &PpoConfig) {
     close_rows(
         "scores_whitened",
         &[Vec::<f32>::try_from(&ro.scores_whitened).unwrap().into_iter().map(f64::from).collect()],
-        &[e.scores.clone()],
+        std::slice::from_ref(&e.scores),
     );
     close_rows("advantages", &rows(&ro.advantages), &e.advantages);
     close_rows("returns", &rows(&ro.returns), &e.returns);
@@ -162,7 +162,7 @@ fn the_recipe_by_hand() {
         &[1.5, -0.5, 0.25],
         &c,
     );
-    close_rows("scores", &[e.scores.clone()], &[vec![1.07222, -0.90726, -0.16496]]);
+    close_rows("scores", std::slice::from_ref(&e.scores), &[vec![1.07222, -0.90726, -0.16496]]);
     assert!((e.kl[2][0] - 0.2).abs() < 1e-9);
     assert!((e.rewards[2][0] + 0.18496).abs() < 1e-5);
     assert!((e.advantages[2][0] + 0.43496).abs() < 1e-5);

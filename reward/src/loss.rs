@@ -39,7 +39,7 @@ pub fn ranking_loss(chosen: &Tensor, rejected: &Tensor, margins: &Tensor, center
     let diff = chosen.to_kind(Kind::Float) - rejected.to_kind(Kind::Float) - margins;
     let mut loss = diff.log_sigmoid().neg().mean(Kind::Float);
     if center_coef != 0.0 {
-        loss = loss + (chosen + rejected).square().mean(Kind::Float) * center_coef;
+        loss += (chosen + rejected).square().mean(Kind::Float) * center_coef;
     }
     loss
 }

@@ -50,7 +50,8 @@ pub fn encode_files(tok: &llama::Tokenizer, files: &[PathBuf], max_len: usize) -
     for f in files {
         let rows: Vec<PreferenceRecord> = datasets::io::read_all(f)?;
         for (i, r) in rows.iter().enumerate() {
-            pairs.push(encode_pair(tok, r, max_len).map_err(|e| TrainError::Config(format!("{}: row {}: {e}", f.display(), i + 1)))?);
+            let row_error = |e: llama::LlamaError| datasets::DatasetError::Invalid(format!("{}: row {}: {e}", f.display(), i + 1));
+            pairs.push(encode_pair(tok, r, max_len).map_err(row_error)?);
         }
         recs.extend(rows);
     }

@@ -65,25 +65,36 @@ pub fn run(c: RewardCommand) -> Result<()> {
 }
 
 /// Encoded comparisons of `data` and the reward model to score them with.
-fn load(
-    s: &ScoringArgs,
-    data: &[PathBuf],
-) -> Result<(Vec<datasets::PreferenceRecord>, Vec<reward::data::PairTokens>, tch::nn::VarStore, reward::RewardModel, llama::Compute)> {
+struct Loaded {
+    recs: Vec<datasets::PreferenceRecord>,
+    pairs: Vec<reward::data::PairTokens>,
+    _vs: tch::nn::VarStore,
+    model: reward::RewardModel,
+    device: tch::Device,
+}
+
+fn load(s: &ScoringArgs, data: &[PathBuf]) -> Result<Loaded> {
     super::set_threads(s.threads);
     let (tok, _) = llama::tokenizer::resolve(None, Some(&s.model))?;
-    let max_len = s.max_seq_len.unwrap_or(4096);
+    let max_len = match (s.max_seq_len, reward::model::trained_max_seq_len(&s.model)) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => {
+            tracing::warn!("{}: no record of the training max_seq_len; scoring at 4096 tokens (set --max-seq-len)", s.model.display());
+            4096
+        }
+    };
     let (recs, pairs) = reward::run::encode_files(&tok, data, max_len)?;
     let compute = s.device.compute(None)?;
-    let (vs, model) = reward::run::load_reward_model(&s.model, compute)?;
-    Ok((recs, pairs, vs, model, compute))
+    let (_vs, model) = reward::run::load_reward_model(&s.model, compute)?;
+    Ok(Loaded { recs, pairs, _vs, model, device: compute.device })
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
     let s = &a.scoring;
-    let (_, pairs, _vs, model, c) = load(s, &a.data)?;
+    let l = load(s, &a.data)?;
     let rep = match &a.out {
-        Some(out) => reward::run::evaluate_into(&model, &pairs, c.device, s.batch_size, a.threshold, out, &s.model.display().to_string())?,
-        None => reward::eval::report(&reward::eval::score_pairs(&model, &pairs, c.device, s.batch_size)?, a.threshold),
+        Some(out) => reward::run::evaluate_into(&l.model, &l.pairs, l.device, s.batch_size, a.threshold, out, &s.model.display().to_string())?,
+        None => reward::eval::report(&reward::eval::score_pairs(&l.model, &l.pairs, l.device, s.batch_size)?, a.threshold),
     };
     println!("{}", serde_json::to_string(&rep)?);
     Ok(())
@@ -91,10 +102,10 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn score(a: ScoreArgs) -> Result<()> {
     let s = &a.scoring;
-    let (recs, pairs, _vs, model, c) = load(s, std::slice::from_ref(&a.data))?;
-    let scores = reward::eval::score_pairs(&model, &pairs, c.device, s.batch_size)?;
+    let l = load(s, std::slice::from_ref(&a.data))?;
+    let scores = reward::eval::score_pairs(&l.model, &l.pairs, l.device, s.batch_size)?;
     let (ch, rj): (Vec<f64>, Vec<f64>) = scores.iter().map(|s| (s.chosen, s.rejected)).unzip();
-    let n = datasets::scored::write_scored_pairs(&a.out, &recs, &ch, &rj).with_context(|| format!("writing {}", a.out.display()))?;
+    let n = datasets::scored::write_scored_pairs(&a.out, &l.recs, &ch, &rj).with_context(|| format!("writing {}", a.out.display()))?;
     println!("{}", serde_json::json!({"out": a.out, "rows": n}));
     Ok(())
 }

@@ -87,7 +87,7 @@ impl Progress {
             if step >= self.total {
                 eprintln!();
             }
-        } else if step % self.every == 0 || step >= self.total {
+        } else if step.is_multiple_of(self.every) || step >= self.total {
             tracing::info!("{} step {step}/{} eta {:.0}s {summary}", self.name, self.total, eta);
         }
     }

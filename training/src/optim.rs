@@ -138,7 +138,7 @@ impl AdamW {
                 let _ = denom.g_mul_scalar_(-bc1 / lr);
                 let _ = w.addcdiv_(&p.m, &denom);
                 if p.master.is_some() {
-                    let _ = p.var.copy_(&w);
+                    p.var.copy_(&w);
                 }
             }
         });

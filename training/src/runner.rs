@@ -276,8 +276,8 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
         state.step += 1;
         tokens += rec["tokens"].as_f64().unwrap_or(0.0);
         let last = state.step == total;
-        let mut save_now = (o.save_every > 0 && state.step % o.save_every == 0) || last;
-        if (o.eval_every > 0 && state.step % o.eval_every == 0) || last {
+        let mut save_now = (o.save_every > 0 && state.step.is_multiple_of(o.save_every)) || last;
+        if (o.eval_every > 0 && state.step.is_multiple_of(o.eval_every)) || last {
             if let Some(e) = stage.evaluate(state.step)? {
                 for (k, v) in e.record.as_object().into_iter().flatten() {
                     rec[k] = v.clone();
