@@ -11,6 +11,7 @@ pub mod parquet;
 pub mod parse;
 pub mod records;
 pub mod scored;
+pub mod text;
 pub mod validate;
 
 pub use error::{DatasetError, FieldError, Location, Reason, RowError};

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod nll;
 
 pub use config::{Config, HfConfig};
 pub use device::{default_kind, parse_device, Compute, DeviceSpec, Dtype};

@@ -101,7 +101,7 @@ impl CheckArgs {
 
     fn load_tokenizer(&self) -> Result<Option<Tokenizer>> {
         Ok(match (&self.model, &self.tokenizer) {
-            (Some(dir), _) => Some(super::tokenizer_for(dir)?),
+            (Some(dir), _) => Some(llama::tokenizer::resolve(None, Some(dir))?.0),
             (None, Some(file)) => Some(Tokenizer::from_file(file)?),
             (None, None) => None,
         })

@@ -1,14 +1,12 @@
 //! `rlhf generate`: one prompt, raw (BOS + text) or in the Llama-2 chat format.
 use anyhow::{bail, Result};
 use clap::Args;
-use llama::{checkpoint, Message, Role, SamplingParams};
-use std::path::PathBuf;
+use llama::{Message, Role, SamplingParams};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// HF-layout checkpoint folder.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub m: super::ModelArgs,
     #[arg(long)]
     pub prompt: String,
     /// Wrap the prompt as a user turn of the Llama-2 chat format.
@@ -31,20 +29,13 @@ pub struct GenerateArgs {
     /// Print {"completion", "token_ids", ...} as one JSON line.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long)]
-    pub dtype: Option<String>,
-    #[arg(long)]
-    pub threads: Option<usize>,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    super::set_threads(a.threads);
     if a.system.is_some() && !a.chat {
         bail!("--system needs --chat");
     }
-    let (tok, _) = llama::tokenizer::resolve(None, Some(&a.model))?;
+    let tok = a.m.tokenizer()?;
     let ids = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -55,8 +46,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } else {
         tok.encode(&a.prompt, true, false)?
     };
-    let (device, kind) = super::device_and_kind(&a.device, a.dtype.as_deref())?;
-    let (_vs, model) = checkpoint::load_causal_lm(&a.model, device, kind)?;
+    let (_vs, model) = a.m.causal_lm()?;
     let params = SamplingParams {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

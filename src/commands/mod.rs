@@ -16,19 +16,38 @@ pub mod tokenize;
 pub mod tokenizer;
 
 use anyhow::Result;
-use llama::Tokenizer;
-use std::path::Path;
+use llama::{DeviceSpec, Dtype, Tokenizer};
+use std::path::PathBuf;
 
-/// The tokenizer of a model folder by the one precedence of [`llama::tokenizer::resolve`].
-pub fn tokenizer_for(model_dir: &Path) -> Result<Tokenizer> {
-    Ok(llama::tokenizer::resolve(None, Some(model_dir))?.0)
+/// `--model DIR --device D --dtype T --threads N`: what every command that loads one causal LM takes.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// HF-layout checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Compute dtype (default fp32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
-/// Parses `--device` and the compute dtype (`--dtype`, default fp32 on CPU, bf16 on CUDA).
-pub fn device_and_kind(device: &str, dtype: Option<&str>) -> Result<(tch::Device, tch::Kind)> {
-    let dtype: Option<llama::Dtype> = dtype.map(str::parse).transpose()?;
-    let c = device.parse::<llama::DeviceSpec>()?.compute(dtype)?;
-    Ok((c.device, c.kind))
+impl ModelArgs {
+    /// The model's tokenizer (the one precedence of [`llama::tokenizer::resolve`]); sets the threads.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        set_threads(self.threads);
+        Ok(llama::tokenizer::resolve(None, Some(&self.model))?.0)
+    }
+
+    /// The causal LM on its device, in its compute dtype.
+    pub fn causal_lm(&self) -> Result<(tch::nn::VarStore, llama::Llama)> {
+        let c = self.device.compute(self.dtype)?;
+        Ok(llama::checkpoint::load_causal_lm(&self.model, c.device, c.kind)?)
+    }
 }
 
 /// Sets libtorch's intra-op threads (`--threads`, default: all cores).
