@@ -56,10 +56,8 @@ pub fn relative_to(path: &Path, run: &Path) -> PathBuf {
 /// Every string of `v` that is a path inside `run`, made relative to it.
 pub fn relativize(v: &mut serde_json::Value, run: &Path) {
     match v {
-        serde_json::Value::String(s) => {
-            if Path::new(s.as_str()).starts_with(run) {
-                *s = relative_to(Path::new(s.as_str()), run).display().to_string();
-            }
+        serde_json::Value::String(s) if Path::new(s.as_str()).starts_with(run) => {
+            *s = relative_to(Path::new(s.as_str()), run).display().to_string();
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(|x| relativize(x, run)),
         serde_json::Value::Object(o) => o.values_mut().for_each(|x| relativize(x, run)),

@@ -11,7 +11,7 @@ pub fn status(dir: &Path) -> Result<String> {
         std::fs::read_dir(dir).map_err(|e| PipelineError::io(dir, e))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     entries.sort_by_key(|p| std::fs::metadata(p.join(".fingerprint")).and_then(|m| m.modified()).ok());
     let mut t = String::new();
-    let _ = writeln!(t, "{:<22} {:<20} {:<12} {:>8}  {}", "stage", "kind", "status", "wall s", "ground truth (helpful/safe/false refusal)");
+    let _ = writeln!(t, "{:<22} {:<20} {:<12} {:>8}  ground truth (helpful/safe/false refusal)", "stage", "kind", "status", "wall s");
     for p in entries {
         let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         match Manifest::read(&p) {
