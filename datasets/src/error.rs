@@ -162,9 +162,7 @@ pub enum DatasetError {
     #[error("empty {target} mixture: {reason}")]
     EmptyMix { target: &'static str, reason: String },
     #[error("tokenizer: {0}")]
-    Tokenizer(#[from] llama::LlamaError),
-    #[error("tokenizer: {0}")]
-    Text(#[from] llama::TextError),
+    Tokenizer(#[from] llama_text::TextError),
     #[error("{0}")]
     Invalid(String),
 }

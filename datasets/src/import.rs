@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use llama::chat::{Message, Role};
+use llama_text::chat::{Message, Role};
 use serde_json::Value;
 
 use crate::error::{DatasetError, FieldError, Reason, Result};

@@ -12,8 +12,8 @@
 //! Cuts fall on token boundaries of the text. An example that cannot be made to fit (a system
 //! prompt alone over budget), or that breaks a record invariant once cut (chosen and rejected
 //! equal after cutting their differing ends), is dropped and counted.
-use llama::chat::{encode_dialog, AssistantMask, Message, Role};
-use llama::Tokenizer;
+use llama_text::chat::{encode_dialog, AssistantMask, Message, Role};
+use llama_text::Tokenizer;
 
 use crate::error::{FieldError, Reason, Result};
 use crate::parse::Record;

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use llama::rng::SplitMix64;
+use llama_text::rng::SplitMix64;
 use serde::Serialize;
 
 use crate::error::{DatasetError, Result};

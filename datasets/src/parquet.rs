@@ -7,7 +7,7 @@
 //! Reading turns a slice of a row group into one JSON object per row, so that Parquet and JSONL
 //! rows go through the same parser and checks, and a bad Parquet row is reported (and kept in the
 //! rejects file) exactly like a bad JSONL line.
-use llama::chat::{Message, Role};
+use llama_text::chat::{Message, Role};
 use polars::chunked_array::builder::get_list_builder;
 use polars::prelude::*;
 use serde_json::{Map, Number, Value};

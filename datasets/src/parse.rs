@@ -4,8 +4,8 @@
 //!
 //! Rows are parsed from a [`serde_json::Value`] rather than by `serde` derive so that every error
 //! names its field and reason; unknown keys are ignored (HF exports carry ids and extra columns).
-use llama::chat::{Message, Role};
-use llama::Tokenizer;
+use llama_text::chat::{Message, Role};
+use llama_text::Tokenizer;
 use polars::prelude::{DataFrame, PolarsResult};
 use serde_json::{Map, Value};
 

@@ -1,6 +1,6 @@
 //! The canonical record of each kind, after parsing and normalisation. Readers (JSONL, Parquet,
 //! importers) produce these; validation guarantees their invariants; stages consume them.
-use llama::chat::{Message, Role};
+use llama_text::chat::{Message, Role};
 use serde::{Deserialize, Serialize};
 
 /// A supervised fine-tuning example: a dialog ending with an assistant reply.

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use llama::chat::{validate_roles, Message, Role};
-use llama::Tokenizer;
+use llama_text::chat::{validate_roles, Message, Role};
+use llama_text::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -16,7 +16,7 @@ use crate::parse::Record;
 use crate::records::{PreferenceRecord, PromptRecord, SftRecord};
 
 /// Messages with text (after trimming) and roles alternating user/assistant after an optional
-/// system message (`llama::chat::validate_roles`, the chat format's own rule).
+/// system message (`llama_text::chat::validate_roles`, the chat format's own rule).
 fn check_dialog(messages: &[Message], field: &str) -> Result<(), FieldError> {
     if messages.is_empty() {
         return Err(FieldError::new(field, Reason::EmptyText, "empty message list"));

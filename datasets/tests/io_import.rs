@@ -4,7 +4,7 @@ use datasets::import::{detect, detect_row, parse_hh_rlhf, parse_trl, split_trans
 use datasets::io::read_all;
 use datasets::validate::{validate_with, ValidateOptions};
 use datasets::{PreferenceKind, PreferenceRecord};
-use llama::chat::Message;
+use llama_text::chat::Message;
 use serde_json::json;
 
 fn hh_row() -> serde_json::Value {

@@ -9,8 +9,8 @@ use datasets::length::{LengthPolicy, Overlong};
 use datasets::parse::Record;
 use datasets::validate::{validate_files, Percentiles, ValidateOptions};
 use datasets::{PreferenceKind, PreferenceRecord, PromptRecord, Rating, SftRecord};
-use llama::chat::Message;
-use llama::Tokenizer;
+use llama_text::chat::Message;
+use llama_text::Tokenizer;
 use polars::prelude::*;
 
 fn tmp() -> tempfile::TempDir {
@@ -481,7 +481,7 @@ fn percentiles_nearest_rank() {
 
 /// The Llama-2 tokenizer; without it these tests fail rather than pass having checked nothing.
 fn tokenizer() -> Tokenizer {
-    let p = llama::tokenizer::default_tokenizer_path()
+    let p = llama_text::tokenizer::default_tokenizer_path()
         .filter(|p| p.is_file())
         .expect("the Llama-2 tokenizer (assets/tokenizer/tokenizer.json) is missing: run scripts/setup");
     Tokenizer::from_file(&p).unwrap()

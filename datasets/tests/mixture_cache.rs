@@ -9,8 +9,8 @@ use datasets::cache::{build_cache, CacheSettings, PreferenceCache, PromptCache, 
 use datasets::length::{LengthPolicy, Overlong};
 use datasets::mixture::{mix_files, mix_records, MixSpec};
 use datasets::{read_all, write_all, PreferenceKind, PreferenceRecord, PromptRecord, RecordKind, SftRecord};
-use llama::chat::{encode_dialog, encode_prompt, AssistantMask, Message};
-use llama::Tokenizer;
+use llama_text::chat::{encode_dialog, encode_prompt, AssistantMask, Message};
+use llama_text::Tokenizer;
 
 // ---- mixtures -----------------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ fn mix_files_streams_both_formats_like_mix_records() {
 // ---- tokenized cache ---------------------------------------------------------------------------
 
 fn tokenizer_path() -> PathBuf {
-    llama::tokenizer::default_tokenizer_path()
+    llama_text::tokenizer::default_tokenizer_path()
         .filter(|p| p.is_file())
         .expect("the Llama-2 tokenizer (assets/tokenizer/tokenizer.json): run scripts/setup")
 }

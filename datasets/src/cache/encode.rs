@@ -1,4 +1,4 @@
-//! Tokenizing records for the cache: the Llama-2 chat format of [`llama::chat`], computed from
+//! Tokenizing records for the cache: the Llama-2 chat format of [`llama_text::chat`], computed from
 //! SentencePiece *words* with a per-thread word cache.
 //!
 //! **Why words are exact.** Meta's Llama-2 `tokenizer.json` (our `assets/tokenizer/`) has no
@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
-use llama::chat::{dialog_segments, encode_dialog, encode_prompt, AssistantMask, ChatTokens, Message};
-use llama::Tokenizer;
+use llama_text::chat::{dialog_segments, encode_dialog, encode_prompt, AssistantMask, ChatTokens, Message};
+use llama_text::Tokenizer;
 use serde_json::{json, Value};
 use tokenizers::Model;
 

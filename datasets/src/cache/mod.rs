@@ -1,9 +1,9 @@
 //! The tokenized cache: every record tokenized once, in the Llama-2 chat format, into flat files
 //! that the stages map into memory ([`format`] describes the files).
 //!
-//! * **SFT**: the dialog's ids ([`encode_dialog`](llama::chat::encode_dialog)) and its loss mask
+//! * **SFT**: the dialog's ids ([`encode_dialog`](llama_text::chat::encode_dialog)) and its loss mask
 //!   (assistant reply tokens and their EOS; [`AssistantMask`] picks all turns or the last one).
-//! * **Preference**: the prompt's ids ([`encode_prompt`](llama::chat::encode_prompt)) and each
+//! * **Preference**: the prompt's ids ([`encode_prompt`](llama_text::chat::encode_prompt)) and each
 //!   reply's ids, such that `prompt ++ chosen` (and `prompt ++ rejected`) is exactly the chat
 //!   encoding of the completed pair (see [`encode`] for why, and the tests that check it), plus
 //!   rating, kind, source and the safety flags. The prompt is stored once, not twice.
@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use llama::chat::{AssistantMask, ChatTokens};
-use llama::Tokenizer;
+use llama_text::chat::{AssistantMask, ChatTokens};
+use llama_text::Tokenizer;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
