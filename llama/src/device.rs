@@ -164,7 +164,13 @@ mod tests {
 
     #[test]
     fn device_specs_parse_and_print_as_written() {
-        for (s, d, back) in [("auto", DeviceSpec::Auto, "auto"), ("CPU", DeviceSpec::Cpu, "cpu"), ("cuda", DeviceSpec::Cuda(0), "cuda"), ("cuda:3", DeviceSpec::Cuda(3), "cuda:3"), ("gpu", DeviceSpec::Cuda(0), "cuda")] {
+        for (s, d, back) in [
+            ("auto", DeviceSpec::Auto, "auto"),
+            ("CPU", DeviceSpec::Cpu, "cpu"),
+            ("cuda", DeviceSpec::Cuda(0), "cuda"),
+            ("cuda:3", DeviceSpec::Cuda(3), "cuda:3"),
+            ("gpu", DeviceSpec::Cuda(0), "cuda"),
+        ] {
             let p: DeviceSpec = s.parse().unwrap();
             assert_eq!(p, d);
             assert_eq!(p.to_string(), back);

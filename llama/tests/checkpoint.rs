@@ -24,7 +24,7 @@ fn retype(path: &Path, names: &[&str], dtype: &str) {
         header[*name]["dtype"] = serde_json::json!(dtype);
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

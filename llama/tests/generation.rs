@@ -74,7 +74,7 @@ fn k_samples_share_the_prefill_and_match_single_prompt_runs() {
     let out = generate(&m, &prompts, &greedy).unwrap();
     assert_eq!(out.tokens.len(), 6);
     for (i, prompt) in prompts.iter().enumerate() {
-        let single = generate(&m, &[prompt.clone()], &SamplingParams { num_samples: 1, ..greedy.clone() }).unwrap();
+        let single = generate(&m, std::slice::from_ref(prompt), &SamplingParams { num_samples: 1, ..greedy.clone() }).unwrap();
         for j in 0..3 {
             assert_eq!(out.tokens[i * 3 + j], single.tokens[0], "prompt {i} sample {j}");
             for (a, b) in out.logprobs[i * 3 + j].iter().zip(&single.logprobs[0]) {

@@ -52,9 +52,9 @@ fn logprobs_and_entropy_by_hand() {
     let logits = Tensor::from_slice(&[0.0f32, 3f32.ln(), 0.0, 0.0]).view([1, 2, 2]);
     let labels = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
     // ln 0.75 = −0.287682; second position uniform: ln 0.5 = −0.693147.
-    close(&v(&logprobs_of(&logits, &labels)), &[0.75f64.ln(), -std::f64::consts::LN_2], 1e-6);
+    close(&v(&logprobs_of(&logits, &labels)), &[0.75f32.ln(), -std::f32::consts::LN_2], 1e-6);
     // H(1/4, 3/4) = −(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335; H(uniform over 2) = ln 2.
-    close(&v(&entropy_from_logits(&logits)), &[0.562335, std::f64::consts::LN_2], 1e-6);
+    close(&v(&entropy_from_logits(&logits)), &[0.562335, std::f32::consts::LN_2], 1e-6);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! distribution the policy now produces; this file is that batch for the demo (`iter{N}/
 //! judged_pairs.jsonl`), ready for `rlhf reward train` next to the original comparisons.
 use crate::select::PromptSamples;
-use demo_world::{judge_messages, keep_safety_pair, rating_for_gap, Category, Judgement};
 use datasets::{PreferenceKind, PreferenceRecord};
+use demo_world::{judge_messages, keep_safety_pair, rating_for_gap, Category, Judgement};
 use std::collections::HashSet;
 
 /// The judges' score of a reply, on the demo world's scale: correct 3, wrong 1, false refusal

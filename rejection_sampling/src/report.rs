@@ -2,7 +2,7 @@
 //! pool, throughput, and the policy before and after the fine-tune.
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
-use crate::eval::{RmEval, ReplyScores};
+use crate::eval::{ReplyScores, RmEval};
 use crate::select::{PoolUpdate, PromptSamples};
 use demo_world::{aggregate, judge_messages, Category, DemoScores, Judgement};
 use serde::{Deserialize, Serialize};

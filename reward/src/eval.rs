@@ -271,6 +271,23 @@ pub fn accuracy_by_gap(scores: &[PairScore], bins: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// `calibration.png` (accuracy against the chosen−rejected score gap) and `scores.png` (score
+/// histograms of chosen and rejected responses) into `out`.
+pub fn plots(scores: &[PairScore], out: &std::path::Path) -> Result<(), training::TrainError> {
+    use training::plot::{histogram, line_chart, Series};
+    let points = accuracy_by_gap(scores, 10);
+    line_chart(
+        &out.join("calibration.png"),
+        "Accuracy against |r_chosen - r_rejected|",
+        "mean |score gap| in bin",
+        "accuracy",
+        &[Series { name: "accuracy".into(), points }],
+    )?;
+    let c: Vec<f64> = scores.iter().map(|s| s.chosen).collect();
+    let r: Vec<f64> = scores.iter().map(|s| s.rejected).collect();
+    histogram(&out.join("scores.png"), "Reward scores", "score", &[("chosen".into(), c), ("rejected".into(), r)], 40)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,21 +353,4 @@ mod tests {
         assert!(md.contains("Table 29 is not computed"), "{md}");
         assert!(md.contains("1 of 3 pairs were longer than `max_seq_len`"), "{md}");
     }
-}
-
-/// `calibration.png` (accuracy against the chosen−rejected score gap) and `scores.png` (score
-/// histograms of chosen and rejected responses) into `out`.
-pub fn plots(scores: &[PairScore], out: &std::path::Path) -> Result<(), training::TrainError> {
-    use training::plot::{histogram, line_chart, Series};
-    let points = accuracy_by_gap(scores, 10);
-    line_chart(
-        &out.join("calibration.png"),
-        "Accuracy against |r_chosen - r_rejected|",
-        "mean |score gap| in bin",
-        "accuracy",
-        &[Series { name: "accuracy".into(), points }],
-    )?;
-    let c: Vec<f64> = scores.iter().map(|s| s.chosen).collect();
-    let r: Vec<f64> = scores.iter().map(|s| s.rejected).collect();
-    histogram(&out.join("scores.png"), "Reward scores", "score", &[("chosen".into(), c), ("rejected".into(), r)], 40)
 }

@@ -38,7 +38,15 @@ pub fn run(cfg: &RewardConfig, out: &Path, resume: bool) -> Result<RewardOutcome
     if !eval_pairs.is_empty() {
         let compute = cfg.train.compute()?;
         let (_vs, model) = load_reward_model(&r.final_model, compute)?;
-        eval = Some(evaluate_into(&model, &eval_pairs, compute.device, cfg.train.micro_batch_size, cfg.threshold, &out.join("eval"), "final")?);
+        eval = Some(evaluate_into(
+            &model,
+            &eval_pairs,
+            compute.device,
+            cfg.train.micro_batch_size,
+            cfg.threshold,
+            &out.join("eval"),
+            "final",
+        )?);
     }
     Ok(RewardOutcome { run: r, eval })
 }

@@ -17,7 +17,7 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn examples(tok: &Tokenizer) -> Vec<Example> {
-    let dialogs = vec![
+    let dialogs = [
         vec![Message::user("What is 2 plus 3?"), Message::assistant("2 plus 3 is 5.")],
         vec![Message::system("Be brief."), Message::user("Capital of France?"), Message::assistant("Paris.")],
         vec![

@@ -86,7 +86,8 @@ pub fn run(c: BenchCommand) -> Result<()> {
                 }
                 _ => bail!("give exactly one of --model DIR or --preset NAME"),
             };
-            let mut v = training::bench::generate_throughput(&model, a.batch, a.prompt_len, a.new_tokens, a.repeats, a.temperature, a.m.seed)?;
+            let mut v =
+                training::bench::generate_throughput(&model, a.batch, a.prompt_len, a.new_tokens, a.repeats, a.temperature, a.m.seed)?;
             v["device"] = format!("{:?}", compute.device).into();
             v["dtype"] = llama::device::kind_name(compute.kind).into();
             v

@@ -57,7 +57,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         eos_token_id: model.cfg.eos_token_id,
         num_samples: 1,
     };
-    let out = llama::generate(&model, &[ids.clone()], &params)?;
+    let out = llama::generate(&model, std::slice::from_ref(&ids), &params)?;
     let new = &out.tokens[0];
     let completion = tok.decode(new)?;
     if a.json {

@@ -93,7 +93,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let s = &a.scoring;
     let l = load(s, &a.data)?;
     let rep = match &a.out {
-        Some(out) => reward::run::evaluate_into(&l.model, &l.pairs, l.device, s.batch_size, a.threshold, out, &s.model.display().to_string())?,
+        Some(out) => {
+            reward::run::evaluate_into(&l.model, &l.pairs, l.device, s.batch_size, a.threshold, out, &s.model.display().to_string())?
+        }
         None => reward::eval::report(&reward::eval::score_pairs(&l.model, &l.pairs, l.device, s.batch_size)?, a.threshold),
     };
     println!("{}", serde_json::to_string(&rep)?);

@@ -32,7 +32,15 @@ pub fn random_ids(rng: &mut SplitMix64, n: usize) -> Vec<u32> {
 
 /// Sampling throughput: `batch` random prompts of `prompt_len` tokens, exactly `new_tokens` new
 /// tokens each (EOS ignored), the median of `repeats` timed runs after one warm-up.
-pub fn generate_throughput(model: &Llama, batch: i64, prompt_len: i64, new_tokens: usize, repeats: usize, temperature: f64, seed: u64) -> Result<serde_json::Value> {
+pub fn generate_throughput(
+    model: &Llama,
+    batch: i64,
+    prompt_len: i64,
+    new_tokens: usize,
+    repeats: usize,
+    temperature: f64,
+    seed: u64,
+) -> Result<serde_json::Value> {
     if batch < 1 || prompt_len < 1 || new_tokens < 1 || repeats < 1 {
         return Err(TrainError::Config("--batch, --prompt-len, --new-tokens and --repeats must be at least 1".into()));
     }
@@ -66,7 +74,11 @@ pub fn generate_throughput(model: &Llama, batch: i64, prompt_len: i64, new_token
         pre.push(out.prefill_seconds);
         dec.push(out.decode_seconds);
         if out.num_new_tokens() != batch as usize * new_tokens {
-            return Err(TrainError::Config(format!("bench produced {} tokens, expected {}", out.num_new_tokens(), batch as usize * new_tokens)));
+            return Err(TrainError::Config(format!(
+                "bench produced {} tokens, expected {}",
+                out.num_new_tokens(),
+                batch as usize * new_tokens
+            )));
         }
     }
     let (secs, pre_s, dec_s) = (median(total), median(pre), median(dec));

@@ -9,6 +9,8 @@
 //! | `manifest.json` | [`super::Manifest`]: what was tokenized, how, and the counts; written last |
 //!
 //! Sequences per record: SFT 1 (the dialog), preference 3 (prompt, chosen, rejected), prompts 1.
+// The workspace denies unsafe code; this module memory-maps the cache (see the SAFETY notes).
+#![allow(unsafe_code)]
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
