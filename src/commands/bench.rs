@@ -2,7 +2,7 @@
 //! functions). Speed is measured here, never in tests.
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use llama::{checkpoint, Config, DeviceSpec, Dtype, Llama};
+use llama::{checkpoint, Config, Llama};
 use std::path::PathBuf;
 use training::bench::TrainBench;
 
@@ -27,12 +27,8 @@ pub struct BenchModelArgs {
     pub preset: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceSpec,
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub on: super::DeviceArgs,
 }
 
 #[derive(Args)]
@@ -73,8 +69,7 @@ pub struct BenchGenerateArgs {
 pub fn run(c: BenchCommand) -> Result<()> {
     let mut out = match c {
         BenchCommand::Generate(a) => {
-            super::set_threads(a.m.threads);
-            let compute = a.m.device.compute(a.m.dtype)?;
+            let compute = a.m.on.compute()?;
             let (_vs, model) = match (&a.m.model, &a.m.preset) {
                 (Some(dir), None) => checkpoint::load_causal_lm(dir, compute.device, compute.kind)?,
                 (None, Some(p)) => {
@@ -101,7 +96,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
 }
 
 fn train_bench(a: BenchTrainArgs) -> TrainBench {
-    super::set_threads(a.m.threads);
+    super::set_threads(a.m.on.threads);
     TrainBench {
         model: a.m.model,
         preset: a.m.preset,
@@ -111,7 +106,7 @@ fn train_bench(a: BenchTrainArgs) -> TrainBench {
         steps: a.steps,
         warmup: a.warmup,
         seed: a.m.seed,
-        device: a.m.device,
-        dtype: a.m.dtype,
+        device: a.m.on.device,
+        dtype: a.m.on.dtype,
     }
 }

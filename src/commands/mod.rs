@@ -19,12 +19,9 @@ use anyhow::Result;
 use llama::{DeviceSpec, Dtype, Tokenizer};
 use std::path::PathBuf;
 
-/// `--model DIR --device D --dtype T --threads N`: what every command that loads one causal LM takes.
+/// `--device D --dtype T --threads N`: where and how every computing command runs.
 #[derive(clap::Args)]
-pub struct ModelArgs {
-    /// HF-layout checkpoint folder.
-    #[arg(long)]
-    pub model: PathBuf,
+pub struct DeviceArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
@@ -36,16 +33,33 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-impl ModelArgs {
-    /// The model's tokenizer (the one precedence of [`llama::tokenizer::resolve`]); sets the threads.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
+impl DeviceArgs {
+    /// Sets the threads and resolves the device and dtype (once, here at the edge).
+    pub fn compute(&self) -> Result<llama::Compute> {
         set_threads(self.threads);
+        Ok(self.device.compute(self.dtype)?)
+    }
+}
+
+/// `--model DIR` plus [`DeviceArgs`]: what every command that loads one causal LM takes.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// HF-layout checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub on: DeviceArgs,
+}
+
+impl ModelArgs {
+    /// The model's tokenizer (the one precedence of [`llama::tokenizer::resolve`]).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
         Ok(llama::tokenizer::resolve(None, Some(&self.model))?.0)
     }
 
     /// The causal LM on its device, in its compute dtype.
     pub fn causal_lm(&self) -> Result<(tch::nn::VarStore, llama::Llama)> {
-        let c = self.device.compute(self.dtype)?;
+        let c = self.on.compute()?;
         Ok(llama::checkpoint::load_causal_lm(&self.model, c.device, c.kind)?)
     }
 }

@@ -2,7 +2,6 @@
 use super::stage::StageArgs;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use llama::DeviceSpec;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -25,10 +24,8 @@ pub struct ScoringArgs {
     pub max_seq_len: Option<usize>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceSpec,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub on: super::DeviceArgs,
 }
 
 #[derive(Args)]
@@ -74,7 +71,6 @@ struct Loaded {
 }
 
 fn load(s: &ScoringArgs, data: &[PathBuf]) -> Result<Loaded> {
-    super::set_threads(s.threads);
     let (tok, _) = llama::tokenizer::resolve(None, Some(&s.model))?;
     let max_len = match (s.max_seq_len, reward::model::trained_max_seq_len(&s.model)) {
         (Some(n), _) | (None, Some(n)) => n,
@@ -84,7 +80,7 @@ fn load(s: &ScoringArgs, data: &[PathBuf]) -> Result<Loaded> {
         }
     };
     let (recs, pairs) = reward::run::encode_files(&tok, data, max_len)?;
-    let compute = s.device.compute(None)?;
+    let compute = s.on.compute()?;
     let (_vs, model) = reward::run::load_reward_model(&s.model, compute)?;
     Ok(Loaded { recs, pairs, _vs, model, device: compute.device })
 }
