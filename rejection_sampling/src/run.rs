@@ -382,17 +382,7 @@ impl<'a> RejectionSampler<'a> {
         let dialogs: Vec<Vec<llama::Message>> = datasets::io::read_all::<SftRecord>(pool)?.into_iter().map(|r| r.messages).collect();
         let examples = sft::trainer::examples_from_dialogs(self.tok, &dialogs, sft_cfg.train_on)?;
         // A seeded held-out share of the pool for the evaluation loss, as `rlhf sft` does.
-        let order = sft::data::epoch_order(examples.len(), sft_cfg.train.seed ^ 0xE7A1, 0);
-        let n_eval = ((examples.len() as f64) * sft_cfg.eval_fraction).round() as usize;
-        let held: HashSet<usize> = order[..n_eval].iter().copied().collect();
-        let (mut train, mut eval) = (Vec::new(), Vec::new());
-        for (i, ex) in examples.into_iter().enumerate() {
-            if held.contains(&i) {
-                eval.push(ex)
-            } else {
-                train.push(ex)
-            }
-        }
+        let (train, eval) = sft::data::held_out_split(examples, sft_cfg.eval_fraction, sft_cfg.train.seed);
         tracing::info!("iteration {it}: fine-tuning {} on {} pooled samples ({} held out)", start.display(), train.len(), eval.len());
         Ok(sft::train(&sft_cfg, &train, &eval, &self.iter_dir(it).join("sft"), true, &self.extra_files)?)
     }
