@@ -59,14 +59,6 @@ keep_last = 2
     (policy, path)
 }
 
-fn steps(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn killed_and_resumed_ppo_run_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
@@ -129,7 +121,7 @@ fn killed_and_resumed_ppo_run_is_bit_identical() {
         let b = std::fs::read(cut.join(f)).unwrap();
         assert!(a == b, "{f}: resumed weights differ from the uninterrupted run");
     }
-    assert_eq!(steps(&cut.join("metrics.jsonl")), (0..=8).collect::<Vec<_>>());
+    assert_eq!(logged_steps(&cut.join("metrics.jsonl")), (0..=8).collect::<Vec<_>>());
     assert_eq!(std::fs::read(full.join("samples.jsonl")).unwrap(), std::fs::read(cut.join("samples.jsonl")).unwrap());
     let n = std::fs::read_dir(cut.join("checkpoints"))
         .unwrap()

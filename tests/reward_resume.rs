@@ -95,11 +95,7 @@ fn killed_and_resumed_reward_run_is_bit_identical() {
     let a = std::fs::read(full.join("final/model.safetensors")).unwrap();
     let b = std::fs::read(cut.join("final/model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");
-    let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&cut.join("metrics.jsonl"));
     assert_eq!(steps, (1..=24).collect::<Vec<_>>(), "every step is logged once");
 
     // The finished run resumed again: its outcome is kept, not rewritten with empty figures.

@@ -78,11 +78,7 @@ fn killed_and_resumed_run_is_bit_identical() {
     let b = std::fs::read(cut.join("final/model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");
     // Every step is logged once.
-    let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&cut.join("metrics.jsonl"));
     assert_eq!(steps, (1..=14).collect::<Vec<_>>());
     // Keep-last-2 pruning (the best-by-eval checkpoint may be kept as well).
     let n = std::fs::read_dir(cut.join("checkpoints"))

@@ -33,7 +33,7 @@ pub fn run_stage(cfg: &StageConfig, dir: &Path) -> Result<StageOutput, StageFail
         }
         StageConfig::Init(c) => {
             let out = dir.join("model");
-            init_model(&c.preset, c.seed, &out)?;
+            training::stage::init_model(&c.preset, c.seed, tch::Kind::Float, &out)?;
             done(out, serde_json::json!({"preset": c.preset}))
         }
         StageConfig::Sft(c) => {
@@ -53,20 +53,4 @@ pub fn run_stage(cfg: &StageConfig, dir: &Path) -> Result<StageOutput, StageFail
             done(o.final_model.clone(), serde_json::to_value(&o)?)
         }
     }
-}
-
-/// A randomly initialised preset model (HF's init) in float32 with the Llama-2 tokenizer, as
-/// `rlhf init` writes it.
-fn init_model(preset: &str, seed: u64, out: &Path) -> Result<(), StageFailure> {
-    use llama::checkpoint;
-    let cfg = llama::Config::preset(preset)?;
-    tch::manual_seed(seed as i64);
-    let vs = checkpoint::var_store(tch::Device::Cpu, tch::Kind::Float);
-    let _model = llama::Llama::new(&vs.root(), &cfg);
-    let mut opts = checkpoint::SaveOptions { dtype: tch::Kind::Float, ..Default::default() };
-    if let Some(tok) = llama::tokenizer::default_tokenizer_path() {
-        opts.extra_files = training::stage::tokenizer_files(&tok);
-    }
-    checkpoint::save(&vs, &cfg, out, &opts)?;
-    Ok(())
 }

@@ -57,3 +57,12 @@ pub fn kill_when(cmd: &mut Command, ready: impl Fn() -> bool, limit: std::time::
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
+
+/// The `step` of every line of a run's `metrics.jsonl`, in order.
+pub fn logged_steps(metrics: &Path) -> Vec<u64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect()
+}

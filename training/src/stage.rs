@@ -21,3 +21,19 @@ pub fn read_records<R: datasets::Record>(paths: &[PathBuf]) -> Result<Vec<R>> {
     }
     Ok(out)
 }
+
+/// Writes a randomly initialised preset model (HF's init: normal(0, 0.02), norms 1) in `dtype`
+/// with the Llama-2 tokenizer to `out`, as `rlhf init` and the pipeline's `init` stage do.
+pub fn init_model(preset: &str, seed: u64, dtype: tch::Kind, out: &Path) -> Result<llama::Config> {
+    use llama::checkpoint;
+    let cfg = llama::Config::preset(preset)?;
+    tch::manual_seed(seed as i64);
+    let vs = checkpoint::var_store(tch::Device::Cpu, tch::Kind::Float);
+    let _model = llama::Llama::new(&vs.root(), &cfg);
+    let mut opts = checkpoint::SaveOptions { dtype, ..Default::default() };
+    if let Some(tok) = llama::tokenizer::default_tokenizer_path() {
+        opts.extra_files = tokenizer_files(&tok);
+    }
+    checkpoint::save(&vs, &cfg, out, &opts)?;
+    Ok(cfg)
+}
