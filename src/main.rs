@@ -52,11 +52,18 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("rlhf: internal error: {info}");
     }));
+    // Under torchrun only rank 0 logs progress; the other ranks say only what goes wrong.
+    let rank = std::env::var("RANK").ok().and_then(|r| r.parse::<i64>().ok()).filter(|_| std::env::var_os("WORLD_SIZE").is_some());
+    let default_filter = if rank.unwrap_or(0) == 0 { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RLHF_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RLHF_LOG").unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(e) = join_distributed(&cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
@@ -73,7 +80,30 @@ fn main() {
         Command::Tokenizer(c) => commands::tokenizer::run(c),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        match rank {
+            Some(r) => eprintln!("error: [rank {r}] {e:#}"),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
+}
+
+/// Joins the process group when launched by torchrun (`WORLD_SIZE` set). Only the training stages
+/// run distributed; every other command refuses a world of more than one process.
+fn join_distributed(command: &Command) -> anyhow::Result<()> {
+    let world: i64 = std::env::var("WORLD_SIZE").ok().and_then(|w| w.trim().parse().ok()).unwrap_or(1);
+    if std::env::var_os("WORLD_SIZE").is_none() {
+        return Ok(());
+    }
+    let supported = matches!(command, Command::Sft(_) | Command::Reward(commands::reward::RewardCommand::Train(_)));
+    if !supported && world > 1 {
+        anyhow::bail!(
+            "this command runs in one process; launch it without torchrun (WORLD_SIZE={world}). \
+             Distributed: rlhf sft, rlhf reward train"
+        );
+    }
+    if supported {
+        distributed::init_from_env()?;
+    }
+    Ok(())
 }

@@ -24,8 +24,8 @@ fn main() {
         opt.zero_grad();
         loss.backward();
         let t_bwd = t.elapsed().as_secs_f64();
-        opt.clip_grad_norm(1.0);
-        opt.step(1e-5);
+        opt.clip_grad_norm(1.0).unwrap();
+        opt.step(1e-5).unwrap();
         let t_opt = t.elapsed().as_secs_f64();
         let _ = f64::try_from(ent).unwrap();
         println!(

@@ -328,12 +328,12 @@ impl<'a> PpoTrainer<'a> {
             })?;
             tokens += b.num_tokens;
         }
-        let grad_norm = self.policy_opt.clip_grad_norm(cfg.train.grad_clip);
+        let grad_norm = self.policy_opt.clip_grad_norm(cfg.train.grad_clip)?;
         let step = self.state.policy_steps;
         if !loss_sum.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, what: "policy loss or gradient", value: loss_sum + grad_norm });
         }
-        self.policy_opt.step(self.schedule.lr(step));
+        self.policy_opt.step(self.schedule.lr(step))?;
         self.state.policy_steps += 1;
         let mut out =
             vec![("policy_loss", loss_sum), ("clip_frac", clip), ("approx_kl", akl), ("entropy", ent), ("policy_grad_norm", grad_norm)];
@@ -357,12 +357,12 @@ impl<'a> PpoTrainer<'a> {
             loss_sum += f64::try_from(&loss)? * w;
             clip += frac * w;
         }
-        let grad_norm = self.value_opt.clip_grad_norm(cfg.train.grad_clip);
+        let grad_norm = self.value_opt.clip_grad_norm(cfg.train.grad_clip)?;
         let step = self.state.value_steps;
         if !loss_sum.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, what: "value loss or gradient", value: loss_sum + grad_norm });
         }
-        self.value_opt.step(self.value_schedule.lr(step));
+        self.value_opt.step(self.value_schedule.lr(step))?;
         self.state.value_steps += 1;
         Ok(vec![("value_loss", loss_sum), ("value_clip_frac", clip), ("value_grad_norm", grad_norm)])
     }

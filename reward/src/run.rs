@@ -31,11 +31,13 @@ pub fn run(cfg: &RewardConfig, out: &Path, resume: bool) -> Result<RewardOutcome
             None => encode_files(&tok, files, cfg.max_seq_len).map(|(_, p)| p),
         }
     };
-    let pairs = pairs_of(&cfg.train_data)?;
-    let eval_pairs = pairs_of(&cfg.eval_data)?;
+    // Distributed: rank 0 builds the token cache first; the others then reuse it.
+    let pairs = training::dist::main_first(|| pairs_of(&cfg.train_data))?;
+    let eval_pairs = training::dist::main_first(|| pairs_of(&cfg.eval_data))?;
     let r = crate::trainer::train(cfg, &pairs, &eval_pairs, out, resume, &tokenizer_files(&tok_path))?;
     let mut eval = None;
-    if !eval_pairs.is_empty() {
+    // Distributed: rank 0 evaluates the final model and writes the report; the others are done.
+    if !eval_pairs.is_empty() && distributed::is_main() {
         let compute = cfg.train.compute()?;
         let (_vs, model) = load_reward_model(&r.final_model, compute)?;
         eval = Some(evaluate_into(

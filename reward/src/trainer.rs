@@ -57,7 +57,7 @@ impl<'a> RewardTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
+        let opt = AdamW::with_zero(&vs, cfg.train.adamw(), |_| true, cfg.train.zero_stage)?;
         Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
     }
 
@@ -75,7 +75,12 @@ impl<'a> RewardTrainer<'a> {
         let n = pairs.len();
         self.opt.zero_grad();
         let (mut loss_sum, mut correct, mut tokens, mut gap) = (0f64, 0usize, 0usize, 0f64);
-        for chunk in pairs.chunks(self.cfg.train.micro_batch_size) {
+        // Distributed: rank r takes micro-batches r, r + W, ...; the sums are reduced below.
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        for (j, chunk) in pairs.chunks(self.cfg.train.micro_batch_size).enumerate() {
+            if j % world != rank {
+                continue;
+            }
             let (c, r, t) = pair_scores(&self.model, chunk, self.device);
             tokens += t;
             let loss = ranking_loss(&c, &r, &margins(self.cfg, chunk, self.device), self.cfg.center_coef) * (chunk.len() as f64 / n as f64);
@@ -85,7 +90,11 @@ impl<'a> RewardTrainer<'a> {
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;
             gap += f64::try_from(d.sum(Kind::Float))?;
         }
-        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip);
+        let mut sums = [loss_sum, correct as f64, tokens as f64, gap];
+        training::dist::sum_over_ranks(&mut sums)?;
+        let [loss_sum, correct, tokens, gap] = sums;
+        let (correct, tokens) = (correct as usize, tokens as usize);
+        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip)?;
         if !loss_sum.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, what: "loss", value: loss_sum });
         }
@@ -93,7 +102,7 @@ impl<'a> RewardTrainer<'a> {
             return Err(TrainError::NonFinite { step: step + 1, what: "gradient norm", value: grad_norm });
         }
         let lr = self.schedule.lr(step);
-        self.opt.step(lr);
+        self.opt.step(lr)?;
         let secs = t0.elapsed().as_secs_f64();
         Ok(serde_json::json!({
             "step": step + 1, "loss": loss_sum, "accuracy": correct as f64 / n as f64,
@@ -150,7 +159,7 @@ pub fn train(
     extra_files: &[PathBuf],
 ) -> Result<RunResult> {
     // Before the model is loaded: a folder in use fails at once.
-    let _lock = RunLock::acquire(run_dir)?;
+    let _lock = RunLock::acquire_main(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

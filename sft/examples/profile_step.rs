@@ -25,9 +25,9 @@ fn main() {
             let t2 = t0.elapsed().as_secs_f64();
             loss.backward();
             let t3 = t0.elapsed().as_secs_f64();
-            opt.clip_grad_norm(1.0);
+            opt.clip_grad_norm(1.0).unwrap();
             let t4 = t0.elapsed().as_secs_f64();
-            opt.step(1e-5);
+            opt.step(1e-5).unwrap();
             let t5 = t0.elapsed().as_secs_f64();
             println!("{name}: fwd {:.3}s head+loss {:.3}s bwd {:.3}s clip {:.3}s adamw {:.3}s", t1, t2 - t1, t3 - t2, t4 - t3, t5 - t4);
         }

@@ -96,7 +96,7 @@ impl<'a> SftTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = AdamW::new(&vs, cfg.train.adamw(), |_| true);
+        let opt = AdamW::with_zero(&vs, cfg.train.adamw(), |_| true, cfg.train.zero_stage)?;
         Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
     }
 
@@ -120,15 +120,25 @@ impl<'a> SftTrainer<'a> {
         self.opt.zero_grad();
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
-        for chunk in rows.chunks(self.cfg.train.micro_batch_size) {
+        // Distributed: rank r takes micro-batches r, r + W, ...; each is the same batch it is in
+        // one process, and the gradients (already divided by the step's target count) are summed.
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        for (j, chunk) in rows.chunks(self.cfg.train.micro_batch_size).enumerate() {
+            if j % world != rank {
+                continue;
+            }
             let batch = collate(chunk, self.device);
             tokens += batch.num_tokens;
             let (nll, _) = sft_loss_sum(&self.model, &batch);
             (&nll / n_targets as f64).backward();
             loss_sum += f64::try_from(&nll)?;
         }
+        let mut sums = [loss_sum, tokens as f64];
+        training::dist::sum_over_ranks(&mut sums)?;
+        let [loss_sum, tokens] = sums;
+        let tokens = tokens as usize;
         let loss = loss_sum / n_targets as f64;
-        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip);
+        let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip)?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, what: "loss", value: loss });
         }
@@ -136,7 +146,7 @@ impl<'a> SftTrainer<'a> {
             return Err(TrainError::NonFinite { step: step + 1, what: "gradient norm", value: grad_norm });
         }
         let lr = self.schedule.lr(step);
-        self.opt.step(lr);
+        self.opt.step(lr)?;
         let secs = t0.elapsed().as_secs_f64();
         Ok(serde_json::json!({
             "step": step + 1,
@@ -198,7 +208,7 @@ pub fn train(
     extra_files: &[PathBuf],
 ) -> Result<SftOutcome> {
     // Before the model is built: a folder in use fails at once.
-    let _lock = RunLock::acquire(run_dir)?;
+    let _lock = RunLock::acquire_main(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

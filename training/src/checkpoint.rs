@@ -67,6 +67,23 @@ pub fn optimizer_file(part: &str) -> String {
     }
 }
 
+/// The file of rank `rank`'s ZeRO shard of a part's optimizer state in a run of `world` ranks.
+pub fn zero_file(part: &str, rank: i64, world: i64) -> String {
+    let stem = optimizer_file(part);
+    let stem = stem.trim_end_matches(".safetensors");
+    format!("{stem}.zero-rank{rank:05}-of-{world:05}.safetensors")
+}
+
+/// Every rank learns whether every rank's `r` succeeded; a rank whose own call failed returns
+/// its error, the others an error saying which step failed elsewhere.
+fn agree(r: Result<()>, what: &str) -> Result<()> {
+    if crate::dist::all_ok(r.is_ok())? {
+        return Ok(());
+    }
+    r?;
+    Err(TrainError::Distributed(format!("rank {}: another rank could not {what}; stopping with it", distributed::rank())))
+}
+
 pub struct CheckpointManager {
     pub dir: PathBuf,
     pub keep_last: usize,
@@ -82,28 +99,58 @@ impl CheckpointManager {
     }
 
     /// Saves every part (weights fp32, optimizer state) and `state` as checkpoint `state.step`;
-    /// returns its folder.
+    /// returns its folder. In a distributed run every rank calls it: rank 0 writes the models,
+    /// the state and a replicated optimizer, each rank its own ZeRO shard, into one temp folder
+    /// that rank 0 renames into place once every rank has written (complete or absent).
     pub fn save(&self, parts: &[Part], extra_files: &[PathBuf], state: &TrainerState) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let main = distributed::is_main();
         let name = step_name(state.step);
-        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        for p in parts {
-            let opts = SaveOptions { architecture: p.architecture.into(), extra_files: extra_files.to_vec(), ..Default::default() };
-            ck::save(p.vs, &p.cfg, &tmp.join(p.name), &opts)?;
-            let tensors: Vec<(String, tch::Tensor)> =
-                p.opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
-            ck::write_safetensors(&tmp.join(optimizer_file(p.name)), &tensors)?;
-        }
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        ck::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        let tmp = self.dir.join(format!(".{name}.tmp-{}", crate::dist::leader_pid()));
+        let made = if main {
+            (|| -> Result<()> {
+                std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+                if tmp.exists() {
+                    std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+                }
+                std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))
+            })()
+        } else {
+            Ok(())
+        };
+        agree(made, "create the checkpoint folder")?;
+        let written = (|| -> Result<()> {
+            for p in parts {
+                if main {
+                    let opts = SaveOptions { architecture: p.architecture.into(), extra_files: extra_files.to_vec(), ..Default::default() };
+                    ck::save(p.vs, &p.cfg, &tmp.join(p.name), &opts)?;
+                }
+                let file = match p.opt.zero_layout() {
+                    Some([world, rank, ..]) => zero_file(p.name, rank, world),
+                    None if main => optimizer_file(p.name),
+                    None => continue,
+                };
+                let tensors: Vec<(String, tch::Tensor)> =
+                    p.opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
+                ck::write_safetensors(&tmp.join(file), &tensors)?;
+            }
+            if main {
+                let json = serde_json::to_string_pretty(state).expect("state serialises");
+                ck::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+            }
+            Ok(())
+        })();
+        agree(written, "write its part of the checkpoint")?;
         let dst = self.path_of(state.step);
-        ck::replace_dir(&tmp, &dst)?;
-        ck::write_atomic(&self.dir.join("latest"), name.as_bytes())?;
-        self.prune(state)?;
+        let placed = if main {
+            (|| -> Result<()> {
+                ck::replace_dir(&tmp, &dst)?;
+                ck::write_atomic(&self.dir.join("latest"), name.as_bytes())?;
+                self.prune(state)
+            })()
+        } else {
+            Ok(())
+        };
+        agree(placed, "put the checkpoint in place")?;
         Ok(dst)
     }
 
@@ -168,11 +215,73 @@ pub fn read_state(path: &Path) -> Result<TrainerState> {
 }
 
 /// Loads one part's weights and optimizer state (`opt_steps` updates done) from a checkpoint.
+/// The optimizer state may be replicated (`optimizer.safetensors`) or ZeRO shards of any world
+/// size; either loads into a replicated or a sharded optimizer (re-sharded as needed).
 pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW, opt_steps: u64) -> Result<()> {
     ck::load_var_store(vs, &path.join(name))?;
-    let files = CheckpointFiles::open_file(&path.join(optimizer_file(name)))?;
     let device = vs.device();
-    opt.load_state(opt_steps, |n| Ok(files.tensor(n)?.to_device(device)))
+    let replicated = path.join(optimizer_file(name));
+    if let Some(layout @ [world, rank, ..]) = opt.zero_layout() {
+        let own = path.join(zero_file(name, rank, world));
+        if own.exists() {
+            let files = CheckpointFiles::open_file(&own)?;
+            let saved = Vec::<i64>::try_from(files.tensor("zero.layout")?)?;
+            if saved == layout {
+                let get = |n: &str| -> Result<tch::Tensor> { Ok(files.tensor(n)?.to_device(device)) };
+                return opt.load_zero_shard(opt_steps, &get("zero.master")?, &get("zero.m")?, &get("zero.v")?);
+            }
+        }
+    }
+    if replicated.exists() {
+        let files = CheckpointFiles::open_file(&replicated)?;
+        return opt.load_state(opt_steps, |n| Ok(files.tensor(n)?.to_device(device)));
+    }
+    let whole = unshard_files(path, name, opt)?;
+    opt.load_state(opt_steps, |n| {
+        whole.get(n).map(|t| t.to_device(device)).ok_or_else(|| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("no optimizer state {n}") })
+    })
+}
+
+/// The whole per-parameter optimizer state of part `name` from the ZeRO shards in checkpoint
+/// `path` (written by any number of ranks).
+fn unshard_files(path: &Path, name: &str, opt: &AdamW) -> Result<std::collections::HashMap<String, tch::Tensor>> {
+    let bad = |msg: String| TrainError::Checkpoint { path: path.to_path_buf(), msg };
+    let stem = zero_file(name, 0, 0);
+    let prefix = stem.split(".zero-rank").next().unwrap_or_default().to_string() + ".zero-rank00000-of-";
+    let world = std::fs::read_dir(path)
+        .map_err(|e| TrainError::io(path, e))?
+        .flatten()
+        .find_map(|e| e.file_name().to_string_lossy().strip_prefix(&prefix)?.strip_suffix(".safetensors")?.parse::<i64>().ok())
+        .ok_or_else(|| bad(format!("no optimizer state for {name}: neither {} nor ZeRO shards", optimizer_file(name))))?;
+    let mut bucket = None;
+    let mut shards: [Vec<tch::Tensor>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for r in 0..world {
+        let file = path.join(zero_file(name, r, world));
+        if !file.exists() {
+            return Err(bad(format!("has ZeRO shards of {world} ranks but {} is missing", file.display())));
+        }
+        let files = CheckpointFiles::open_file(&file)?;
+        let layout = Vec::<i64>::try_from(files.tensor("zero.layout")?)?;
+        if layout.len() != 4 || layout[0] != world || layout[1] != r || layout[3] != opt.num_parameters() {
+            return Err(bad(format!("{}: zero.layout {layout:?} does not fit rank {r} of {world} and {} parameters", file.display(), opt.num_parameters())));
+        }
+        bucket = Some(layout[2]);
+        for (i, key) in ["zero.master", "zero.m", "zero.v"].iter().enumerate() {
+            shards[i].push(files.tensor(key)?.to_kind(tch::Kind::Float));
+        }
+    }
+    let shapes = opt.param_shapes();
+    let sizes: Vec<i64> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
+    let mut out = std::collections::HashMap::new();
+    for (i, what) in ["master", "m", "v"].iter().enumerate() {
+        let flat = crate::zero::unshard(&sizes, bucket.unwrap_or(crate::zero::DEFAULT_BUCKET), &shards[i]);
+        let mut off = 0;
+        for ((pname, shape), &n) in shapes.iter().zip(&sizes) {
+            out.insert(format!("{what}.{pname}"), flat.narrow(0, off, n).reshape(shape.as_slice()));
+            off += n;
+        }
+    }
+    Ok(out)
 }
 
 /// Loads a single-model checkpoint (`model/`, `optimizer.safetensors`); returns its state.

@@ -60,6 +60,15 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Evaluate on the held-out split every N optimizer steps (0: only at the end).
     pub eval_every: u64,
+    /// Distributed runs: 0 replicates the optimizer state on every rank; 1 and 2 shard the fp32
+    /// masters and moments over the ranks (ZeRO; 2 reduce-scatters the gradients). Not
+    /// serialised at 0, so configs and fingerprints without it are unchanged.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub zero_stage: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl Default for TrainConfig {
@@ -87,14 +96,20 @@ impl Default for TrainConfig {
             keep_last: 2,
             log_every: 1,
             eval_every: 0,
+            zero_stage: 0,
         }
     }
 }
 
 impl TrainConfig {
-    /// The device and compute dtype of the run, resolved once.
+    /// The device and compute dtype of the run, resolved once. In a distributed run a CUDA
+    /// device is the rank's own, `cuda:LOCAL_RANK`.
     pub fn compute(&self) -> Result<Compute, llama::LlamaError> {
-        self.device.compute(self.dtype)
+        let mut c = self.device.compute(self.dtype)?;
+        if let (Some(d), tch::Device::Cuda(_)) = (distributed::get(), c.device) {
+            c.device = d.cuda_device();
+        }
+        Ok(c)
     }
 
     pub fn adamw(&self) -> AdamWConfig {
@@ -123,6 +138,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return Err("beta1 and beta2 must be in [0, 1)".into());
+        }
+        if self.zero_stage > 2 {
+            return Err(format!("zero_stage must be 0, 1 or 2, got {}", self.zero_stage));
         }
         if !(0.0..=1.0).contains(&self.lr_floor_ratio) {
             return Err("lr_floor_ratio must be in [0, 1]".into());

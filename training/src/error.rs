@@ -25,6 +25,9 @@ pub enum TrainError {
     Config(String),
     #[error("run folder {} is in use by another run ({}); wait for it to end or choose another folder", .dir.display(), holder_text(.holder))]
     Locked { dir: PathBuf, holder: Option<crate::lock::LockHolder> },
+    /// A collective of a distributed run failed (names the rank at fault).
+    #[error("{0}")]
+    Distributed(String),
     #[error("plot {0}")]
     Plot(String),
     #[error(transparent)]

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod error;
 pub mod lock;
 pub mod metrics;
@@ -12,6 +13,7 @@ pub mod plot;
 pub mod runner;
 pub mod schedule;
 pub mod stage;
+pub mod zero;
 
 pub use config::TrainConfig;
 pub use error::TrainError;

@@ -68,6 +68,16 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Held>>> {
 }
 
 impl RunLock {
+    /// [`RunLock::acquire`] on rank 0 of a distributed run (or in a plain run); the other ranks
+    /// write into the folder rank 0 holds and take no lock (`None`).
+    pub fn acquire_main(dir: &Path) -> Result<Option<RunLock>> {
+        if distributed::is_main() {
+            Self::acquire(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Creates `dir` if needed and locks it; fails at once with [`TrainError::Locked`] (naming the
     /// folder and the holder's pid and host) when another process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {

@@ -69,7 +69,11 @@ impl Progress {
         Progress { name: name.into(), total, start: Instant::now(), start_step, tty: std::io::stderr().is_terminal(), every: every.max(1) }
     }
 
+    /// Shows the step (rank 0 of a distributed run only).
     pub fn update(&self, step: u64, summary: &str) {
+        if !distributed::is_main() {
+            return;
+        }
         let done = step.saturating_sub(self.start_step) as f64;
         let elapsed = self.start.elapsed().as_secs_f64();
         let eta = if done > 0.0 { elapsed / done * (self.total.saturating_sub(step)) as f64 } else { f64::NAN };

@@ -7,9 +7,14 @@
 //! `p ← p·(1 − lr·wd)`, `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`,
 //! `p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)`.
 //! Every piece of state is a named tensor, so a checkpoint holds it exactly.
+//!
+//! In a distributed run (torchrun) [`AdamW::clip_grad_norm`] first sums the gradients over the
+//! ranks; with ZeRO (`zero_stage` 1 or 2) each rank keeps and updates only its shard of the fp32
+//! state ([`crate::zero`]) and the updated weights are all-gathered.
 use crate::error::{Result, TrainError};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use crate::zero::{Piece, ZeroLayout};
+use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,11 +35,31 @@ impl Default for AdamWConfig {
 struct Param {
     name: String,
     var: Tensor,
+    decay: bool,
+    /// Per-parameter state; `None` when a ZeRO shard holds it.
+    local: Option<Local>,
+}
+
+struct Local {
     /// fp32 master copy when the model variable is not fp32.
     master: Option<Tensor>,
     m: Tensor,
     v: Tensor,
-    decay: bool,
+}
+
+/// ZeRO-1/2: this rank's shard of the fp32 masters and moments ([`crate::zero`]).
+struct Sharded {
+    dist: &'static distributed::Dist,
+    stage: u8,
+    layout: ZeroLayout,
+    pieces: Vec<Piece>,
+    master: Tensor,
+    m: Tensor,
+    v: Tensor,
+    /// The summed gradient of this shard (filled by the reduction).
+    grad: Tensor,
+    /// Which parameters had a gradient in this step (the others are not updated).
+    has_grad: Vec<bool>,
 }
 
 pub struct AdamW {
@@ -42,6 +67,9 @@ pub struct AdamW {
     params: Vec<Param>,
     /// Number of updates applied so far.
     pub step: u64,
+    sharded: Option<Sharded>,
+    /// Sum gradients over the ranks of a distributed run before clipping (data parallelism).
+    dist: Option<&'static distributed::Dist>,
 }
 
 /// Weight decay applies to matrices, not to norm gains (or any 1-D tensor).
@@ -49,28 +77,120 @@ pub fn decays(name: &str, t: &Tensor) -> bool {
     t.dim() >= 2 && !name.contains("norm")
 }
 
+fn dist_err(e: distributed::DistError) -> TrainError {
+    TrainError::Distributed(e.to_string())
+}
+
+/// torch.optim.AdamW's update of `w` (in place) from gradient `g`, with bias corrections
+/// `bc1 = 1−β1ᵗ` and `bc2_sqrt = √(1−β2ᵗ)`. Element-wise only, so a shard's update equals the
+/// same elements' update of the whole tensor, bit for bit.
+#[allow(clippy::too_many_arguments)]
+fn adamw_update(cfg: &AdamWConfig, w: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, decay: bool, lr: f64, bc1: f64, bc2_sqrt: f64) {
+    let AdamWConfig { beta1, beta2, eps, weight_decay } = *cfg;
+    if decay && weight_decay != 0.0 {
+        let _ = w.g_mul_scalar_(1.0 - lr * weight_decay);
+    }
+    // In place, one temporary per tensor: this loop streams every parameter, so its memory
+    // traffic is what costs on a CPU.
+    let _ = m.lerp_(g, 1.0 - beta1);
+    let _ = v.g_mul_scalar_(beta2);
+    let mut g2 = g.square();
+    let _ = g2.g_mul_scalar_(1.0 - beta2);
+    let _ = v.g_add_(&g2);
+    // denom = -(√v/√(1−β2ᵗ) + eps)·(1−β1ᵗ)/lr, so w + m/denom is the AdamW step.
+    let mut denom = v.sqrt();
+    let _ = denom.g_div_scalar_(bc2_sqrt);
+    let _ = denom.g_add_scalar_(eps);
+    let _ = denom.g_mul_scalar_(-bc1 / lr);
+    let _ = w.addcdiv_(m, &denom);
+}
+
 impl AdamW {
-    /// Optimizes every trainable variable of `vs` whose name passes `filter`.
+    /// Optimizes every trainable variable of `vs` whose name passes `filter`. In a distributed
+    /// run (torchrun) the gradients are summed over the ranks before clipping; the state is
+    /// replicated on every rank (ZeRO stage 0).
     pub fn new(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool) -> Self {
+        Self::with_zero(vs, cfg, filter, 0).expect("ZeRO stage 0 has no collective to fail")
+    }
+
+    /// As [`AdamW::new`], with the fp32 masters and moments sharded over the ranks of a
+    /// distributed run when `zero_stage` is 1 or 2 (in one process the stage changes nothing).
+    pub fn with_zero(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, zero_stage: u8) -> Result<Self> {
+        Self::with_zero_bucket(vs, cfg, filter, zero_stage, crate::zero::DEFAULT_BUCKET)
+    }
+
+    /// As [`AdamW::with_zero`] with `bucket` elements per collective.
+    pub fn with_zero_bucket(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, zero_stage: u8, bucket: i64) -> Result<Self> {
+        if zero_stage > 2 {
+            return Err(TrainError::Config(format!("zero_stage must be 0, 1 or 2, got {zero_stage}")));
+        }
+        let dist = distributed::get().filter(|d| d.world_size > 1);
+        let shard = zero_stage > 0 && dist.is_some();
         // Frozen variables (`VarStore::freeze`) do not require gradients.
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| filter(n) && t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = tch::no_grad(|| {
+        let params: Vec<Param> = tch::no_grad(|| {
             vars.into_iter()
                 .map(|(name, var)| {
-                    let master = (var.kind() != Kind::Float).then(|| var.to_kind(Kind::Float).detach());
-                    let m = Tensor::zeros_like(&var).to_kind(Kind::Float);
-                    let v = Tensor::zeros_like(&var).to_kind(Kind::Float);
+                    let local = (!shard).then(|| Local {
+                        master: (var.kind() != Kind::Float).then(|| var.to_kind(Kind::Float).detach()),
+                        m: Tensor::zeros_like(&var).to_kind(Kind::Float),
+                        v: Tensor::zeros_like(&var).to_kind(Kind::Float),
+                    });
                     let decay = decays(&name, &var);
-                    Param { name, var, master, m, v, decay }
+                    Param { name, var, decay, local }
                 })
                 .collect()
         });
-        AdamW { cfg, params, step: 0 }
+        let sharded = match dist {
+            Some(d) if shard => {
+                let sizes: Vec<i64> = params.iter().map(|p| p.var.numel() as i64).collect();
+                let layout = ZeroLayout::new(&sizes, d.world_size, d.rank, bucket);
+                let pieces = layout.pieces();
+                let device = params.first().map_or(Device::Cpu, |p| p.var.device());
+                let zeros = || Tensor::zeros([layout.shard_len], (Kind::Float, device));
+                let master = zeros();
+                tch::no_grad(|| {
+                    for pc in &pieces {
+                        let src = params[pc.param].var.reshape([-1]).narrow(0, pc.param_off, pc.len);
+                        master.narrow(0, pc.shard_off, pc.len).copy_(&src);
+                    }
+                });
+                let has_grad = vec![false; params.len()];
+                Some(Sharded { dist: d, stage: zero_stage, pieces, master, m: zeros(), v: zeros(), grad: zeros(), has_grad, layout })
+            }
+            _ => None,
+        };
+        Ok(AdamW { cfg, params, step: 0, sharded, dist })
     }
 
     pub fn num_parameters(&self) -> i64 {
         self.params.iter().map(|p| p.var.numel() as i64).sum()
+    }
+
+    /// The ZeRO stage in effect (0 when the state is replicated, or in one process).
+    pub fn zero_stage(&self) -> u8 {
+        self.sharded.as_ref().map_or(0, |s| s.stage)
+    }
+
+    /// Bytes of optimizer state (fp32 masters and moments) this rank holds, per parameter of the
+    /// model: 12 (8 for an fp32 model, whose weights are the masters) replicated, 12/W sharded.
+    pub fn state_bytes_per_param(&self) -> f64 {
+        let n = self.num_parameters().max(1) as f64;
+        let bytes: i64 = match &self.sharded {
+            Some(s) => 12 * s.layout.shard_len,
+            None => self
+                .params
+                .iter()
+                .filter_map(|p| p.local.as_ref().map(|l| (8 + if l.master.is_some() { 4 } else { 0 }) * p.var.numel() as i64))
+                .sum(),
+        };
+        bytes as f64 / n
+    }
+
+    /// Parameter names and shapes, in the optimizer's order.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        self.params.iter().map(|p| (p.name.clone(), p.var.size())).collect()
     }
 
     pub fn zero_grad(&mut self) {
@@ -79,10 +199,97 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients, clipped to `max_norm` in place when above it (as
-    /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        tch::no_grad(|| {
+    /// Sums the gradients over the ranks of a distributed run: in place (stage 0), or into this
+    /// rank's shard (ZeRO), bucket by bucket. Nothing to do in one process.
+    fn reduce_gradients(&mut self) -> Result<()> {
+        let Some(d) = self.dist else { return Ok(()) };
+        // Which parameters have a gradient on any rank: a rank that had no micro-batch in this
+        // step, or a parameter its batch did not reach, still joins the sum with zeros.
+        let local: Vec<f32> = self.params.iter().map(|p| if p.var.grad().defined() { 1.0 } else { 0.0 }).collect();
+        let flags = Tensor::from_slice(&local);
+        d.all_reduce(&flags, distributed::ReduceOp::Max).map_err(dist_err)?;
+        let has_grad: Vec<bool> = Vec::<f32>::try_from(&flags)?.into_iter().map(|f| f > 0.0).collect();
+        let missing: Vec<Tensor> = self
+            .params
+            .iter()
+            .zip(&has_grad)
+            .filter(|(p, &any)| any && !p.var.grad().defined())
+            .map(|(p, _)| p.var.sum(Kind::Float) * 0.0)
+            .collect();
+        if !missing.is_empty() {
+            Tensor::stack(&missing, 0).sum(Kind::Float).backward();
+        }
+        tch::no_grad(|| -> Result<()> {
+            if let Some(s) = &mut self.sharded {
+                s.has_grad = has_grad;
+                let device = s.grad.device();
+                for b in s.layout.buckets.clone() {
+                    let flat = Tensor::zeros([b.padded], (Kind::Float, device));
+                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.padded) {
+                        let g = self.params[param].var.grad();
+                        if g.defined() {
+                            flat.narrow(0, off, len).copy_(&g.reshape([-1]).narrow(0, param_off, len));
+                        }
+                    }
+                    let part = b.padded / d.world_size;
+                    let mut out = s.grad.narrow(0, b.shard_off, part);
+                    if s.stage == 1 {
+                        d.all_reduce(&flat, distributed::ReduceOp::Sum).map_err(dist_err)?;
+                        out.copy_(&flat.narrow(0, d.rank * part, part));
+                    } else {
+                        let inputs: Vec<Tensor> = (0..d.world_size).map(|r| flat.narrow(0, r * part, part)).collect();
+                        let tmp = Tensor::zeros([part], (Kind::Float, device));
+                        d.reduce_scatter(&tmp, &inputs).map_err(dist_err)?;
+                        out.copy_(&tmp);
+                    }
+                }
+                return Ok(());
+            }
+            // Stage 0: one all-reduce per bucket of whole gradients, in their own dtype.
+            let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect();
+            let mut start = 0;
+            while start < grads.len() {
+                let kind = grads[start].kind();
+                let (mut end, mut n) = (start, 0i64);
+                while end < grads.len()
+                    && grads[end].kind() == kind
+                    && (n == 0 || n + grads[end].numel() as i64 <= crate::zero::DEFAULT_BUCKET)
+                {
+                    n += grads[end].numel() as i64;
+                    end += 1;
+                }
+                let flat = Tensor::cat(&grads[start..end].iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0);
+                d.all_reduce(&flat, distributed::ReduceOp::Sum).map_err(dist_err)?;
+                let mut off = 0;
+                for g in &grads[start..end] {
+                    let k = g.numel() as i64;
+                    g.reshape([-1]).copy_(&flat.narrow(0, off, k));
+                    off += k;
+                }
+                start = end;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sums the gradients over the ranks (distributed runs), then clips their global L2 norm to
+    /// `max_norm` in place when above it (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
+    /// before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        self.reduce_gradients()?;
+        if let Some(s) = &mut self.sharded {
+            let mut sq = [tch::no_grad(|| f64::try_from(s.grad.square().sum(Kind::Double))).unwrap_or(f64::NAN)];
+            s.dist.all_reduce_f64(&mut sq).map_err(dist_err)?;
+            let total = sq[0].sqrt();
+            if max_norm > 0.0 && total.is_finite() {
+                let coef = max_norm / (total + 1e-6);
+                if coef < 1.0 {
+                    let _ = tch::no_grad(|| s.grad.g_mul_scalar_(coef));
+                }
+            }
+            return Ok(total);
+        }
+        Ok(tch::no_grad(|| {
             let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect();
             if grads.is_empty() {
                 return 0.0;
@@ -100,80 +307,157 @@ impl AdamW {
                 }
             }
             total
-        })
+        }))
     }
 
     /// One AdamW update at learning rate `lr`. Parameters without a gradient are left alone.
-    pub fn step(&mut self, lr: f64) {
+    /// (Call [`AdamW::clip_grad_norm`] first: in a distributed run it sums the gradients.)
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
         let t = self.step as i32;
-        let bc1 = 1.0 - beta1.powi(t);
-        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let bc1 = 1.0 - self.cfg.beta1.powi(t);
+        let bc2_sqrt = (1.0 - self.cfg.beta2.powi(t)).sqrt();
+        let cfg = self.cfg;
+        if let Some(s) = &mut self.sharded {
+            let params = &self.params;
+            return tch::no_grad(|| -> Result<()> {
+                for pc in &s.pieces {
+                    if !s.has_grad[pc.param] {
+                        continue;
+                    }
+                    let mut w = s.master.narrow(0, pc.shard_off, pc.len);
+                    let g = s.grad.narrow(0, pc.shard_off, pc.len);
+                    let mut m = s.m.narrow(0, pc.shard_off, pc.len);
+                    let mut v = s.v.narrow(0, pc.shard_off, pc.len);
+                    adamw_update(&cfg, &mut w, &g, &mut m, &mut v, params[pc.param].decay, lr, bc1, bc2_sqrt);
+                }
+                // Every rank's updated masters, bucket by bucket, into the model's weights.
+                let d = s.dist;
+                for b in &s.layout.buckets {
+                    let part = b.padded / d.world_size;
+                    let flat = Tensor::zeros([b.padded], (Kind::Float, s.master.device()));
+                    let outs: Vec<Tensor> = (0..d.world_size).map(|r| flat.narrow(0, r * part, part)).collect();
+                    let mine = s.master.narrow(0, b.shard_off, part).contiguous();
+                    d.all_gather(&outs, &mine).map_err(dist_err)?;
+                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.padded) {
+                        if s.has_grad[param] {
+                            params[param].var.reshape([-1]).narrow(0, param_off, len).copy_(&flat.narrow(0, off, len));
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.var.grad();
+                let Some(l) = &mut p.local else { continue };
                 if !grad.defined() {
                     continue;
                 }
                 let g = grad.to_kind(Kind::Float);
-                let mut w = match &p.master {
+                let mut w = match &l.master {
                     Some(m) => m.shallow_clone(),
                     None => p.var.shallow_clone(),
                 };
-                if p.decay && weight_decay != 0.0 {
-                    let _ = w.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                // In place, one temporary per tensor: this loop streams every parameter, so
-                // its memory traffic is what costs on a CPU.
-                let _ = p.m.lerp_(&g, 1.0 - beta1);
-                let _ = p.v.g_mul_scalar_(beta2);
-                let mut g2 = g.square();
-                let _ = g2.g_mul_scalar_(1.0 - beta2);
-                let _ = p.v.g_add_(&g2);
-                // denom = -(√v/√(1−β2ᵗ) + eps)·(1−β1ᵗ)/lr, so w + m/denom is the AdamW step.
-                let mut denom = p.v.sqrt();
-                let _ = denom.g_div_scalar_(bc2_sqrt);
-                let _ = denom.g_add_scalar_(eps);
-                let _ = denom.g_mul_scalar_(-bc1 / lr);
-                let _ = w.addcdiv_(&p.m, &denom);
-                if p.master.is_some() {
+                adamw_update(&cfg, &mut w, &g, &mut l.m, &mut l.v, p.decay, lr, bc1, bc2_sqrt);
+                if l.master.is_some() {
                     p.var.copy_(&w);
                 }
             }
         });
+        Ok(())
     }
 
-    /// Every piece of optimizer state as named tensors (`m.<param>`, `v.<param>`, `master.<param>`).
+    /// Every piece of optimizer state as named tensors: `m.<param>`, `v.<param>`,
+    /// `master.<param>` (replicated), or this rank's shard `zero.m`, `zero.v`, `zero.master` with
+    /// `zero.layout` = [world, rank, bucket, parameters] (ZeRO).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        if let Some(s) = &self.sharded {
+            let l = &s.layout;
+            let layout = Tensor::from_slice(&[l.world, l.rank, l.bucket, self.num_parameters()]);
+            return vec![
+                ("zero.layout".into(), layout),
+                ("zero.m".into(), s.m.shallow_clone()),
+                ("zero.v".into(), s.v.shallow_clone()),
+                ("zero.master".into(), s.master.shallow_clone()),
+            ];
+        }
         let mut out = Vec::new();
         for p in &self.params {
-            out.push((format!("m.{}", p.name), p.m.shallow_clone()));
-            out.push((format!("v.{}", p.name), p.v.shallow_clone()));
-            if let Some(m) = &p.master {
+            let Some(l) = &p.local else { continue };
+            out.push((format!("m.{}", p.name), l.m.shallow_clone()));
+            out.push((format!("v.{}", p.name), l.v.shallow_clone()));
+            if let Some(m) = &l.master {
                 out.push((format!("master.{}", p.name), m.shallow_clone()));
             }
         }
         out
     }
 
-    /// Restores the state written by [`AdamW::state_tensors`]; `get` returns a saved tensor by name.
-    pub fn load_state(&mut self, step: u64, mut get: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
+    /// `zero.layout` of this rank's shard (ZeRO), to match a saved shard against.
+    pub fn zero_layout(&self) -> Option<[i64; 4]> {
+        self.sharded.as_ref().map(|s| [s.layout.world, s.layout.rank, s.layout.bucket, self.num_parameters()])
+    }
+
+    /// Restores this rank's shard saved under the same layout (`zero.*` of [`AdamW::state_tensors`]).
+    pub fn load_zero_shard(&mut self, step: u64, master: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
+        let Some(s) = &mut self.sharded else { return Err(TrainError::Config("this optimizer is not sharded".into())) };
         tch::no_grad(|| -> Result<()> {
-            for p in &mut self.params {
-                for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
-                    let src = get(&format!("{prefix}.{}", p.name))?;
-                    if src.size() != dst.size() {
-                        return Err(TrainError::Config(format!(
-                            "optimizer state {prefix}.{} has shape {:?}, the model {:?}",
-                            p.name,
-                            src.size(),
-                            dst.size()
-                        )));
+            for (dst, src, what) in [(&mut s.master, master, "master"), (&mut s.m, m, "m"), (&mut s.v, v, "v")] {
+                if src.size() != dst.size() {
+                    return Err(TrainError::Config(format!("ZeRO shard zero.{what} has shape {:?}, this rank's {:?}", src.size(), dst.size())));
+                }
+                dst.f_copy_(src)?;
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Restores the state from whole per-parameter tensors (`m.<param>`, `v.<param>`, and
+    /// `master.<param>` for a model not in fp32) returned by `get`; a sharded optimizer keeps its
+    /// part of each.
+    pub fn load_state(&mut self, step: u64, mut get: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
+        let check = |name: &str, src: &Tensor, want: &[i64]| -> Result<()> {
+            if src.size() != want {
+                return Err(TrainError::Config(format!("optimizer state {name} has shape {:?}, the model {:?}", src.size(), want)));
+            }
+            Ok(())
+        };
+        tch::no_grad(|| -> Result<()> {
+            if let Some(s) = &mut self.sharded {
+                let mut cached: Option<(usize, [Tensor; 3])> = None;
+                for pc in &s.pieces {
+                    let p = &self.params[pc.param];
+                    if cached.as_ref().is_none_or(|c| c.0 != pc.param) {
+                        let m = get(&format!("m.{}", p.name))?;
+                        let v = get(&format!("v.{}", p.name))?;
+                        check(&format!("m.{}", p.name), &m, &p.var.size())?;
+                        check(&format!("v.{}", p.name), &v, &p.var.size())?;
+                        let master = match p.var.kind() {
+                            Kind::Float => p.var.shallow_clone(),
+                            _ => get(&format!("master.{}", p.name))?,
+                        };
+                        cached = Some((pc.param, [master.reshape([-1]), m.reshape([-1]), v.reshape([-1])]));
                     }
+                    let [master, m, v] = &cached.as_ref().expect("cached above").1;
+                    for (dst, src) in [(&s.master, master), (&s.m, m), (&s.v, v)] {
+                        dst.narrow(0, pc.shard_off, pc.len).f_copy_(&src.narrow(0, pc.param_off, pc.len))?;
+                    }
+                }
+                return Ok(());
+            }
+            for p in &mut self.params {
+                let Some(l) = &mut p.local else { continue };
+                for (prefix, dst) in [("m", &mut l.m), ("v", &mut l.v)] {
+                    let name = format!("{prefix}.{}", p.name);
+                    let src = get(&name)?;
+                    check(&name, &src, &dst.size())?;
                     dst.f_copy_(&src)?;
                 }
-                if let Some(master) = &mut p.master {
+                if let Some(master) = &mut l.master {
                     master.f_copy_(&get(&format!("master.{}", p.name))?)?;
                     p.var.f_copy_(master)?;
                 }

@@ -183,12 +183,19 @@ fn load_checkpoint(stage: &mut impl Stage, path: &Path, config_hash: &str) -> Re
 
 /// Resumes from the newest checkpoint that loads: one with a cut or corrupt file is skipped with
 /// a warning naming it (the one before it is complete: keep_last >= 2). A checkpoint of another
-/// config stops the resume. Returns the state and its folder.
+/// config stops the resume. Returns the state and its folder. In a distributed run every rank
+/// loads it, and a checkpoint any rank cannot load is skipped by all.
 fn resume_newest(stage: &mut impl Stage, ckman: &CheckpointManager, o: &RunOptions) -> Result<Option<(TrainerState, PathBuf)>> {
     let mut bad = Vec::new();
     for path in ckman.newest_first()? {
-        match load_checkpoint(stage, &path, &o.config_hash) {
-            Ok(state) => return Ok(Some((state, path))),
+        let loaded = load_checkpoint(stage, &path, &o.config_hash);
+        let everywhere = crate::dist::all_ok(loaded.is_ok())?;
+        match loaded {
+            Ok(state) if everywhere => return Ok(Some((state, path))),
+            Ok(_) => {
+                tracing::warn!("{}: checkpoint {} cannot be loaded on another rank; falling back to the one before it", o.name, path.display());
+                bad.push(format!("{}: not loadable on every rank", path.display()));
+            }
             Err(e @ TrainError::OtherConfig { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!("{}: checkpoint {} cannot be loaded ({e}); falling back to the one before it", o.name, path.display());
@@ -233,10 +240,22 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
     outcome: impl FnOnce(&S, RunResult) -> T,
 ) -> Result<T> {
     let start = Instant::now();
-    let _lock = RunLock::acquire(&o.run_dir)?;
-    for p in tck::remove_stale_temps(&o.run_dir)? {
-        tracing::info!("{}: removed {}, left by an interrupted run", o.name, p.display());
+    // Distributed: rank 0 locks and tidies the folder; the others wait for it, and all fail
+    // together when it cannot.
+    let main = distributed::is_main();
+    let prepared = RunLock::acquire_main(&o.run_dir).and_then(|lock| {
+        if main {
+            for p in tck::remove_stale_temps(&o.run_dir)? {
+                tracing::info!("{}: removed {}, left by an interrupted run", o.name, p.display());
+            }
+        }
+        Ok(lock)
+    });
+    if !crate::dist::all_ok(prepared.is_ok())? {
+        prepared?;
+        return Err(TrainError::Distributed(format!("rank 0 could not lock and prepare {}", o.run_dir.display())));
     }
+    let _lock = prepared?;
     let ckman = CheckpointManager::new(&o.run_dir, o.keep_last);
     let mut state = TrainerState { config_hash: o.config_hash.clone(), ..Default::default() };
     let mut resumed_from = None;
@@ -256,14 +275,16 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
             msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
         });
     }
-    let mut metrics = MetricsLog::open(&o.run_dir.join("metrics.jsonl"), resumed_from)?;
+    let mut metrics = if main { Some(MetricsLog::open(&o.run_dir.join("metrics.jsonl"), resumed_from)?) } else { None };
     stage.begin(&o.run_dir, resumed_from)?;
     let better = |stage: &S, v: f64, best: Option<f64>| best.is_none_or(|b| if stage.higher_is_better() { v > b } else { v < b });
     if o.eval_at_start && resumed_from.is_none() {
         if let Some(e) = stage.evaluate(0)? {
             let mut rec = e.record;
             rec["step"] = serde_json::json!(0);
-            metrics.write(&rec)?;
+            if let Some(m) = &mut metrics {
+                m.write(&rec)?;
+            }
             (state.best_eval, state.best_step) = (Some(e.value), Some(0));
         }
     }
@@ -300,25 +321,23 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
             }
         }
         stage.end_step(&mut rec)?;
-        metrics.write(&rec)?;
+        if let Some(m) = &mut metrics {
+            m.write(&rec)?;
+        }
         progress.update(state.step, &stage.progress(&rec));
         if save_now {
             state.extra = stage.extra_state();
             ckman.save(&stage.parts(), &o.extra_files, &state)?;
         }
     }
-    let final_model = save_final(stage, o)?;
-    let best_model = match state.best_step {
-        Some(s) if ckman.path_of(s).exists() => {
-            let dst = o.run_dir.join("best");
-            copy_dir_atomic(&ckman.path_of(s).join(stage.parts()[0].name), &dst)?;
-            Some(dst)
-        }
-        _ => None,
-    };
-    // The curves as a PNG; a plotting failure costs the picture, never the run.
-    if let Err(e) = crate::plot::metrics_grid(&o.run_dir.join("metrics.jsonl"), &o.run_dir.join("curves.png"), &o.plot_keys, &o.name) {
-        tracing::warn!("{}: could not draw curves.png: {e}", o.name);
+    // Every rank holds the same weights: rank 0 writes the models, the others wait (and fail
+    // with it).
+    let final_model = o.run_dir.join("final");
+    let best_model = state.best_step.filter(|&s| ckman.path_of(s).exists()).map(|_| o.run_dir.join("best"));
+    let written = if main { write_outputs(stage, o, &ckman, state.best_step) } else { Ok(()) };
+    if !crate::dist::all_ok(written.is_ok())? {
+        written?;
+        return Err(TrainError::Distributed(format!("rank 0 could not write the final models into {}", o.run_dir.display())));
     }
     let secs = t_loop.elapsed().as_secs_f64();
     let result = RunResult {
@@ -334,9 +353,24 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
         early_stopped,
     };
     let out = outcome(stage, result);
-    let summary = serde_json::to_string_pretty(&out).expect("outcome serialises");
-    ck::write_atomic(&o.run_dir.join("summary.json"), summary.as_bytes())?;
+    if main {
+        let summary = serde_json::to_string_pretty(&out).expect("outcome serialises");
+        ck::write_atomic(&o.run_dir.join("summary.json"), summary.as_bytes())?;
+    }
     Ok(out)
+}
+
+/// `final/` (and `final_<name>/`), `best/` and `curves.png`.
+fn write_outputs(stage: &impl Stage, o: &RunOptions, ckman: &CheckpointManager, best_step: Option<u64>) -> Result<()> {
+    save_final(stage, o)?;
+    if let Some(s) = best_step.filter(|&s| ckman.path_of(s).exists()) {
+        copy_dir_atomic(&ckman.path_of(s).join(stage.parts()[0].name), &o.run_dir.join("best"))?;
+    }
+    // The curves as a PNG; a plotting failure costs the picture, never the run.
+    if let Err(e) = crate::plot::metrics_grid(&o.run_dir.join("metrics.jsonl"), &o.run_dir.join("curves.png"), &o.plot_keys, &o.name) {
+        tracing::warn!("{}: could not draw curves.png: {e}", o.name);
+    }
+    Ok(())
 }
 
 /// Saves every part in `o.final_dtype`: the first as `final/`, the others as `final_<name>/`.
@@ -403,7 +437,7 @@ mod tests {
                 let l = (vs.root().get("w").unwrap() - 1.0).square().sum(Kind::Float);
                 l.backward();
                 loss += f64::try_from(&l)?;
-                opt.step(0.1);
+                opt.step(0.1).unwrap();
             }
             self.taken += 1;
             Ok(serde_json::json!({ "step": step + 1, "loss": loss, "tokens": 4 }))

@@ -30,7 +30,7 @@ fn adamw_matches_torch_three_steps() {
         // d/dp sum(p * g) = g
         let loss = (&w * Tensor::from_slice(&gw).view([2, 2])).sum(Kind::Float) + (&n * Tensor::from_slice(&gn)).sum(Kind::Float);
         loss.backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
     }
     close(&w, &[0.3747392, -0.9436679, 1.7293042, -0.0446289], 1e-6);
     // The norm gain is not decayed.
@@ -48,7 +48,7 @@ fn clip_matches_torch() {
     let loss = (&a * Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2])).sum(Kind::Float)
         + (&b * Tensor::from_slice(&[12.0f32, 0.0])).sum(Kind::Float);
     loss.backward();
-    let norm = opt.clip_grad_norm(1.0);
+    let norm = opt.clip_grad_norm(1.0).unwrap();
     assert!((norm - 13.0).abs() < 1e-5);
     close(&a.grad(), &[0.2307692, 0.0, 0.0, 0.3076923], 1e-6);
     close(&b.grad(), &[0.9230769, 0.0], 1e-6);
@@ -65,7 +65,7 @@ fn bf16_params_keep_fp32_masters() {
     for _ in 0..10 {
         opt.zero_grad();
         (&w * 1.0).sum(Kind::Float).backward();
-        opt.step(1e-4); // each step moves the master by ~1e-4, below bf16's 2^-7 spacing at 1.0
+        opt.step(1e-4).unwrap(); // each step moves the master by ~1e-4, below bf16's 2^-7 spacing at 1.0
     }
     let master = opt.state_tensors().into_iter().find(|(n, _)| n == "master.w.weight").unwrap().1;
     let m = f64::try_from(master.squeeze()).unwrap();

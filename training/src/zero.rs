@@ -1,0 +1,189 @@
+//! ZeRO-1/2 sharding of AdamW's state over the ranks of a distributed run.
+//!
+//! Every trainable parameter (in the optimizer's sorted-name order) is laid end to end in one
+//! flat fp32 index space, cut into buckets of at most `bucket` elements (the last padded to a
+//! multiple of the world size). Rank r owns the r-th of the W equal parts of every bucket; its
+//! shard is those parts, end to end. A bucket is one collective: gradients reduce-scattered
+//! (ZeRO-2; ZeRO-1 all-reduces and keeps its part), the updated masters all-gathered. Each rank
+//! holds fp32 masters and both moments for its shard only: 12 bytes per parameter / W.
+//!
+//! The layout depends on the parameter sizes, W and the bucket size only, so a checkpoint's
+//! shards are reassembled into whole tensors for any other world size ([`ZeroLayout::pieces`]).
+use tch::{Device, Kind, Tensor};
+
+/// Elements per bucket: 2^26 fp32 = 256 MiB per collective.
+pub const DEFAULT_BUCKET: i64 = 1 << 26;
+
+/// A run of parameter `param`'s flat elements `[param_off, param_off + len)` held at
+/// `[shard_off, shard_off + len)` of a rank's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub param: usize,
+    pub param_off: i64,
+    pub shard_off: i64,
+    pub len: i64,
+}
+
+/// One bucket: its start in the flat space, its padded length, and this rank's part's offset in
+/// the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub start: i64,
+    pub padded: i64,
+    pub shard_off: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZeroLayout {
+    pub world: i64,
+    pub rank: i64,
+    pub bucket: i64,
+    /// Elements of each parameter, in order.
+    pub sizes: Vec<i64>,
+    pub buckets: Vec<Bucket>,
+    pub shard_len: i64,
+}
+
+impl ZeroLayout {
+    pub fn new(sizes: &[i64], world: i64, rank: i64, bucket: i64) -> ZeroLayout {
+        let total: i64 = sizes.iter().sum();
+        // Buckets a multiple of the world size, so every rank's part of a full one is equal.
+        let bucket = (bucket.max(world) / world) * world;
+        let (mut buckets, mut start, mut shard_off) = (Vec::new(), 0i64, 0i64);
+        while start < total {
+            let len = (total - start).min(bucket);
+            let padded = (len + world - 1) / world * world;
+            buckets.push(Bucket { start, padded, shard_off });
+            shard_off += padded / world;
+            start += len;
+        }
+        ZeroLayout { world, rank, bucket, sizes: sizes.to_vec(), buckets, shard_len: shard_off }
+    }
+
+    /// The flat offset of each parameter.
+    pub fn offsets(&self) -> Vec<i64> {
+        let mut off = 0;
+        self.sizes
+            .iter()
+            .map(|&n| {
+                let o = off;
+                off += n;
+                o
+            })
+            .collect()
+    }
+
+    /// The flat range `[lo, hi)` this rank owns in `b`.
+    pub fn owned(&self, b: &Bucket) -> (i64, i64) {
+        let part = b.padded / self.world;
+        (b.start + self.rank * part, b.start + (self.rank + 1) * part)
+    }
+
+    /// Where each of this rank's shard elements comes from, as runs of whole parameters' elements.
+    pub fn pieces(&self) -> Vec<Piece> {
+        let offsets = self.offsets();
+        let mut out = Vec::new();
+        for b in &self.buckets {
+            let (lo, hi) = self.owned(b);
+            for (param, (&po, &n)) in offsets.iter().zip(&self.sizes).enumerate() {
+                let (a, z) = (lo.max(po), hi.min(po + n));
+                if a < z {
+                    out.push(Piece { param, param_off: a - po, shard_off: b.shard_off + (a - lo), len: z - a });
+                }
+            }
+        }
+        out
+    }
+
+    /// The parameters overlapping flat range `[lo, hi)`, as (param, param_off, offset in the
+    /// range, len).
+    pub fn overlapping(&self, lo: i64, hi: i64) -> Vec<(usize, i64, i64, i64)> {
+        let offsets = self.offsets();
+        let mut out = Vec::new();
+        for (param, (&po, &n)) in offsets.iter().zip(&self.sizes).enumerate() {
+            let (a, z) = (lo.max(po), hi.min(po + n));
+            if a < z {
+                out.push((param, a - po, a - lo, z - a));
+            }
+        }
+        out
+    }
+}
+
+/// Reassembles whole flat tensors from every rank's shard of one state (`shards[r]` is rank r's
+/// shard, written under a layout of `shards.len()` ranks and `bucket`): the flat fp32 vector of
+/// all parameters end to end.
+pub fn unshard(sizes: &[i64], bucket: i64, shards: &[Tensor]) -> Tensor {
+    let world = shards.len() as i64;
+    let total: i64 = sizes.iter().sum();
+    let flat = Tensor::zeros([total], (Kind::Float, Device::Cpu));
+    for (r, shard) in shards.iter().enumerate() {
+        let layout = ZeroLayout::new(sizes, world, r as i64, bucket);
+        for b in &layout.buckets {
+            let (lo, hi) = layout.owned(b);
+            let hi = hi.min(total);
+            if lo < hi {
+                flat.narrow(0, lo, hi - lo).copy_(&shard.narrow(0, b.shard_off, hi - lo));
+            }
+        }
+    }
+    flat
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_element_once_for_any_world_and_bucket() {
+        let sizes = [7i64, 1, 12, 5, 3];
+        let total: i64 = sizes.iter().sum();
+        for world in 1..=4 {
+            for bucket in [1, 4, 6, 10, 1000] {
+                let mut seen = vec![0; total as usize];
+                let mut shard_total = 0;
+                for rank in 0..world {
+                    let l = ZeroLayout::new(&sizes, world, rank, bucket);
+                    let offsets = l.offsets();
+                    let mut in_shard = vec![false; l.shard_len as usize];
+                    for p in l.pieces() {
+                        for i in 0..p.len {
+                            seen[(offsets[p.param] + p.param_off + i) as usize] += 1;
+                            assert!(!in_shard[(p.shard_off + i) as usize]);
+                            in_shard[(p.shard_off + i) as usize] = true;
+                        }
+                    }
+                    shard_total += l.shard_len;
+                    assert_eq!(l.shard_len, ZeroLayout::new(&sizes, world, 0, bucket).shard_len, "equal shards");
+                }
+                assert!(seen.iter().all(|&c| c == 1), "world {world} bucket {bucket}: {seen:?}");
+                assert!(shard_total - total < world * l_buckets(&sizes, world, bucket), "padding per bucket < world");
+            }
+        }
+    }
+
+    fn l_buckets(sizes: &[i64], world: i64, bucket: i64) -> i64 {
+        ZeroLayout::new(sizes, world, 0, bucket).buckets.len() as i64
+    }
+
+    #[test]
+    fn unshard_inverts_sharding_across_world_sizes() {
+        let sizes = [5i64, 9, 2];
+        let total: i64 = sizes.iter().sum();
+        let flat = Tensor::arange(total, (Kind::Float, Device::Cpu));
+        for world in 1..=3 {
+            let shards: Vec<Tensor> = (0..world)
+                .map(|r| {
+                    let l = ZeroLayout::new(&sizes, world, r, 4);
+                    let offsets = l.offsets();
+                    let s = Tensor::full([l.shard_len], -1.0, (Kind::Float, Device::Cpu));
+                    for p in l.pieces() {
+                        s.narrow(0, p.shard_off, p.len).copy_(&flat.narrow(0, offsets[p.param] + p.param_off, p.len));
+                    }
+                    s
+                })
+                .collect();
+            assert!(unshard(&sizes, 4, &shards).equal(&flat), "world {world}");
+        }
+    }
+}
