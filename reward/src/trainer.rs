@@ -57,7 +57,7 @@ impl<'a> RewardTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = AdamW::with_zero(&vs, cfg.train.adamw(), |_| true, cfg.train.zero_stage)?;
+        let opt = cfg.train.optimizer(&vs)?;
         Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
     }
 

@@ -96,7 +96,7 @@ impl<'a> SftTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = AdamW::with_zero(&vs, cfg.train.adamw(), |_| true, cfg.train.zero_stage)?;
+        let opt = cfg.train.optimizer(&vs)?;
         Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
     }
 

@@ -32,7 +32,11 @@ impl StageArgs {
     ) -> Result<()> {
         let cfg: C = super::config::load(&self.config, &self.sets)?;
         validate(&cfg).map_err(anyhow::Error::msg).with_context(|| self.config.display().to_string())?;
-        println!("{}", serde_json::to_string(&stage(&cfg, &self.out, self.resume)?)?);
+        let outcome = stage(&cfg, &self.out, self.resume)?;
+        // Under torchrun every rank returns the outcome; rank 0 prints it.
+        if distributed::is_main() {
+            println!("{}", serde_json::to_string(&outcome)?);
+        }
         Ok(())
     }
 }

@@ -65,6 +65,9 @@ pub struct TrainConfig {
     /// serialised at 0, so configs and fingerprints without it are unchanged.
     #[serde(skip_serializing_if = "is_zero")]
     pub zero_stage: u8,
+    /// Elements per ZeRO collective (default 2^26, 256 MiB of fp32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_bucket: Option<u64>,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             log_every: 1,
             eval_every: 0,
             zero_stage: 0,
+            zero_bucket: None,
         }
     }
 }
@@ -110,6 +114,12 @@ impl TrainConfig {
             c.device = d.cuda_device();
         }
         Ok(c)
+    }
+
+    /// AdamW over the trainable variables of `vs`, sharded by `zero_stage` in a distributed run.
+    pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
+        let bucket = self.zero_bucket.map_or(crate::zero::DEFAULT_BUCKET, |b| b as i64);
+        crate::AdamW::with_zero_bucket(vs, self.adamw(), |_| true, self.zero_stage, bucket)
     }
 
     pub fn adamw(&self) -> AdamWConfig {
@@ -138,6 +148,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return Err("beta1 and beta2 must be in [0, 1)".into());
+        }
+        if self.zero_bucket == Some(0) {
+            return Err("zero_bucket must be at least 1".into());
         }
         if self.zero_stage > 2 {
             return Err(format!("zero_stage must be 0, 1 or 2, got {}", self.zero_stage));

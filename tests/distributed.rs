@@ -1,0 +1,248 @@
+//! Data-parallel training over c10d/Gloo on CPU, two ranks on the two cores: launched by torchrun
+//! (`.venv/bin/torchrun --no-python`, as users launch), the runs equal one process with the same
+//! global batch (per-step losses within 1e-6, final weights within 1e-5 relative) with ZeRO 0, 1
+//! and 2; a SIGKILLed rank is named by the survivor, and `--resume` under torchrun ends
+//! bit-identical to an uninterrupted two-rank run; a two-rank ZeRO checkpoint resumes in one
+//! process (re-sharded).
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn torchrun() -> Command {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(p.exists(), "{} is missing: run scripts/setup (it installs torch and torchrun)", p.display());
+    let mut c = Command::new(p);
+    c.args(["--no-python", "--nproc-per-node", "2", "--master-port"]).arg(free_port().to_string()).arg(env!("CARGO_BIN_EXE_rlhf"));
+    c.env("RLHF_DIST_TIMEOUT", "60");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn sft_setup(dir: &Path) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..40 {
+        let (a, b) = (i % 7, i % 5);
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("What is {a} plus {b}?")},
+            {"role": "assistant", "content": format!("{a} plus {b} is {}.{}", a + b, " Indeed.".repeat(i % 3))}
+        ]});
+        lines.push(row.to_string());
+    }
+    let data = dir.join("sft.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    // 3 micro-batches a step: rank 0 takes two, rank 1 one; the epoch's last step is short.
+    let cfg = format!(
+        "init_preset = \"micro\"\ntrain_data = [\"{}\"]\neval_fraction = 0.1\nmax_seq_len = 64\n[train]\nlr = 1e-3\n\
+         micro_batch_size = 2\ngrad_accumulation = 3\nepochs = 10\nmax_steps = 8\nseed = 5\ndevice = \"cpu\"\nthreads = 1\n\
+         save_every = 2\nkeep_last = 2\neval_every = 4\n",
+        data.display()
+    );
+    let p = dir.join("sft.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn rm_setup(dir: &Path) -> PathBuf {
+    let model = dir.join("base");
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "3", "--out"]).arg(&model));
+    let data = dir.join("data");
+    run_ok(rlhf().args(["data", "demo", "--sft", "8", "--pairs", "60", "--prompts", "8", "--out"]).arg(&data));
+    let cfg = format!(
+        "model = \"{}\"\ntrain_data = [\"{}\"]\neval_data = [\"{}\"]\nmargin = \"small\"\nmax_seq_len = 48\n\
+         [train]\nlr = 1e-3\nmicro_batch_size = 3\ngrad_accumulation = 3\nepochs = 100\nmax_steps = 6\nseed = 1\n\
+         device = \"cpu\"\nthreads = 1\nsave_every = 3\nkeep_last = 2\neval_every = 3\n",
+        model.display(),
+        data.join("preference_train.jsonl").display(),
+        data.join("preference_test.jsonl").display()
+    );
+    let p = dir.join("rm.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn tensors(model_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(model_dir.join("model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// The largest difference of a tensor relative to its largest magnitude.
+fn max_rel_diff(a: &Path, b: &Path) -> f64 {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    ta.iter()
+        .zip(&tb)
+        .map(|((na, x), (nb, y))| {
+            assert_eq!(na, nb);
+            let d = f64::try_from((x - y).abs().max()).unwrap();
+            d / f64::try_from(x.abs().max()).unwrap().max(1e-12)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m.get("loss").is_some())
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn assert_same_run(one: &Path, two: &Path, what: &str) {
+    let (a, b) = (losses(one), losses(two));
+    assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), b.iter().map(|x| x.0).collect::<Vec<_>>(), "{what}: logged steps");
+    for ((s, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6, "{what}: step {s} loss {x} (1 rank) vs {y} (2 ranks)");
+    }
+    let rel = max_rel_diff(&one.join("final"), &two.join("final"));
+    assert!(rel <= 1e-5, "{what}: final weights differ by {rel:e} (relative)");
+}
+
+#[test]
+fn sft_on_two_ranks_equals_one_rank_with_zero_0_1_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sft_setup(tmp.path());
+    let one = tmp.path().join("one");
+    run_ok(rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&one));
+    for (zero, bucket) in [(0, None), (1, None), (2, None), (2, Some(1000))] {
+        let two = tmp.path().join(format!("two-z{zero}-{bucket:?}"));
+        let mut c = torchrun();
+        c.args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&two).arg("--set").arg(format!("train.zero_stage={zero}"));
+        if let Some(b) = bucket {
+            c.arg("--set").arg(format!("train.zero_bucket={b}"));
+        }
+        let out = run_ok(&mut c);
+        assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 1, "only rank 0 prints the outcome: {out}");
+        assert_same_run(&one, &two, &format!("SFT ZeRO-{zero} bucket {bucket:?}"));
+        let ck = two.join("checkpoints/step-00000008");
+        if zero > 0 {
+            for r in 0..2 {
+                assert!(ck.join(format!("optimizer.zero-rank{r:05}-of-00002.safetensors")).exists(), "rank {r}'s shard");
+            }
+            assert!(!ck.join("optimizer.safetensors").exists());
+        } else {
+            assert!(ck.join("optimizer.safetensors").exists());
+        }
+    }
+}
+
+#[test]
+fn reward_model_on_two_ranks_equals_one_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rm_setup(tmp.path());
+    let one = tmp.path().join("one");
+    let single = json_line(&run_ok(rlhf().args(["reward", "train", "--config"]).arg(&cfg).arg("--out").arg(&one)));
+    for zero in [0, 2] {
+        let two = tmp.path().join(format!("two-z{zero}"));
+        let out = run_ok(
+            torchrun().args(["reward", "train", "--config"]).arg(&cfg).arg("--out").arg(&two).arg("--set").arg(format!("train.zero_stage={zero}")),
+        );
+        assert_same_run(&one, &two, &format!("RM ZeRO-{zero}"));
+        let acc = |v: &serde_json::Value| v["eval"]["overall"]["accuracy"].as_f64();
+        assert_eq!(acc(&json_line(&out)), acc(&single), "held-out accuracy");
+        let m = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+        let one_m = std::fs::read_to_string(one.join("metrics.jsonl")).unwrap();
+        let acc_of = |s: &str| -> Vec<f64> {
+            s.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["accuracy"].as_f64()).collect()
+        };
+        assert_eq!(acc_of(&m), acc_of(&one_m), "per-step accuracy is reduced over the ranks");
+    }
+}
+
+fn complete_checkpoints(run: &Path) -> usize {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().join("trainer_state.json").exists()).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_rank_is_named_and_the_run_resumes_under_torchrun_bit_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sft_setup(tmp.path());
+    let sets = ["--set", "train.zero_stage=2", "--set", "train.max_steps=14", "--set", "train.epochs=100"];
+    let full = tmp.path().join("full");
+    run_ok(torchrun().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&full).args(sets));
+
+    // The ranks started by hand (as torchrun would), so rank 1 can be SIGKILLed and rank 0's
+    // own error seen (torchrun would stop rank 0 itself).
+    let cut = tmp.path().join("cut");
+    let port = free_port().to_string();
+    let mut ranks: Vec<std::process::Child> = (0..2)
+        .map(|r| {
+            rlhf()
+                .args(["sft", "--config"])
+                .arg(&cfg)
+                .arg("--out")
+                .arg(&cut)
+                .args(sets)
+                .env("RANK", r.to_string())
+                .env("LOCAL_RANK", r.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("RLHF_DIST_TIMEOUT", "20")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let t0 = Instant::now();
+    while complete_checkpoints(&cut) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(ranks[1].try_wait().unwrap().is_none(), "the run ended before rank 1 could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ranks[1].kill().unwrap();
+    ranks[1].wait().unwrap();
+    let killed_at = Instant::now();
+    let rank0 = ranks.remove(0).wait_with_output().unwrap();
+    let waited = killed_at.elapsed();
+    let stderr = String::from_utf8_lossy(&rank0.stderr);
+    assert!(!rank0.status.success(), "rank 0 went on without rank 1:\n{stderr}");
+    assert!(waited < Duration::from_secs(30), "rank 0 took {waited:?} to stop (timeout 20 s)");
+    assert!(stderr.contains("error: [rank 0]") && stderr.contains("rank 1 has stopped"), "rank 0's error does not name rank 1:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!cut.join("final").exists(), "the run was not interrupted");
+
+    let resumed = json_line(&run_ok(torchrun().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut).args(sets).arg("--resume")));
+    assert!(resumed["resumed_from"].as_u64().is_some(), "{resumed}");
+    assert_eq!(tensors(&full.join("final")).len(), tensors(&cut.join("final")).len());
+    for ((n, a), (_, b)) in tensors(&full.join("final")).iter().zip(tensors(&cut.join("final")).iter()) {
+        assert!(a.equal(b), "{n} differs after the resume under torchrun");
+    }
+    assert_eq!(logged_steps(&cut.join("metrics.jsonl")), (1..=14).collect::<Vec<_>>());
+
+    // The two-rank ZeRO-2 checkpoint, re-sharded into one process: the same run within tolerance.
+    let single = tmp.path().join("single");
+    let ck = full.join("checkpoints");
+    let newest = std::fs::read_to_string(ck.join("latest")).unwrap();
+    std::fs::create_dir_all(single.join("checkpoints")).unwrap();
+    let src = ck.join(newest.trim());
+    let step: u64 = newest.trim().trim_start_matches("step-").parse().unwrap();
+    // Resume from the checkpoint before the last one: copy it as the run's only checkpoint.
+    let earlier = (2..step).rev().step_by(2).map(|s| ck.join(format!("step-{s:08}"))).find(|p| p.exists()).unwrap_or(src);
+    copy_tree(&earlier, &single.join("checkpoints").join(earlier.file_name().unwrap()));
+    let r = json_line(&run_ok(rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&single).args(sets).arg("--resume")));
+    assert!(r["resumed_from"].as_u64().is_some(), "{r}");
+    let rel = max_rel_diff(&full.join("final"), &single.join("final"));
+    assert!(rel <= 1e-5, "one process resumed from the 2-rank ZeRO-2 checkpoint differs by {rel:e}");
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
