@@ -246,3 +246,66 @@ fn copy_tree(src: &Path, dst: &Path) {
         }
     }
 }
+
+fn ppo_setup(dir: &Path) -> PathBuf {
+    let policy = dir.join("policy");
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "3", "--out"]).arg(&policy));
+    let questions = [
+        ("What color is the sky?", false),
+        ("How can I steal a car?", true),
+        ("What is 2 plus 3?", false),
+        ("Name a fruit.", false),
+        ("How do I pick a lock to break in?", true),
+        ("Spell cat backwards.", false),
+        ("What is the capital of France?", false),
+        ("How do I make a weapon at home?", true),
+    ];
+    let lines: Vec<String> = questions.iter().map(|(q, s)| serde_json::json!({"prompt": q, "is_safety": s}).to_string()).collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    // Two generation batches (one per rank) and two micro-batches per mini-batch.
+    let cfg = format!(
+        "policy = \"{p}\"\nhelpfulness_rm = \"{p}\"\nsafety_rm = \"{p}\"\ntrain_prompts = [\"{d}/prompts.jsonl\"]\n\
+         eval_prompts = [\"{d}/prompts.jsonl\"]\neval_max_prompts = 3\niterations = 3\nrollout_batch_size = 4\n\
+         generation_batch_size = 2\nmax_new_tokens = 6\nmissing_eos_penalty = 0.5\nvalue_lr = 1e-3\nkl_beta = 0.05\n\
+         demo_judge = true\nlog_samples = 4\n[train]\nlr = 1e-3\nmicro_batch_size = 1\ngrad_accumulation = 2\nseed = 7\n\
+         device = \"cpu\"\nthreads = 1\nsave_every = 2\neval_every = 2\nkeep_last = 2\n",
+        p = policy.display(),
+        d = dir.display()
+    );
+    let path = dir.join("ppo.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// PPO over 3 iterations: the same samples (every logged response), per-iteration rollout and
+/// optimizer figures within 1e-6, final policy and value weights within 1e-5 relative.
+#[test]
+fn ppo_on_two_ranks_equals_one_rank_over_three_iterations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ppo_setup(tmp.path());
+    let one = tmp.path().join("one");
+    run_ok(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&one));
+    let records = |run: &Path, file: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join(file)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    for zero in [0, 2] {
+        let two = tmp.path().join(format!("two-z{zero}"));
+        run_ok(torchrun().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(&two).arg("--set").arg(format!("train.zero_stage={zero}")));
+        let responses = |run: &Path| -> Vec<String> { records(run, "samples.jsonl").iter().map(|r| r["response"].to_string()).collect() };
+        assert_eq!(responses(&one), responses(&two), "ZeRO-{zero}: sampled responses differ");
+        let (a, b) = (records(&one, "metrics.jsonl"), records(&two, "metrics.jsonl"));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            for k in ["reward_raw_mean", "reward_whitened_std", "kl", "policy_loss", "value_loss", "entropy", "eval_reward"] {
+                match (x[k].as_f64(), y[k].as_f64()) {
+                    (Some(u), Some(v)) => assert!((u - v).abs() <= 1e-6, "ZeRO-{zero} step {}: {k} {u} vs {v}", x["step"]),
+                    (u, v) => assert_eq!(u.is_some(), v.is_some(), "{k}"),
+                }
+            }
+        }
+        for m in ["final", "final_value"] {
+            let rel = max_rel_diff(&one.join(m), &two.join(m));
+            assert!(rel <= 1e-5, "ZeRO-{zero}: {m} differs by {rel:e}");
+        }
+    }
+}

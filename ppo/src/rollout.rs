@@ -21,7 +21,7 @@ pub struct EncodedPrompt {
 }
 
 /// One sampled response and its sequence-level numbers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub prompt: usize,
     pub response: Vec<u32>,

@@ -160,8 +160,8 @@ impl<'a> PpoTrainer<'a> {
         if policy.model.cfg.vocab_size != value.model.trunk.cfg.vocab_size {
             return Err(TrainError::Config("the value model's vocabulary differs from the policy's".into()));
         }
-        let policy_opt = AdamW::new(&policy.vs, cfg.train.adamw(), |_| true);
-        let value_opt = AdamW::new(&value.vs, cfg.train.adamw(), |_| true);
+        let policy_opt = cfg.train.optimizer(&policy.vs)?;
+        let value_opt = cfg.train.optimizer(&value.vs)?;
         let total = cfg.iterations * cfg.steps_per_iteration();
         let schedule = cfg.train.lr_schedule(total);
         let value_schedule = training::TrainConfig { lr: cfg.value_lr, ..cfg.train.clone() }.lr_schedule(total);
@@ -222,6 +222,9 @@ impl<'a> PpoTrainer<'a> {
     /// Samples and scores one rollout batch (no gradient anywhere).
     pub fn rollout(&mut self) -> Result<Rollout> {
         let idx = self.next_prompts();
+        if distributed::world_size() > 1 {
+            return self.rollout_sharded(&idx);
+        }
         let t0 = Instant::now();
         let params = self.sampling(self.cfg.temperature, 1);
         let rng = &mut self.state.rng;
@@ -235,6 +238,61 @@ impl<'a> PpoTrainer<'a> {
         let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
         ro.scoring_seconds = t1.elapsed().as_secs_f64();
+        Ok(ro)
+    }
+
+    /// A distributed rollout: generation batch j (of `generation_batch_size` prompts, with the
+    /// j-th seed drawn in the one-process order) is sampled, scored and valued on rank j mod W;
+    /// every rank then gathers every batch, so the rollout (and its whitening, over the global
+    /// batch) is the one-process rollout.
+    fn rollout_sharded(&mut self, idx: &[usize]) -> Result<Rollout> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Part {
+            chunk: usize,
+            samples: Vec<crate::rollout::Sample>,
+            ref_lp: Vec<Vec<f32>>,
+            values: Vec<Vec<f32>>,
+        }
+        let (cfg, device) = (self.cfg, self.device);
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        let b = cfg.generation_batch_size.max(1);
+        let params = self.sampling(cfg.temperature, 1);
+        let chunks: Vec<&[usize]> = idx.chunks(b).collect();
+        let seeds: Vec<u64> = chunks.iter().map(|_| self.state.rng.next_u64()).collect();
+        let rows = |t: &Tensor, samples: &[crate::rollout::Sample]| -> Result<Vec<Vec<f32>>> {
+            samples.iter().enumerate().map(|(i, s)| Ok(Vec::<f32>::try_from(t.get(i as i64).narrow(0, 0, s.response.len() as i64))?)).collect()
+        };
+        let (mut mine, mut generation_seconds, mut scoring_seconds) = (Vec::new(), 0.0, 0.0);
+        for (j, chunk) in chunks.iter().enumerate().filter(|(j, _)| j % world == rank) {
+            let t0 = Instant::now();
+            let mut samples = sample(&self.policy, self.tok, &self.prompts, chunk, &params, b, || seeds[j])?;
+            generation_seconds += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            score(&self.rms, self.tok, &self.prompts, &mut samples, cfg, device)?;
+            let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
+            let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
+            scoring_seconds += t1.elapsed().as_secs_f64();
+            mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
+        }
+        let bytes = serde_json::to_vec(&mine).map_err(|e| TrainError::Distributed(format!("rollout: {e}")))?;
+        let mut parts: Vec<Part> = Vec::with_capacity(chunks.len());
+        for r in training::dist::all_gather_bytes(&bytes)? {
+            let got: Vec<Part> = serde_json::from_slice(&r).map_err(|e| TrainError::Distributed(format!("rollout from another rank: {e}")))?;
+            parts.extend(got);
+        }
+        parts.sort_by_key(|p| p.chunk);
+        let (mut samples, mut ref_rows, mut value_rows) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            samples.extend(p.samples);
+            ref_rows.extend(p.ref_lp);
+            value_rows.extend(p.values);
+        }
+        let t = samples.iter().map(|s| s.response.len()).max().unwrap_or(1).max(1);
+        let pad = |rows: &[Vec<f32>]| pad_rows(&rows.iter().map(|r| r.as_slice()).collect::<Vec<_>>(), t, device);
+        let (ref_lp, vals) = (pad(&ref_rows), pad(&value_rows));
+        let mut ro = Rollout::new(samples, ref_lp, vals, cfg, device);
+        ro.generation_seconds = generation_seconds;
+        ro.scoring_seconds = scoring_seconds;
         Ok(ro)
     }
 
@@ -288,10 +346,15 @@ impl<'a> PpoTrainer<'a> {
         Ok(rec)
     }
 
-    /// Rows `mb` of the rollout as micro-batches: the batch and the row indices `[m]`.
+    /// Rows `mb` of the rollout as micro-batches: the batch and the row indices `[m]`. In a
+    /// distributed run, rank r gets micro-batches r, r + W, ... (the losses are weighted by the
+    /// whole mini-batch's tokens, so the summed gradients are the one-process gradient).
     fn micro_batches(&self, ro: &Rollout, mb: &[usize]) -> Vec<(SeqBatch, Tensor)> {
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
         mb.chunks(self.cfg.train.micro_batch_size.max(1))
-            .map(|rows| {
+            .enumerate()
+            .filter(|(j, _)| j % world == rank)
+            .map(|(_, rows)| {
                 let prompts: Vec<&[u32]> = rows.iter().map(|&i| self.prompts[ro.samples[i].prompt].ids.as_slice()).collect();
                 let responses: Vec<&[u32]> = rows.iter().map(|&i| ro.samples[i].response.as_slice()).collect();
                 let idx: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
@@ -328,6 +391,15 @@ impl<'a> PpoTrainer<'a> {
             })?;
             tokens += b.num_tokens;
         }
+        let mut sums = [loss_sum, clip, akl, ent, tokens as f64];
+        training::dist::sum_over_ranks(&mut sums)?;
+        let [loss_sum, clip, akl, ent, tokens] = sums;
+        let tokens = tokens as usize;
+        if check {
+            let mut d = [diff];
+            training::dist::max_over_ranks(&mut d)?;
+            diff = d[0];
+        }
         let grad_norm = self.policy_opt.clip_grad_norm(cfg.train.grad_clip)?;
         let step = self.state.policy_steps;
         if !loss_sum.is_finite() || !grad_norm.is_finite() {
@@ -357,6 +429,9 @@ impl<'a> PpoTrainer<'a> {
             loss_sum += f64::try_from(&loss)? * w;
             clip += frac * w;
         }
+        let mut sums = [loss_sum, clip];
+        training::dist::sum_over_ranks(&mut sums)?;
+        let [loss_sum, clip] = sums;
         let grad_norm = self.value_opt.clip_grad_norm(cfg.train.grad_clip)?;
         let step = self.state.value_steps;
         if !loss_sum.is_finite() || !grad_norm.is_finite() {
@@ -510,7 +585,9 @@ impl Stage for PpoTrainer<'_> {
         Ok(())
     }
     fn begin(&mut self, run_dir: &Path, resumed_from: Option<u64>) -> Result<()> {
-        self.samples_log = Some(MetricsLog::open(&run_dir.join("samples.jsonl"), resumed_from)?);
+        if distributed::is_main() {
+            self.samples_log = Some(MetricsLog::open(&run_dir.join("samples.jsonl"), resumed_from)?);
+        }
         Ok(())
     }
     fn end_step(&mut self, record: &mut serde_json::Value) -> Result<()> {
@@ -563,7 +640,7 @@ pub struct RunInputs<'a> {
 /// of a finished run); a run folder with checkpoints is never silently overwritten.
 pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -> Result<PpoOutcome> {
     let start = Instant::now();
-    let _lock = RunLock::acquire(run_dir)?;
+    let _lock = RunLock::acquire_main(run_dir)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

@@ -62,3 +62,24 @@ pub fn main_first<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
         _ => f(),
     }
 }
+
+/// The largest of each value over the ranks, in place (nothing to do in one process).
+pub fn max_over_ranks(values: &mut [f64]) -> Result<()> {
+    match distributed::get() {
+        Some(d) if d.world_size > 1 => {
+            let t = tch::Tensor::from_slice(values);
+            d.all_reduce(&t, distributed::ReduceOp::Max).map_err(err)?;
+            values.copy_from_slice(&Vec::<f64>::try_from(&t)?);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every rank's `bytes`, in rank order (just this one in one process).
+pub fn all_gather_bytes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    match distributed::get() {
+        Some(d) if d.world_size > 1 => d.all_gather_bytes(bytes).map_err(err),
+        _ => Ok(vec![bytes.to_vec()]),
+    }
+}
