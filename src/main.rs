@@ -95,11 +95,14 @@ fn join_distributed(command: &Command) -> anyhow::Result<()> {
     if std::env::var_os("WORLD_SIZE").is_none() {
         return Ok(());
     }
-    let supported = matches!(command, Command::Sft(_) | Command::Ppo(_) | Command::Reward(commands::reward::RewardCommand::Train(_)));
+    let supported = matches!(
+        command,
+        Command::Sft(_) | Command::Ppo(_) | Command::RejectionSampling(_) | Command::Reward(commands::reward::RewardCommand::Train(_))
+    );
     if !supported && world > 1 {
         anyhow::bail!(
             "this command runs in one process; launch it without torchrun (WORLD_SIZE={world}). \
-             Distributed: rlhf sft, rlhf reward train, rlhf ppo"
+             Distributed: rlhf sft, rlhf reward train, rlhf ppo, rlhf rejection-sampling"
         );
     }
     if supported {

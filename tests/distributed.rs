@@ -142,7 +142,13 @@ fn reward_model_on_two_ranks_equals_one_rank() {
     for zero in [0, 2] {
         let two = tmp.path().join(format!("two-z{zero}"));
         let out = run_ok(
-            torchrun().args(["reward", "train", "--config"]).arg(&cfg).arg("--out").arg(&two).arg("--set").arg(format!("train.zero_stage={zero}")),
+            torchrun()
+                .args(["reward", "train", "--config"])
+                .arg(&cfg)
+                .arg("--out")
+                .arg(&two)
+                .arg("--set")
+                .arg(format!("train.zero_stage={zero}")),
         );
         assert_same_run(&one, &two, &format!("RM ZeRO-{zero}"));
         let acc = |v: &serde_json::Value| v["eval"]["overall"]["accuracy"].as_f64();
@@ -158,7 +164,11 @@ fn reward_model_on_two_ranks_equals_one_rank() {
 
 fn complete_checkpoints(run: &Path) -> usize {
     std::fs::read_dir(run.join("checkpoints"))
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().join("trainer_state.json").exists()).count())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().join("trainer_state.json").exists())
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -308,4 +318,74 @@ fn ppo_on_two_ranks_equals_one_rank_over_three_iterations() {
             assert!(rel <= 1e-5, "ZeRO-{zero}: {m} differs by {rel:e}");
         }
     }
+}
+
+fn rs_setup(dir: &Path) -> PathBuf {
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "1", "--out"]).arg(dir.join("policy")));
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "2", "--out"]).arg(dir.join("rm")));
+    let lines: Vec<String> = (0..12)
+        .map(|i| match i % 5 {
+            0 => serde_json::json!({"prompt": format!("How do I break lock number {i}?"), "is_safety": true}).to_string(),
+            _ => serde_json::json!({"prompt": format!("What is {i} plus {}?", i % 7)}).to_string(),
+        })
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("eval.jsonl"), "{\"prompt\": \"What is 2 plus 2?\"}\n{\"prompt\": \"Name a color.\"}\n").unwrap();
+    // 6 prompt batches over the ranks, a temperature sweep, and a fine-tune whose steps split
+    // into two micro-batches.
+    let cfg = format!(
+        "policy = \"{d}/policy\"\nhelpfulness_rm = \"{d}/rm\"\nsafety_rm = \"{d}/rm\"\nprompts = [\"{d}/prompts.jsonl\"]\n\
+         eval_prompts = \"{d}/eval.jsonl\"\nbest_of_k = 4\ntemperatures = [1.0, 0.9]\ntemperature_sweep = [0.7, 1.0]\n\
+         sweep_prompts = 6\nmax_new_tokens = 8\nrequire_finished = false\nrm_max_seq_len = 64\niterations = 2\n\
+         prompt_batch_size = 2\nscore_batch_size = 8\neval_batch_size = 4\neval_temperature = 0.7\neval_samples = 2\nseed = 3\n\
+         device = \"cpu\"\nthreads = 1\n[finetune]\nmax_seq_len = 64\neval_fraction = 0.1\n[finetune.train]\nlr = 1e-3\n\
+         micro_batch_size = 4\ngrad_accumulation = 2\nepochs = 1\nmax_steps = 3\nsave_every = 1\nlog_every = 1\n",
+        d = dir.display()
+    );
+    let p = dir.join("rs.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// A sample log's records without their timings (which differ run to run).
+fn sample_records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("generation_seconds");
+            o.remove("scoring_seconds");
+            v
+        })
+        .collect()
+}
+
+/// Rejection sampling, 2 iterations: every sample log holds the records one process logs (same
+/// samples, same scores, same order) and every pool is byte-identical.
+#[test]
+fn rejection_sampling_on_two_ranks_gives_the_pool_of_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rs_setup(tmp.path());
+    let one = tmp.path().join("one");
+    let single = json_line(&run_ok(rlhf().args(["rejection-sampling", "--config"]).arg(&cfg).arg("--out").arg(&one)));
+    let two = tmp.path().join("two");
+    let out = run_ok(torchrun().args(["rejection-sampling", "--config"]).arg(&cfg).arg("--out").arg(&two));
+    assert_eq!(json_line(&out)["pool_size"], single["pool_size"]);
+    for log in ["samples-iter1.jsonl", "samples-iter2.jsonl", "sweep-iter1-t0.7.jsonl", "sweep-iter2-t0.7.jsonl"] {
+        assert_eq!(sample_records(&one.join(log)), sample_records(&two.join(log)), "{log}");
+    }
+    for pool in ["iter1/pool.jsonl", "iter2/pool.jsonl", "pool.jsonl"] {
+        assert_eq!(std::fs::read(one.join(pool)).unwrap(), std::fs::read(two.join(pool)).unwrap(), "{pool} differs");
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(&two)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".rank"))
+        .collect();
+    assert!(leftovers.is_empty(), "rank logs left behind: {leftovers:?}");
+    let rel = max_rel_diff(&one.join("iter2/sft/final"), &two.join("iter2/sft/final"));
+    assert!(rel <= 1e-5, "the iteration-2 fine-tune differs by {rel:e}");
 }

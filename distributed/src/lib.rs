@@ -256,12 +256,13 @@ impl Dist {
         let mut found = Vec::new();
         for (&r, before) in others.iter().zip(first) {
             match (before, read(r)) {
-                (Some((b0, ..)), Some((b1, s1, op1))) if b1 == b0 => {
-                    found.push(format!("rank {r} has stopped (no heartbeat for {:.1} s; last in collective #{s1}, {op1})", (HEARTBEAT * 5).as_secs_f64()))
-                }
-                (_, Some((_, s1, op1))) if s1 < seq => {
-                    found.push(format!("rank {r} is alive but behind: in collective #{s1} ({op1}), not #{seq} (hung, or slower than the timeout)"))
-                }
+                (Some((b0, ..)), Some((b1, s1, op1))) if b1 == b0 => found.push(format!(
+                    "rank {r} has stopped (no heartbeat for {:.1} s; last in collective #{s1}, {op1})",
+                    (HEARTBEAT * 5).as_secs_f64()
+                )),
+                (_, Some((_, s1, op1))) if s1 < seq => found.push(format!(
+                    "rank {r} is alive but behind: in collective #{s1} ({op1}), not #{seq} (hung, or slower than the timeout)"
+                )),
                 (_, None) => found.push(format!("rank {r} cannot be reached through the store")),
                 _ => {}
             }
@@ -328,10 +329,7 @@ impl Dist {
         let input = Tensor::from_slice(&padded);
         let outs: Vec<Tensor> = (0..self.world_size).map(|_| Tensor::zeros([max], (Kind::Uint8, Device::Cpu))).collect();
         self.all_gather(&outs, &input)?;
-        outs.iter()
-            .zip(lens)
-            .map(|(t, n)| Vec::<u8>::try_from(&t.narrow(0, 0, n)).map_err(|e| DistError::Usage(e.to_string())))
-            .collect()
+        outs.iter().zip(lens).map(|(t, n)| Vec::<u8>::try_from(&t.narrow(0, 0, n)).map_err(|e| DistError::Usage(e.to_string()))).collect()
     }
 }
 

@@ -260,7 +260,11 @@ impl<'a> PpoTrainer<'a> {
         let chunks: Vec<&[usize]> = idx.chunks(b).collect();
         let seeds: Vec<u64> = chunks.iter().map(|_| self.state.rng.next_u64()).collect();
         let rows = |t: &Tensor, samples: &[crate::rollout::Sample]| -> Result<Vec<Vec<f32>>> {
-            samples.iter().enumerate().map(|(i, s)| Ok(Vec::<f32>::try_from(t.get(i as i64).narrow(0, 0, s.response.len() as i64))?)).collect()
+            samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Ok(Vec::<f32>::try_from(t.get(i as i64).narrow(0, 0, s.response.len() as i64))?))
+                .collect()
         };
         let (mut mine, mut generation_seconds, mut scoring_seconds) = (Vec::new(), 0.0, 0.0);
         for (j, chunk) in chunks.iter().enumerate().filter(|(j, _)| j % world == rank) {
@@ -277,7 +281,8 @@ impl<'a> PpoTrainer<'a> {
         let bytes = serde_json::to_vec(&mine).map_err(|e| TrainError::Distributed(format!("rollout: {e}")))?;
         let mut parts: Vec<Part> = Vec::with_capacity(chunks.len());
         for r in training::dist::all_gather_bytes(&bytes)? {
-            let got: Vec<Part> = serde_json::from_slice(&r).map_err(|e| TrainError::Distributed(format!("rollout from another rank: {e}")))?;
+            let got: Vec<Part> =
+                serde_json::from_slice(&r).map_err(|e| TrainError::Distributed(format!("rollout from another rank: {e}")))?;
             parts.extend(got);
         }
         parts.sort_by_key(|p| p.chunk);

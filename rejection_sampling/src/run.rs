@@ -24,7 +24,7 @@ use crate::eval::{evaluate, EvalSpec, RmEval};
 use crate::report::{run_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
 use crate::sampler::{batch_seed, sample_batch, SampleSpec};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
-use crate::shard::{pending_batches, SampleLog};
+use crate::shard::{merge_rank_logs, pending_batches, rank_log_path, SampleLog};
 use datasets::{PromptRecord, SftRecord};
 use llama::checkpoint::write_atomic;
 use llama::{Llama, Tokenizer};
@@ -75,7 +75,7 @@ pub struct RejectionSampler<'a> {
     kind: Kind,
     config_hash: String,
     /// The run folder's lock, held as long as the sampler lives.
-    _lock: RunLock,
+    _lock: Option<RunLock>,
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -133,7 +133,11 @@ impl<'a> RejectionSampler<'a> {
         extra_files: &[PathBuf],
     ) -> Result<Self> {
         cfg.validate().map_err(RsError::Config)?;
-        let llama::Compute { device, kind } = cfg.device.compute(cfg.dtype)?;
+        let llama::Compute { mut device, kind } = cfg.device.compute(cfg.dtype)?;
+        // Distributed: a CUDA rank samples on its own device.
+        if let (Some(d), Device::Cuda(_)) = (distributed::get(), device) {
+            device = d.cuda_device();
+        }
         let config_json = serde_json::to_value(cfg).map_err(|e| RsError::Config(e.to_string()))?;
         let config_hash = fnv1a(config_json.to_string().as_bytes());
         let prompts = load_prompts(&cfg.prompts, cfg.max_prompts)?;
@@ -143,27 +147,12 @@ impl<'a> RejectionSampler<'a> {
             None => Vec::new(),
         };
         // One run per folder: a second run into `out` fails here, naming the holder's pid and host.
-        let lock = RunLock::acquire(out)?;
-        let record = out.join("config.json");
-        if record.exists() {
-            if !resume {
-                return Err(RsError::Resume {
-                    path: out.into(),
-                    msg: "the run folder already has a rejection-sampling run: pass --resume to continue it, or choose another --out"
-                        .into(),
-                });
-            }
-            let old: serde_json::Value = read_json(&record)?;
-            if old["hash"].as_str() != Some(config_hash.as_str()) {
-                return Err(RsError::Resume {
-                    path: record,
-                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
-                });
-            }
-        } else {
-            mkdir(out)?;
-            write_json(&record, &serde_json::json!({ "hash": config_hash, "config": config_json }))?;
-        }
+        // Distributed: rank 0 locks and records the config; the others then check it.
+        let lock = training::dist::main_first(|| -> Result<Option<RunLock>> {
+            let lock = RunLock::acquire_main(out)?;
+            Self::check_record(out, resume, &config_hash, &config_json)?;
+            Ok(lock)
+        })?;
         Ok(RejectionSampler {
             cfg,
             tok,
@@ -177,6 +166,32 @@ impl<'a> RejectionSampler<'a> {
             config_hash,
             _lock: lock,
         })
+    }
+
+    /// `config.json`: refuses a folder with a run unless resuming it with the same config;
+    /// writes it (rank 0) for a new run.
+    fn check_record(out: &Path, resume: bool, config_hash: &str, config_json: &serde_json::Value) -> Result<()> {
+        let record = out.join("config.json");
+        if record.exists() && (distributed::is_main() || resume) {
+            if !resume {
+                return Err(RsError::Resume {
+                    path: out.into(),
+                    msg: "the run folder already has a rejection-sampling run: pass --resume to continue it, or choose another --out"
+                        .into(),
+                });
+            }
+            let old: serde_json::Value = read_json(&record)?;
+            if old["hash"].as_str() != Some(config_hash) {
+                return Err(RsError::Resume {
+                    path: record,
+                    msg: "was written by a different config; resume with the same config or use a new run folder".into(),
+                });
+            }
+        } else if distributed::is_main() {
+            mkdir(out)?;
+            write_json(&record, &serde_json::json!({ "hash": config_hash, "config": config_json }))?;
+        }
+        Ok(())
     }
 
     fn iter_dir(&self, it: usize) -> PathBuf {
@@ -210,6 +225,9 @@ impl<'a> RejectionSampler<'a> {
         temperature: f64,
         count: usize,
     ) -> Result<()> {
+        if distributed::world_size() > 1 {
+            return self.sample_into_sharded(log, policy, scorer, it, temperature, count);
+        }
         let keys = &self.keys[..count];
         let batches = pending_batches(keys, self.cfg.prompt_batch_size, log.done());
         let total = count.div_ceil(self.cfg.prompt_batch_size);
@@ -232,16 +250,7 @@ impl<'a> RejectionSampler<'a> {
         }
         let t0 = Instant::now();
         for (n, (b, idx)) in batches.iter().enumerate() {
-            let spec = SampleSpec {
-                k: self.cfg.best_of_k,
-                temperature,
-                top_p: self.cfg.top_p,
-                top_k: self.cfg.top_k,
-                max_new_tokens: self.cfg.max_new_tokens,
-                seed: batch_seed(self.cfg.seed, it, *b, temperature),
-                iteration: it,
-                require_finished: self.cfg.require_finished,
-            };
+            let spec = self.batch_spec(it, *b, temperature);
             let prompts: Vec<&PromptRecord> = idx.iter().map(|&i| &self.prompts[i]).collect();
             let recs = sample_batch(policy, scorer, self.tok, &prompts, &spec)?;
             log.append(recs)?;
@@ -258,22 +267,84 @@ impl<'a> RejectionSampler<'a> {
         Ok(())
     }
 
+    /// The sampling of one prompt batch (its seed fixed by its position).
+    fn batch_spec(&self, it: usize, b: usize, temperature: f64) -> SampleSpec {
+        SampleSpec {
+            k: self.cfg.best_of_k,
+            temperature,
+            top_p: self.cfg.top_p,
+            top_k: self.cfg.top_k,
+            max_new_tokens: self.cfg.max_new_tokens,
+            seed: batch_seed(self.cfg.seed, it, b, temperature),
+            iteration: it,
+            require_finished: self.cfg.require_finished,
+        }
+    }
+
+    /// Distributed [`Self::sample_into`]: prompt batch b is sampled on rank b mod W into the
+    /// rank's own log (resumable as the main one); rank 0 then appends every rank's records to
+    /// the main log in batch order (the log one process writes) and the others re-read it.
+    fn sample_into_sharded(
+        &self,
+        log: &mut SampleLog,
+        policy: &Llama,
+        scorer: &RewardScorer,
+        it: usize,
+        temperature: f64,
+        count: usize,
+    ) -> Result<()> {
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        let keys = &self.keys[..count];
+        let sampled = (|| -> Result<()> {
+            let mut own = SampleLog::open(&rank_log_path(log.path(), rank, world))?;
+            let mut done = log.done().clone();
+            done.extend(own.done().iter().cloned());
+            let batches: Vec<(usize, Vec<usize>)> =
+                pending_batches(keys, self.cfg.prompt_batch_size, &done).into_iter().filter(|(b, _)| b % world == rank).collect();
+            if rank == 0 && !batches.is_empty() {
+                tracing::info!("iteration {it}: sampling K={} at T={temperature} for {count} prompts on {world} ranks", self.cfg.best_of_k);
+            }
+            for (b, idx) in &batches {
+                let prompts: Vec<&PromptRecord> = idx.iter().map(|&i| &self.prompts[i]).collect();
+                own.append(sample_batch(policy, scorer, self.tok, &prompts, &self.batch_spec(it, *b, temperature))?)?;
+            }
+            Ok(())
+        })();
+        training::dist::agree(sampled, "sample its prompt batches")?;
+        let merged = if rank == 0 { merge_rank_logs(log, &self.keys) } else { Ok(()) };
+        training::dist::agree(merged, "merge the sample logs")?;
+        if rank != 0 {
+            *log = SampleLog::open(log.path())?;
+        }
+        Ok(())
+    }
+
     /// Verb 1: best-of-K samples of every prompt (and the temperature sweep), plus the
     /// evaluation of the policy sampled from. Returns the iteration's records and sweep.
     fn sample(&self, it: usize, policy_dir: &Path, eval_before: &Path) -> Result<(Vec<PromptSamples>, Vec<SweepPoint>, Throughput)> {
         let cfg = self.cfg;
         let t = cfg.temperature(it);
-        let mut log = SampleLog::open(&self.log_path(it))?;
         let n_sweep = cfg.sweep_prompts.min(self.prompts.len());
         let mut sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| x != t).collect();
         sweep_temps.sort_by(f64::total_cmp);
         sweep_temps.dedup();
-        let mut sweep_logs = sweep_temps
-            .iter()
-            .map(|x| SampleLog::open(&self.out.join(format!("sweep-iter{it}-t{x}.jsonl"))))
-            .collect::<Result<Vec<_>>>()?;
+        // Rank 0 (or the one process) first folds in what ranks of an interrupted distributed
+        // run left in their own logs; the other ranks then open the logs.
+        let (mut log, mut sweep_logs) = training::dist::main_first(|| -> Result<(SampleLog, Vec<SampleLog>)> {
+            let mut log = SampleLog::open(&self.log_path(it))?;
+            let mut sweep_logs = sweep_temps
+                .iter()
+                .map(|x| SampleLog::open(&self.out.join(format!("sweep-iter{it}-t{x}.jsonl"))))
+                .collect::<Result<Vec<_>>>()?;
+            if distributed::is_main() {
+                for l in std::iter::once(&mut log).chain(sweep_logs.iter_mut()) {
+                    merge_rank_logs(l, &self.keys)?;
+                }
+            }
+            Ok((log, sweep_logs))
+        })?;
         let need_sampling = log.records().len() < self.prompts.len() || sweep_logs.iter().any(|l| l.records().len() < n_sweep);
-        let need_eval = !self.eval_prompts.is_empty() && !eval_before.exists();
+        let need_eval = !self.eval_prompts.is_empty() && !eval_before.exists() && distributed::is_main();
         if need_sampling || need_eval {
             let (_vs, policy) = load_policy(policy_dir, self.device, self.kind)?;
             let rms = self.reward_models()?;
@@ -364,8 +435,15 @@ impl<'a> RejectionSampler<'a> {
         }
         let text = pool.to_jsonl();
         let path = self.iter_dir(it).join("pool.jsonl");
-        write_atomic(&path, text.as_bytes())?;
-        write_atomic(&self.out.join("pool.jsonl"), text.as_bytes())?;
+        // Every rank built the same pool; rank 0 writes it, and every rank reads it to fine-tune.
+        let written = if distributed::is_main() {
+            write_atomic(&path, text.as_bytes())
+                .and_then(|_| write_atomic(&self.out.join("pool.jsonl"), text.as_bytes()))
+                .map_err(RsError::from)
+        } else {
+            Ok(())
+        };
+        training::dist::agree(written, "write the pool")?;
         let mean_winner_reward = (!winners.is_empty()).then(|| winners.iter().sum::<f64>() / winners.len() as f64);
         Ok(PoolReport { path, size: pool.len(), update, mean_reward_before, mean_reward: pool.mean_reward(), mean_winner_reward })
     }
@@ -392,14 +470,15 @@ impl<'a> RejectionSampler<'a> {
         let dir = self.iter_dir(it);
         mkdir(&dir)?;
         let eval_before = dir.join("eval-before.json");
-        if let Some(p) = prev_eval_after.filter(|p| p.exists() && !eval_before.exists()) {
+        if let Some(p) = prev_eval_after.filter(|p| p.exists() && !eval_before.exists() && distributed::is_main()) {
             std::fs::copy(p, &eval_before).map_err(|e| RsError::io(&eval_before, e))?;
         }
         let (records, sweep, throughput) = self.sample(it, policy_dir, &eval_before)?;
         let pool = self.pool(it, &records)?;
         let outcome = self.finetune(it, policy_dir, &pool.path)?;
         let eval_after = dir.join("eval-after.json");
-        if !self.eval_prompts.is_empty() && !eval_after.exists() {
+        let main = distributed::is_main();
+        if !self.eval_prompts.is_empty() && !eval_after.exists() && main {
             let (_vs, policy) = load_policy(&outcome.final_model, self.device, self.kind)?;
             let e = self.evaluate(&outcome.final_model, &policy, &self.reward_models()?.scorer(self.scorer_spec()))?;
             write_json(&eval_after, &e)?;
@@ -433,13 +512,22 @@ impl<'a> RejectionSampler<'a> {
             eval_before: read_eval(&eval_before)?,
             eval_after: read_eval(&eval_after)?,
         };
+        // Rank 0 writes the iteration's files; the others wait for it (and stop with it).
+        let written = if main { self.write_iteration(it, policy_dir, &records, &report) } else { Ok(()) };
+        training::dist::agree(written, "write the iteration's report")?;
+        Ok(report)
+    }
+
+    /// The judged pairs, `report.json`/`.md`, the plots and `done.json` of iteration `it`.
+    fn write_iteration(&self, it: usize, policy_dir: &Path, records: &[PromptSamples], report: &IterationReport) -> Result<()> {
+        let dir = self.iter_dir(it);
         if self.cfg.judged_pairs_per_prompt > 0 {
-            let pairs = crate::annotate::judged_pairs(&records, self.cfg.judged_pairs_per_prompt, &format!("onpolicy_iter{it}"));
+            let pairs = crate::annotate::judged_pairs(records, self.cfg.judged_pairs_per_prompt, &format!("onpolicy_iter{it}"));
             if !pairs.is_empty() {
                 datasets::io::write_all(&dir.join("judged_pairs.jsonl"), &pairs)?;
             }
         }
-        write_json(&dir.join("report.json"), &report)?;
+        write_json(&dir.join("report.json"), report)?;
         write_atomic(&dir.join("report.md"), report.markdown().as_bytes())?;
         if let Err(e) = report.plots(&dir) {
             tracing::warn!("iteration {it}: plots not drawn: {e}");
@@ -452,8 +540,7 @@ impl<'a> RejectionSampler<'a> {
             pool_size: report.pool.size,
             config_hash: self.config_hash.clone(),
         };
-        write_json(&dir.join("done.json"), &done)?;
-        Ok(report)
+        write_json(&dir.join("done.json"), &done)
     }
 
     /// Every iteration; finished ones (`done.json`) are read back, not redone.
@@ -476,8 +563,6 @@ impl<'a> RejectionSampler<'a> {
             reports.push(report);
         }
         let last = reports.last().expect("at least one iteration");
-        write_json(&self.out.join("report.json"), &serde_json::json!({ "iterations": reports }))?;
-        write_atomic(&self.out.join("report.md"), run_markdown(&reports).as_bytes())?;
         let outcome = RsOutcome {
             final_model: last.model.clone(),
             pool: self.out.join("pool.jsonl"),
@@ -487,10 +572,14 @@ impl<'a> RejectionSampler<'a> {
             report: self.out.join("report.md"),
             seconds: start.elapsed().as_secs_f64(),
         };
-        // The top-level pool is the last iteration's.
-        let text = std::fs::read(&last.pool.path).map_err(|e| RsError::io(&last.pool.path, e))?;
-        write_atomic(&self.out.join("pool.jsonl"), &text)?;
-        write_json(&self.out.join("summary.json"), &outcome)?;
+        if distributed::is_main() {
+            write_json(&self.out.join("report.json"), &serde_json::json!({ "iterations": reports }))?;
+            write_atomic(&self.out.join("report.md"), run_markdown(&reports).as_bytes())?;
+            // The top-level pool is the last iteration's.
+            let text = std::fs::read(&last.pool.path).map_err(|e| RsError::io(&last.pool.path, e))?;
+            write_atomic(&self.out.join("pool.jsonl"), &text)?;
+            write_json(&self.out.join("summary.json"), &outcome)?;
+        }
         Ok(outcome)
     }
 }

@@ -130,6 +130,45 @@ pub fn pending_batches(keys: &[String], batch_size: usize, done: &HashSet<String
         .collect()
 }
 
+/// The own log of rank `rank` of `world` beside the main log `main`: `<stem>.rank{r}-of-{w}.jsonl`.
+pub fn rank_log_path(main: &Path, rank: usize, world: usize) -> PathBuf {
+    let stem = main.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    main.with_file_name(format!("{stem}.rank{rank}-of-{world}.jsonl"))
+}
+
+/// Appends the records of every rank log beside `log` (of any world size) to it, in prompt
+/// order (the order one process logs them), then removes the rank logs. Records already in the
+/// main log are skipped, so a merge cut short is finished by the next one.
+pub fn merge_rank_logs(log: &mut SampleLog, keys: &[String]) -> Result<()> {
+    let stem = log.path().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = log.path().parent().map(Path::to_path_buf).unwrap_or_default();
+    let prefix = format!("{stem}.rank");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| RsError::io(&dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            n.starts_with(&prefix) && n.ends_with(".jsonl") && n.contains("-of-")
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    files.sort();
+    let order: std::collections::HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut records = Vec::new();
+    for f in &files {
+        records.extend(SampleLog::open(f)?.into_records());
+    }
+    records.sort_by_key(|r| order.get(r.key.as_str()).copied().unwrap_or(usize::MAX));
+    log.append(records)?;
+    for f in &files {
+        std::fs::remove_file(f).map_err(|e| RsError::io(f, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +189,30 @@ mod tests {
             generation_seconds: 0.1,
             scoring_seconds: 0.01,
         }
+    }
+
+    /// What the ranks of a distributed run (of any size, also an interrupted one) left in their
+    /// own logs is appended in prompt order, skipping prompts already logged; the rank logs go.
+    #[test]
+    fn rank_logs_merge_into_the_main_log_in_prompt_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("samples-iter1.jsonl");
+        let keys: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|t| prompt_key(&[Message::user(*t)])).collect();
+        SampleLog::open(&main).unwrap().append(vec![rec("a")]).unwrap();
+        SampleLog::open(&rank_log_path(&main, 1, 2)).unwrap().append(vec![rec("d"), rec("b")]).unwrap();
+        SampleLog::open(&rank_log_path(&main, 0, 2)).unwrap().append(vec![rec("e"), rec("a")]).unwrap();
+        SampleLog::open(&rank_log_path(&main, 2, 3)).unwrap().append(vec![rec("c")]).unwrap();
+        std::fs::write(dir.path().join("sweep-iter1-t0.7.rank0-of-2.jsonl"), "").unwrap();
+        let mut log = SampleLog::open(&main).unwrap();
+        merge_rank_logs(&mut log, &keys).unwrap();
+        let texts: Vec<&str> = log.records().iter().map(|r| r.prompt[0].content.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "c", "d", "e"]);
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["samples-iter1.jsonl", "sweep-iter1-t0.7.rank0-of-2.jsonl"], "another log's rank file is left alone");
+        let reread: Vec<String> = SampleLog::open(&main).unwrap().records().iter().map(|r| r.prompt[0].content.clone()).collect();
+        assert_eq!(reread, ["a", "b", "c", "d", "e"]);
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub fn run(cfg: &SftConfig, out: &Path, resume: bool) -> Result<SftOutcome> {
     };
     // Distributed: rank 0 builds the token cache first; the others then reuse it.
     let (train_set, eval_set) = match &cfg.eval_data {
-        Some(p) => (training::dist::main_first(|| examples(&cfg.train_data))?, training::dist::main_first(|| examples(std::slice::from_ref(p)))?),
+        Some(p) => {
+            (training::dist::main_first(|| examples(&cfg.train_data))?, training::dist::main_first(|| examples(std::slice::from_ref(p)))?)
+        }
         None => held_out_split(training::dist::main_first(|| examples(&cfg.train_data))?, cfg.eval_fraction, cfg.train.seed),
     };
     train(cfg, &train_set, &eval_set, out, resume, &tokenizer_files(&tok_path))

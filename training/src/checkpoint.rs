@@ -9,6 +9,7 @@
 //! a complete one. Keep-last-N pruning never removes the best checkpoint. What a crash leaves
 //! behind (temp folders, half-replaced folders) is tidied by [`remove_stale_temps`] at the next
 //! start, under the run-folder lock.
+use crate::dist::agree;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use llama::checkpoint::{self as ck, CheckpointFiles, SaveOptions};
@@ -72,16 +73,6 @@ pub fn zero_file(part: &str, rank: i64, world: i64) -> String {
     let stem = optimizer_file(part);
     let stem = stem.trim_end_matches(".safetensors");
     format!("{stem}.zero-rank{rank:05}-of-{world:05}.safetensors")
-}
-
-/// Every rank learns whether every rank's `r` succeeded; a rank whose own call failed returns
-/// its error, the others an error saying which step failed elsewhere.
-fn agree(r: Result<()>, what: &str) -> Result<()> {
-    if crate::dist::all_ok(r.is_ok())? {
-        return Ok(());
-    }
-    r?;
-    Err(TrainError::Distributed(format!("rank {}: another rank could not {what}; stopping with it", distributed::rank())))
 }
 
 pub struct CheckpointManager {
@@ -238,7 +229,10 @@ pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW
     }
     let whole = unshard_files(path, name, opt)?;
     opt.load_state(opt_steps, |n| {
-        whole.get(n).map(|t| t.to_device(device)).ok_or_else(|| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("no optimizer state {n}") })
+        whole
+            .get(n)
+            .map(|t| t.to_device(device))
+            .ok_or_else(|| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("no optimizer state {n}") })
     })
 }
 
@@ -263,7 +257,11 @@ fn unshard_files(path: &Path, name: &str, opt: &AdamW) -> Result<std::collection
         let files = CheckpointFiles::open_file(&file)?;
         let layout = Vec::<i64>::try_from(files.tensor("zero.layout")?)?;
         if layout.len() != 4 || layout[0] != world || layout[1] != r || layout[3] != opt.num_parameters() {
-            return Err(bad(format!("{}: zero.layout {layout:?} does not fit rank {r} of {world} and {} parameters", file.display(), opt.num_parameters())));
+            return Err(bad(format!(
+                "{}: zero.layout {layout:?} does not fit rank {r} of {world} and {} parameters",
+                file.display(),
+                opt.num_parameters()
+            )));
         }
         bucket = Some(layout[2]);
         for (i, key) in ["zero.master", "zero.m", "zero.v"].iter().enumerate() {

@@ -44,14 +44,14 @@ pub fn leader_pid() -> u32 {
 
 /// Runs `f` on rank 0 first, then (after a barrier) on the others: for steps that build a shared
 /// file the first time (the token cache) and read it after. A failure on rank 0 stops every rank.
-pub fn main_first<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn main_first<T, E: From<TrainError>>(mut f: impl FnMut() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
     match distributed::get() {
         Some(d) if d.world_size > 1 => {
             let first = if d.rank == 0 { Some(f()) } else { None };
             if !all_ok(first.as_ref().is_none_or(|r| r.is_ok()))? {
                 return match first {
                     Some(r) => r,
-                    None => Err(TrainError::Distributed(format!("rank {}: rank 0 failed to prepare the data; stopping with it", d.rank))),
+                    None => Err(TrainError::Distributed(format!("rank {}: rank 0 failed; stopping with it", d.rank)).into()),
                 };
             }
             match first {
@@ -61,6 +61,16 @@ pub fn main_first<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
         }
         _ => f(),
     }
+}
+
+/// Every rank learns whether every rank's `r` succeeded; a rank whose own step failed returns its
+/// error, the others an error saying that `what` failed elsewhere. A barrier in a run that works.
+pub fn agree<E: From<TrainError>>(r: std::result::Result<(), E>, what: &str) -> std::result::Result<(), E> {
+    if all_ok(r.is_ok())? {
+        return Ok(());
+    }
+    r?;
+    Err(TrainError::Distributed(format!("rank {}: another rank could not {what}; stopping with it", distributed::rank())).into())
 }
 
 /// The largest of each value over the ranks, in place (nothing to do in one process).

@@ -12,8 +12,8 @@
 //! ranks; with ZeRO (`zero_stage` 1 or 2) each rank keeps and updates only its shard of the fp32
 //! state ([`crate::zero`]) and the updated weights are all-gathered.
 use crate::error::{Result, TrainError};
-use serde::{Deserialize, Serialize};
 use crate::zero::{Piece, ZeroLayout};
+use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -85,7 +85,17 @@ fn dist_err(e: distributed::DistError) -> TrainError {
 /// `bc1 = 1−β1ᵗ` and `bc2_sqrt = √(1−β2ᵗ)`. Element-wise only, so a shard's update equals the
 /// same elements' update of the whole tensor, bit for bit.
 #[allow(clippy::too_many_arguments)]
-fn adamw_update(cfg: &AdamWConfig, w: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, decay: bool, lr: f64, bc1: f64, bc2_sqrt: f64) {
+fn adamw_update(
+    cfg: &AdamWConfig,
+    w: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    decay: bool,
+    lr: f64,
+    bc1: f64,
+    bc2_sqrt: f64,
+) {
     let AdamWConfig { beta1, beta2, eps, weight_decay } = *cfg;
     if decay && weight_decay != 0.0 {
         let _ = w.g_mul_scalar_(1.0 - lr * weight_decay);
@@ -120,7 +130,13 @@ impl AdamW {
     }
 
     /// As [`AdamW::with_zero`] with `bucket` elements per collective.
-    pub fn with_zero_bucket(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, zero_stage: u8, bucket: i64) -> Result<Self> {
+    pub fn with_zero_bucket(
+        vs: &nn::VarStore,
+        cfg: AdamWConfig,
+        filter: impl Fn(&str) -> bool,
+        zero_stage: u8,
+        bucket: i64,
+    ) -> Result<Self> {
         if zero_stage > 2 {
             return Err(TrainError::Config(format!("zero_stage must be 0, 1 or 2, got {zero_stage}")));
         }
@@ -408,7 +424,11 @@ impl AdamW {
         tch::no_grad(|| -> Result<()> {
             for (dst, src, what) in [(&mut s.master, master, "master"), (&mut s.m, m, "m"), (&mut s.v, v, "v")] {
                 if src.size() != dst.size() {
-                    return Err(TrainError::Config(format!("ZeRO shard zero.{what} has shape {:?}, this rank's {:?}", src.size(), dst.size())));
+                    return Err(TrainError::Config(format!(
+                        "ZeRO shard zero.{what} has shape {:?}, this rank's {:?}",
+                        src.size(),
+                        dst.size()
+                    )));
                 }
                 dst.f_copy_(src)?;
             }

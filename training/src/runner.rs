@@ -193,7 +193,11 @@ fn resume_newest(stage: &mut impl Stage, ckman: &CheckpointManager, o: &RunOptio
         match loaded {
             Ok(state) if everywhere => return Ok(Some((state, path))),
             Ok(_) => {
-                tracing::warn!("{}: checkpoint {} cannot be loaded on another rank; falling back to the one before it", o.name, path.display());
+                tracing::warn!(
+                    "{}: checkpoint {} cannot be loaded on another rank; falling back to the one before it",
+                    o.name,
+                    path.display()
+                );
                 bad.push(format!("{}: not loadable on every rank", path.display()));
             }
             Err(e @ TrainError::OtherConfig { .. }) => return Err(e),
