@@ -389,3 +389,26 @@ fn rejection_sampling_on_two_ranks_gives_the_pool_of_one() {
     let rel = max_rel_diff(&one.join("iter2/sft/final"), &two.join("iter2/sft/final"));
     assert!(rel <= 1e-5, "the iteration-2 fine-tune differs by {rel:e}");
 }
+
+/// Asking for NCCL where it cannot run is a clear error, not a hang or a crash.
+#[test]
+fn nccl_without_a_gpu_is_a_clear_error() {
+    if tch::Cuda::is_available() {
+        return; // a GPU machine runs NCCL (tools/gpu/nccl_check.sh)
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sft_setup(tmp.path());
+    let err = run_err(
+        rlhf()
+            .args(["sft", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(tmp.path().join("run"))
+            .env("WORLD_SIZE", "1")
+            .env("RANK", "0")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", free_port().to_string())
+            .env("RLHF_DIST_BACKEND", "nccl"),
+    );
+    assert!(err.contains("RLHF_DIST_BACKEND=nccl, but"), "{err}");
+}

@@ -9,45 +9,20 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "bridge.h"
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+using rlhf_c10d::dup_message;
+using rlhf_c10d::Group;
+using rlhf_c10d::guarded;
+using rlhf_c10d::Store;
+
 namespace {
-
-char* dup_message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.data(), s.size());
-    out[s.size()] = '\0';
-  }
-  return out;
-}
-
-template <typename F>
-int guarded(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    *err = dup_message(e.what());
-  } catch (...) {
-    *err = dup_message("unknown C++ exception");
-  }
-  return 1;
-}
-
-struct Store {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-
-struct Group {
-  c10::intrusive_ptr<c10d::Backend> pg;
-  int rank;
-  int size;
-};
 
 void wait(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
   work->wait(std::chrono::milliseconds(timeout_ms));

@@ -30,6 +30,16 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rlhf_c10d_group_free(group: *mut c_void);
+    fn rlhf_c10d_nccl_available() -> c_int;
+    fn rlhf_c10d_nccl_new(
+        store: *mut c_void,
+        prefix: *const c_char,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rlhf_c10d_all_reduce(group: *mut c_void, tensor: *const c_void, op: c_int, timeout_ms: i64, err: *mut *mut c_char) -> c_int;
     fn rlhf_c10d_broadcast(group: *mut c_void, tensor: *const c_void, root: c_int, timeout_ms: i64, err: *mut *mut c_char) -> c_int;
     fn rlhf_c10d_all_gather(
@@ -148,6 +158,22 @@ impl Group {
         let mut out = std::ptr::null_mut();
         // SAFETY: the store is live; the bridge keeps its own reference to it.
         call(|err| unsafe { rlhf_c10d_gloo_new(store.0, prefix.as_ptr(), rank, size, timeout_ms, &mut out, err) })?;
+        Ok(Group(out))
+    }
+
+    /// Whether this build has the NCCL process group (see build.rs).
+    pub fn nccl_built_in() -> bool {
+        // SAFETY: no arguments; returns a constant.
+        unsafe { rlhf_c10d_nccl_available() != 0 }
+    }
+
+    /// An NCCL process group over `store` (communicators are made at the first collective, on
+    /// the device of its tensors).
+    pub fn nccl(store: &Store, prefix: &str, rank: i32, size: i32, timeout_ms: i64) -> Result<Group, String> {
+        let prefix = cstr(prefix)?;
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as gloo.
+        call(|err| unsafe { rlhf_c10d_nccl_new(store.0, prefix.as_ptr(), rank, size, timeout_ms, &mut out, err) })?;
         Ok(Group(out))
     }
 

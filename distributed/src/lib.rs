@@ -89,6 +89,9 @@ pub struct Dist {
     pub local_rank: i64,
     timeout: Duration,
     group: Group,
+    /// NCCL, for CUDA tensors, when built in and a GPU is present (`RLHF_DIST_BACKEND=gloo`
+    /// turns it off).
+    nccl: Option<Group>,
     store: Arc<Store>,
     progress: Arc<Progress>,
     leader_pid: u32,
@@ -162,6 +165,21 @@ impl Dist {
             .map_err(|e| DistError::Setup(format!("rank {}: cannot reach the store at {where_}: {e}", env.rank)))?;
         let group = Group::gloo(&store, "gloo/", env.rank as i32, env.world_size as i32, timeout_ms)
             .map_err(|e| DistError::Setup(format!("rank {}: the Gloo process group did not form within {timeout:?}: {e}", env.rank)))?;
+        let nccl = match std::env::var("RLHF_DIST_BACKEND").as_deref() {
+            Ok("gloo") => None,
+            Ok("nccl") | Err(_) if Group::nccl_built_in() && tch::Cuda::is_available() => Some(
+                Group::nccl(&store, "nccl/", env.rank as i32, env.world_size as i32, timeout_ms)
+                    .map_err(|e| DistError::Setup(format!("rank {}: the NCCL process group: {e}", env.rank)))?,
+            ),
+            Ok("nccl") => {
+                return Err(DistError::Setup(format!(
+                    "RLHF_DIST_BACKEND=nccl, but {}",
+                    if Group::nccl_built_in() { "no CUDA device is visible" } else { "this build has no NCCL (see scripts/setup)" }
+                )))
+            }
+            Ok(other) if other != "auto" => return Err(DistError::Setup(format!("RLHF_DIST_BACKEND={other:?}: use gloo, nccl or auto"))),
+            _ => None,
+        };
         if env.rank == 0 {
             store.set("leader_pid", std::process::id().to_string().as_bytes()).map_err(DistError::Setup)?;
         }
@@ -198,6 +216,7 @@ impl Dist {
             local_rank: env.local_rank,
             timeout,
             group,
+            nccl,
             store: Arc::new(store),
             progress,
             leader_pid,
@@ -223,11 +242,24 @@ impl Dist {
         self.timeout.as_millis() as i64
     }
 
-    /// Runs collective `op`, numbering it; on failure, names the rank(s) at fault.
-    fn collective(&self, op: &'static str, f: impl FnOnce(&Group, i64) -> std::result::Result<(), String>) -> Result<()> {
+    /// The backend in use for tensors on `device`: `nccl` or `gloo`.
+    pub fn backend(&self, device: Device) -> &'static str {
+        match (device, &self.nccl) {
+            (Device::Cuda(_), Some(_)) => "nccl",
+            _ => "gloo",
+        }
+    }
+
+    /// Runs collective `op` on the group for `device` (NCCL for CUDA tensors when present, else
+    /// Gloo), numbering it; on failure, names the rank(s) at fault.
+    fn collective(&self, op: &'static str, device: Device, f: impl FnOnce(&Group, i64) -> std::result::Result<(), String>) -> Result<()> {
         let seq = self.progress.seq.fetch_add(1, Ordering::Relaxed) + 1;
         *self.progress.op.lock().unwrap_or_else(|p| p.into_inner()) = op;
-        f(&self.group, self.timeout_ms()).map_err(|msg| DistError::Collective {
+        let group = match (device, &self.nccl) {
+            (Device::Cuda(_), Some(n)) => n,
+            _ => &self.group,
+        };
+        f(group, self.timeout_ms()).map_err(|msg| DistError::Collective {
             rank: self.rank,
             op,
             seq,
@@ -274,9 +306,21 @@ impl Dist {
         }
     }
 
+    /// Sums (or max/min) `t` over the ranks, in place. A CUDA tensor goes through NCCL when it
+    /// is built in, else through a host copy (Gloo works on host memory).
     pub fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
         check_dense(t, "all_reduce")?;
-        self.collective("all_reduce", |g, ms| g.all_reduce(t, op, ms))
+        if self.direct(t) {
+            return self.collective("all_reduce", t.device(), |g, ms| g.all_reduce(t, op, ms));
+        }
+        let host = on_host(t);
+        self.collective("all_reduce", Device::Cpu, |g, ms| g.all_reduce(&host, op, ms))?;
+        back(t, &host)
+    }
+
+    /// Whether `t` goes to its group as it is (host tensors, CUDA tensors with NCCL).
+    fn direct(&self, t: &Tensor) -> bool {
+        t.device() == Device::Cpu || self.backend(t.device()) == "nccl"
     }
 
     /// Sums `values` over the ranks (in f64, in place).
@@ -290,7 +334,12 @@ impl Dist {
 
     pub fn broadcast(&self, t: &Tensor, root: i64) -> Result<()> {
         check_dense(t, "broadcast")?;
-        self.collective("broadcast", |g, ms| g.broadcast(t, root as i32, ms))
+        if self.direct(t) {
+            return self.collective("broadcast", t.device(), |g, ms| g.broadcast(t, root as i32, ms));
+        }
+        let host = on_host(t);
+        self.collective("broadcast", Device::Cpu, |g, ms| g.broadcast(&host, root as i32, ms))?;
+        back(t, &host)
     }
 
     /// `outputs[i]` receives rank i's `input` (one output per rank, each shaped as `input`).
@@ -299,7 +348,12 @@ impl Dist {
             return Err(DistError::Usage(format!("all_gather wants {} outputs, got {}", self.world_size, outputs.len())));
         }
         check_dense(input, "all_gather")?;
-        self.collective("all_gather", |g, ms| g.all_gather(outputs, input, ms))
+        if self.direct(input) && outputs.iter().all(|o| o.device() == input.device()) {
+            return self.collective("all_gather", input.device(), |g, ms| g.all_gather(outputs, input, ms));
+        }
+        let (input_host, outs_host): (Tensor, Vec<Tensor>) = (on_host(input), outputs.iter().map(on_host).collect());
+        self.collective("all_gather", Device::Cpu, |g, ms| g.all_gather(&outs_host, &input_host, ms))?;
+        outputs.iter().zip(&outs_host).try_for_each(|(o, h)| back(o, h))
     }
 
     /// `output` receives the sum over ranks of their `inputs[self.rank]`.
@@ -310,11 +364,16 @@ impl Dist {
         for t in inputs {
             check_dense(t, "reduce_scatter")?;
         }
-        self.collective("reduce_scatter", |g, ms| g.reduce_scatter(output, inputs, ms))
+        if self.direct(output) && inputs.iter().all(|i| i.device() == output.device()) {
+            return self.collective("reduce_scatter", output.device(), |g, ms| g.reduce_scatter(output, inputs, ms));
+        }
+        let (out_host, ins_host): (Tensor, Vec<Tensor>) = (on_host(output), inputs.iter().map(on_host).collect());
+        self.collective("reduce_scatter", Device::Cpu, |g, ms| g.reduce_scatter(&out_host, &ins_host, ms))?;
+        back(output, &out_host)
     }
 
     pub fn barrier(&self) -> Result<()> {
-        self.collective("barrier", |g, ms| g.barrier(ms))
+        self.collective("barrier", Device::Cpu, |g, ms| g.barrier(ms))
     }
 
     /// Every rank's `bytes`, in rank order (lengths may differ).
@@ -337,6 +396,22 @@ impl Drop for Dist {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// `t` itself on the host, else a host copy (the Gloo process group works on host memory).
+fn on_host(t: &Tensor) -> Tensor {
+    match t.device() {
+        Device::Cpu => t.shallow_clone(),
+        _ => t.to_device(Device::Cpu),
+    }
+}
+
+/// Copies a collective's host result back into a device tensor.
+fn back(t: &Tensor, host: &Tensor) -> Result<()> {
+    if t.device() != Device::Cpu {
+        tch::no_grad(|| t.shallow_clone().f_copy_(host)).map_err(|e| DistError::Usage(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn check_dense(t: &Tensor, op: &str) -> Result<()> {

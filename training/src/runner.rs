@@ -279,6 +279,19 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
             msg: "the run folder already has checkpoints: pass --resume to continue, or choose another --out".into(),
         });
     }
+    if distributed::get().is_some() && main {
+        for p in stage.parts() {
+            tracing::info!(
+                "{}: {} data-parallel over {} ranks ({}), ZeRO-{}: {:.2} bytes of optimizer state per parameter on each rank",
+                o.name,
+                p.name,
+                distributed::world_size(),
+                distributed::get().map_or("gloo", |d| d.backend(p.vs.device())),
+                p.opt.zero_stage(),
+                p.opt.state_bytes_per_param()
+            );
+        }
+    }
     let mut metrics = if main { Some(MetricsLog::open(&o.run_dir.join("metrics.jsonl"), resumed_from)?) } else { None };
     stage.begin(&o.run_dir, resumed_from)?;
     let better = |stage: &S, v: f64, best: Option<f64>| best.is_none_or(|b| if stage.higher_is_better() { v > b } else { v < b });
