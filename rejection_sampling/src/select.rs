@@ -75,12 +75,13 @@ pub fn prompt_key(prompt: &[Message]) -> String {
     serde_json::to_string(prompt).expect("messages serialise")
 }
 
-/// The winning sample: the highest finite reward among the eligible samples (those that ended
-/// with EOS when `require_finished`); the first one on ties. `None` when none is eligible.
+/// The winning sample: the highest finite reward among the eligible samples (a reply with text,
+/// which the fine-tune can learn from, and one that ended with EOS when `require_finished`); the
+/// first one on ties. `None` when none is eligible.
 pub fn best_index(samples: &[Sample], require_finished: bool) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, s) in samples.iter().enumerate() {
-        if !s.reward.is_finite() || (require_finished && !s.finished) {
+        if !s.reward.is_finite() || (require_finished && !s.finished) || s.text.trim().is_empty() {
             continue;
         }
         if best.is_none_or(|b| s.reward > samples[b].reward) {
@@ -242,6 +243,10 @@ mod tests {
         assert_eq!(best_index(&[s(0.2, false)], true), None);
         assert_eq!(best_index(&[s(f64::NAN, true), s(0.1, true)], true), Some(1));
         assert_eq!(best_index(&[], true), None);
+        // An empty reply is no demonstration (the pool is an SFT dataset), however it scores.
+        let empty = Sample { text: " \n".into(), ..s(0.99, true) };
+        assert_eq!(best_index(&[s(0.2, true), empty.clone(), s(0.5, true)], true), Some(2));
+        assert_eq!(best_index(&[empty], false), None);
     }
 
     #[test]
