@@ -10,6 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One multi-process test at a time (each runs two ranks on a 2-core machine).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn torchrun() -> Command {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
     assert!(p.exists(), "{} is missing: run scripts/setup (it installs torch and torchrun)", p.display());
@@ -107,6 +114,7 @@ fn assert_same_run(one: &Path, two: &Path, what: &str) {
 
 #[test]
 fn sft_on_two_ranks_equals_one_rank_with_zero_0_1_2() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = sft_setup(tmp.path());
     let one = tmp.path().join("one");
@@ -135,6 +143,7 @@ fn sft_on_two_ranks_equals_one_rank_with_zero_0_1_2() {
 
 #[test]
 fn reward_model_on_two_ranks_equals_one_rank() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = rm_setup(tmp.path());
     let one = tmp.path().join("one");
@@ -174,6 +183,7 @@ fn complete_checkpoints(run: &Path) -> usize {
 
 #[test]
 fn a_killed_rank_is_named_and_the_run_resumes_under_torchrun_bit_exact() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = sft_setup(tmp.path());
     let sets = ["--set", "train.zero_stage=2", "--set", "train.max_steps=14", "--set", "train.epochs=100"];
@@ -291,6 +301,7 @@ fn ppo_setup(dir: &Path) -> PathBuf {
 /// optimizer figures within 1e-6, final policy and value weights within 1e-5 relative.
 #[test]
 fn ppo_on_two_ranks_equals_one_rank_over_three_iterations() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = ppo_setup(tmp.path());
     let one = tmp.path().join("one");
@@ -366,6 +377,7 @@ fn sample_records(path: &Path) -> Vec<serde_json::Value> {
 /// samples, same scores, same order) and every pool is byte-identical.
 #[test]
 fn rejection_sampling_on_two_ranks_gives_the_pool_of_one() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = rs_setup(tmp.path());
     let one = tmp.path().join("one");
@@ -393,6 +405,7 @@ fn rejection_sampling_on_two_ranks_gives_the_pool_of_one() {
 /// Asking for NCCL where it cannot run is a clear error, not a hang or a crash.
 #[test]
 fn nccl_without_a_gpu_is_a_clear_error() {
+    let _serial = serial();
     if tch::Cuda::is_available() {
         return; // a GPU machine runs NCCL (tools/gpu/nccl_check.sh)
     }
