@@ -405,6 +405,60 @@ impl Llama {
         self.norm.forward(&x)
     }
 
+    /// Activation checkpointing (layer-wise recomputation): the forward keeps only each
+    /// recomputed layer's input, `loss` of the final hidden states (after the norm) is built with
+    /// gradient and back-propagated, then each layer runs forward again, with gradient, in reverse
+    /// as the gradient reaches its output, and passes it on to its input; last, the embeddings.
+    /// The parameters' gradients accumulate as `loss(self.forward(..)).backward()` leaves them
+    /// (equal up to the order of float sums). With `read` (`[B, R]`, as
+    /// [`Llama::forward_at`]) the last layer is not recomputed but runs in the head, at the read
+    /// positions only. Returns the loss, detached. Activations held: one `[B, T, D]` input per
+    /// layer plus one layer's graph at a time, instead of every layer's graph.
+    pub fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Mask,
+        read: Option<&Tensor>,
+        loss: impl FnOnce(&Tensor) -> Tensor,
+    ) -> Tensor {
+        let (cos, sin) = self.rope.at(positions);
+        let n = self.layers.len();
+        let recomputed = if read.is_some() { n.saturating_sub(1) } else { n };
+        let mut inputs = Vec::with_capacity(recomputed);
+        let mut x = tch::no_grad(|| Tensor::embedding(&self.embed_tokens, ids, -1, false, false));
+        for layer in &self.layers[..recomputed] {
+            let y = tch::no_grad(|| layer.forward(&x, &cos, &sin, mask, None));
+            inputs.push(std::mem::replace(&mut x, y));
+        }
+        let top = x.detach().set_requires_grad(true);
+        let h = match (read, self.layers.last()) {
+            (Some(r), Some(last)) => last.forward_at(&top, &cos, &sin, mask, r),
+            (Some(r), None) => {
+                let (b, k, d) = (r.size()[0], r.size()[1], top.size()[2]);
+                top.gather(1, &r.unsqueeze(-1).expand([b, k, d], false), false)
+            }
+            (None, _) => top.shallow_clone(),
+        };
+        let l = loss(&self.norm.forward(&h));
+        l.backward();
+        let mut g = top.grad();
+        for (layer, xin) in self.layers[..recomputed].iter().zip(inputs).rev() {
+            if !g.defined() {
+                break;
+            }
+            let xin = xin.detach().set_requires_grad(true);
+            let y = layer.forward(&xin, &cos, &sin, mask, None);
+            // d/dy of sum(y * g) is g exactly: the layer's backward with the incoming gradient.
+            (y * &g).sum(Kind::Float).backward();
+            g = xin.grad();
+        }
+        if g.defined() && self.embed_tokens.requires_grad() {
+            (Tensor::embedding(&self.embed_tokens, ids, -1, false, false) * &g).sum(Kind::Float).backward();
+        }
+        l.detach()
+    }
+
     /// LM logits in float32 for the given hidden states (any leading shape).
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
         let logits = match &self.lm_head {

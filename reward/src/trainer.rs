@@ -81,10 +81,29 @@ impl<'a> RewardTrainer<'a> {
             if j % world != rank {
                 continue;
             }
-            let (c, r, t) = pair_scores(&self.model, chunk, self.device);
-            tokens += t;
-            let loss = ranking_loss(&c, &r, &margins(self.cfg, chunk, self.device), self.cfg.center_coef) * (chunk.len() as f64 / n as f64);
-            loss.backward();
+            let m = margins(self.cfg, chunk, self.device);
+            let share = chunk.len() as f64 / n as f64;
+            let (c, r, loss) = if self.cfg.train.gradient_checkpointing {
+                // Layer-wise recomputation; the last layer, the head and the loss as usual.
+                let b = collate(chunk, self.device);
+                tokens += b.num_tokens;
+                let mut scores = None;
+                let loss = self.model.trunk.backward_checkpointed(&b.ids, &b.positions, &b.mask, Some(&b.read), |h| {
+                    let s = self.model.score.forward(h).squeeze_dim(-1).to_kind(Kind::Float);
+                    let (c, r) = (s.select(1, 0), s.select(1, 1));
+                    let loss = ranking_loss(&c, &r, &m, self.cfg.center_coef) * share;
+                    scores = Some((c.detach(), r.detach()));
+                    loss
+                });
+                let (c, r) = scores.expect("the head ran");
+                (c, r, loss)
+            } else {
+                let (c, r, t) = pair_scores(&self.model, chunk, self.device);
+                tokens += t;
+                let loss = ranking_loss(&c, &r, &m, self.cfg.center_coef) * share;
+                loss.backward();
+                (c, r, loss)
+            };
             loss_sum += f64::try_from(&loss)?;
             let d = (&c - &r).detach();
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;
@@ -109,6 +128,12 @@ impl<'a> RewardTrainer<'a> {
             "mean_gap": gap / n as f64, "lr": lr, "grad_norm": grad_norm, "pairs": n,
             "tokens": tokens, "pairs_per_s": n as f64 / secs, "tokens_per_s": tokens as f64 / secs, "step_seconds": secs,
         }))
+        .map(|mut rec| {
+            if self.cfg.train.gradient_checkpointing {
+                rec["gradient_checkpointing"] = serde_json::json!(true);
+            }
+            rec
+        })
     }
 
     /// Mean ranking loss on the held-out pairs.

@@ -2,7 +2,7 @@
 //! accumulated micro-batches), `evaluate`, and `train` (the loop, checkpoints and metrics).
 use crate::config::SftConfig;
 use crate::data::{collate, epoch_order, pack, Example, PackedRow};
-use crate::loss::sft_loss_sum;
+use crate::loss::{sft_backward_checkpointed, sft_loss_sum};
 use llama::checkpoint as ck;
 use llama::{Config, Llama, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -129,8 +129,13 @@ impl<'a> SftTrainer<'a> {
             }
             let batch = collate(chunk, self.device);
             tokens += batch.num_tokens;
-            let (nll, _) = sft_loss_sum(&self.model, &batch);
-            (&nll / n_targets as f64).backward();
+            let nll = if self.cfg.train.gradient_checkpointing {
+                sft_backward_checkpointed(&self.model, &batch, n_targets as f64).0
+            } else {
+                let (nll, _) = sft_loss_sum(&self.model, &batch);
+                (&nll / n_targets as f64).backward();
+                nll
+            };
             loss_sum += f64::try_from(&nll)?;
         }
         let mut sums = [loss_sum, tokens as f64];
@@ -159,6 +164,12 @@ impl<'a> SftTrainer<'a> {
             "tokens_per_s": tokens as f64 / secs.max(1e-9),
             "step_seconds": secs,
         }))
+        .map(|mut rec| {
+            if self.cfg.train.gradient_checkpointing {
+                rec["gradient_checkpointing"] = serde_json::json!(true);
+            }
+            rec
+        })
     }
 
     /// Mean NLL per target token on the held-out rows.

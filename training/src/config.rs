@@ -65,6 +65,11 @@ pub struct TrainConfig {
     /// serialised at 0, so configs and fingerprints without it are unchanged.
     #[serde(skip_serializing_if = "is_zero")]
     pub zero_stage: u8,
+    /// Activation checkpointing: layers are recomputed in the backward pass, so a micro-batch
+    /// holds one `[B, T, D]` input per layer instead of every layer's activations (SFT and reward
+    /// models; gradients equal the plain backward's). Not serialised when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
     /// Elements per ZeRO collective (default 2^26, 256 MiB of fp32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_bucket: Option<u64>,
@@ -100,6 +105,7 @@ impl Default for TrainConfig {
             log_every: 1,
             eval_every: 0,
             zero_stage: 0,
+            gradient_checkpointing: false,
             zero_bucket: None,
         }
     }
