@@ -46,6 +46,9 @@ pub struct BenchTrainArgs {
     pub steps: u64,
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Activation checkpointing (layer-wise recomputation in the backward pass).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 #[derive(Args)]
@@ -108,5 +111,6 @@ fn train_bench(a: BenchTrainArgs) -> TrainBench {
         seed: a.m.seed,
         device: a.m.on.device,
         dtype: a.m.on.dtype,
+        gradient_checkpointing: a.gradient_checkpointing,
     }
 }

@@ -113,6 +113,7 @@ pub struct TrainBench {
     pub seed: u64,
     pub device: llama::DeviceSpec,
     pub dtype: Option<llama::Dtype>,
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainBench {
@@ -120,6 +121,7 @@ impl TrainBench {
     pub fn train_config(&self, mut base: crate::TrainConfig) -> crate::TrainConfig {
         base.micro_batch_size = self.batch;
         base.grad_accumulation = 1;
+        base.gradient_checkpointing = self.gradient_checkpointing;
         base.schedule = crate::config::ScheduleKind::Constant;
         base.device = self.device;
         base.dtype = self.dtype;
