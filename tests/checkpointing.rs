@@ -1,6 +1,6 @@
 //! `train.gradient_checkpointing = true` changes memory, not results: SFT and reward-model runs
 //! log the same losses (within 1e-6) and end with the same weights (within 1e-5 relative) as the
-//! plain backward; PPO refuses the key until it has it.
+//! plain backward. `train.optimizer_offload = "cpu"` trains bit for bit as on the device.
 mod common;
 use common::*;
 use std::path::Path;
@@ -55,8 +55,25 @@ fn checkpointed_sft_and_reward_runs_equal_the_plain_ones() {
     )
     .unwrap();
     run_ok(rlhf().args(["sft", "--config"]).arg(&sft).arg("--out").arg(d.join("sft-plain")));
-    run_ok(rlhf().args(["sft", "--config"]).arg(&sft).arg("--out").arg(d.join("sft-ck")).args(["--set", "train.gradient_checkpointing=true"]));
+    run_ok(
+        rlhf().args(["sft", "--config"]).arg(&sft).arg("--out").arg(d.join("sft-ck")).args(["--set", "train.gradient_checkpointing=true"]),
+    );
     same_run(&d.join("sft-plain"), &d.join("sft-ck"), "SFT");
+    // Optimizer offload: on a CPU-only machine the state is in host memory either way, and the
+    // offloaded path (its own fp32 masters) trains bit for bit as the plain one.
+    run_ok(
+        rlhf()
+            .args(["sft", "--config"])
+            .arg(&sft)
+            .arg("--out")
+            .arg(d.join("sft-offload"))
+            .args(["--set", "train.optimizer_offload=\"cpu\""]),
+    );
+    assert_eq!(
+        std::fs::read(d.join("sft-plain/final/model.safetensors")).unwrap(),
+        std::fs::read(d.join("sft-offload/final/model.safetensors")).unwrap(),
+        "optimizer offload changed the SFT result"
+    );
 
     let base = d.join("base");
     run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "3", "--out"]).arg(&base));
@@ -72,6 +89,13 @@ fn checkpointed_sft_and_reward_runs_equal_the_plain_ones() {
     )
     .unwrap();
     run_ok(rlhf().args(["reward", "train", "--config"]).arg(&rm).arg("--out").arg(d.join("rm-plain")));
-    run_ok(rlhf().args(["reward", "train", "--config"]).arg(&rm).arg("--out").arg(d.join("rm-ck")).args(["--set", "train.gradient_checkpointing=true"]));
+    run_ok(
+        rlhf()
+            .args(["reward", "train", "--config"])
+            .arg(&rm)
+            .arg("--out")
+            .arg(d.join("rm-ck"))
+            .args(["--set", "train.gradient_checkpointing=true"]),
+    );
     same_run(&d.join("rm-plain"), &d.join("rm-ck"), "RM");
 }

@@ -383,6 +383,7 @@ impl<'a> PpoTrainer<'a> {
             let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
             let w = f64::try_from(mask.sum(Kind::Float))? / mb_tokens as f64;
             (&pl.loss * w).backward();
+            self.policy_opt.accumulate();
             loss_sum += f64::try_from(&pl.loss)? * w;
             clip += pl.clip_frac * w;
             akl += pl.approx_kl * w;
@@ -431,6 +432,7 @@ impl<'a> PpoTrainer<'a> {
             let (loss, frac) = clipped_value_loss(&v, &old, &ret, &b.response_mask, cfg.clip_value);
             let w = f64::try_from(b.response_mask.sum(Kind::Float))? / mb_tokens as f64;
             (&loss * w).backward();
+            self.value_opt.accumulate();
             loss_sum += f64::try_from(&loss)? * w;
             clip += frac * w;
         }

@@ -104,6 +104,7 @@ impl<'a> RewardTrainer<'a> {
                 loss.backward();
                 (c, r, loss)
             };
+            self.opt.accumulate();
             loss_sum += f64::try_from(&loss)?;
             let d = (&c - &r).detach();
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;

@@ -136,6 +136,7 @@ impl<'a> SftTrainer<'a> {
                 (&nll / n_targets as f64).backward();
                 nll
             };
+            self.opt.accumulate();
             loss_sum += f64::try_from(&nll)?;
         }
         let mut sums = [loss_sum, tokens as f64];

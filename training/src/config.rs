@@ -70,9 +70,29 @@ pub struct TrainConfig {
     /// models; gradients equal the plain backward's). Not serialised when off.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
+    /// `cpu`: AdamW's fp32 masters and moments live in host memory and are updated there; the
+    /// model's weights get the updated values copied back (`none`, the default: on the model's
+    /// device). Not serialised at `none`.
+    #[serde(skip_serializing_if = "Offload::is_none")]
+    pub optimizer_offload: Offload,
     /// Elements per ZeRO collective (default 2^26, 256 MiB of fp32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_bucket: Option<u64>,
+}
+
+/// Where AdamW's state lives ([`TrainConfig::optimizer_offload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offload {
+    #[default]
+    None,
+    Cpu,
+}
+
+impl Offload {
+    fn is_none(&self) -> bool {
+        *self == Offload::None
+    }
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -106,6 +126,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             zero_stage: 0,
             gradient_checkpointing: false,
+            optimizer_offload: Offload::None,
             zero_bucket: None,
         }
     }
@@ -125,7 +146,11 @@ impl TrainConfig {
     /// AdamW over the trainable variables of `vs`, sharded by `zero_stage` in a distributed run.
     pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
         let bucket = self.zero_bucket.map_or(crate::zero::DEFAULT_BUCKET, |b| b as i64);
-        crate::AdamW::with_zero_bucket(vs, self.adamw(), |_| true, self.zero_stage, bucket)
+        let offload = match self.optimizer_offload {
+            Offload::None => None,
+            Offload::Cpu => Some(tch::Device::Cpu),
+        };
+        crate::AdamW::with_options(vs, self.adamw(), |_| true, crate::optim::StateOptions { zero_stage: self.zero_stage, bucket, offload })
     }
 
     pub fn adamw(&self) -> AdamWConfig {

@@ -38,6 +38,37 @@ struct Param {
     decay: bool,
     /// Per-parameter state; `None` when a ZeRO shard holds it.
     local: Option<Local>,
+    /// The gradient summed in fp32 over the step's micro-batches, for a parameter not in fp32
+    /// ([`AdamW::accumulate`]); `None` until the first micro-batch of a step.
+    acc: Option<Tensor>,
+}
+
+impl Param {
+    /// The step's gradient: the fp32 sum when there is one, else the variable's own.
+    fn grad(&self) -> Tensor {
+        match &self.acc {
+            Some(a) => a.shallow_clone(),
+            None => self.var.grad(),
+        }
+    }
+}
+
+/// How [`AdamW`] keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StateOptions {
+    /// 0: replicated; 1, 2: sharded over the ranks of a distributed run (ZeRO).
+    pub zero_stage: u8,
+    /// Elements per ZeRO collective.
+    pub bucket: i64,
+    /// Keep the fp32 masters and moments on this device (`Some(Cpu)`: optimizer offload) and
+    /// update them there; the model's weights get the updated values copied back.
+    pub offload: Option<Device>,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions { zero_stage: 0, bucket: crate::zero::DEFAULT_BUCKET, offload: None }
+    }
 }
 
 struct Local {
@@ -120,23 +151,14 @@ impl AdamW {
     /// run (torchrun) the gradients are summed over the ranks before clipping; the state is
     /// replicated on every rank (ZeRO stage 0).
     pub fn new(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool) -> Self {
-        Self::with_zero(vs, cfg, filter, 0).expect("ZeRO stage 0 has no collective to fail")
+        Self::with_options(vs, cfg, filter, StateOptions::default()).expect("replicated state has no collective to fail")
     }
 
     /// As [`AdamW::new`], with the fp32 masters and moments sharded over the ranks of a
-    /// distributed run when `zero_stage` is 1 or 2 (in one process the stage changes nothing).
-    pub fn with_zero(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, zero_stage: u8) -> Result<Self> {
-        Self::with_zero_bucket(vs, cfg, filter, zero_stage, crate::zero::DEFAULT_BUCKET)
-    }
-
-    /// As [`AdamW::with_zero`] with `bucket` elements per collective.
-    pub fn with_zero_bucket(
-        vs: &nn::VarStore,
-        cfg: AdamWConfig,
-        filter: impl Fn(&str) -> bool,
-        zero_stage: u8,
-        bucket: i64,
-    ) -> Result<Self> {
+    /// distributed run when `zero_stage` is 1 or 2 (in one process the stage changes nothing),
+    /// and/or offloaded to another device.
+    pub fn with_options(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, o: StateOptions) -> Result<Self> {
+        let StateOptions { zero_stage, bucket, offload } = o;
         if zero_stage > 2 {
             return Err(TrainError::Config(format!("zero_stage must be 0, 1 or 2, got {zero_stage}")));
         }
@@ -148,13 +170,15 @@ impl AdamW {
         let params: Vec<Param> = tch::no_grad(|| {
             vars.into_iter()
                 .map(|(name, var)| {
+                    // Offloaded state always has its own master, on the state's device.
+                    let at = offload.unwrap_or(var.device());
                     let local = (!shard).then(|| Local {
-                        master: (var.kind() != Kind::Float).then(|| var.to_kind(Kind::Float).detach()),
-                        m: Tensor::zeros_like(&var).to_kind(Kind::Float),
-                        v: Tensor::zeros_like(&var).to_kind(Kind::Float),
+                        master: (var.kind() != Kind::Float || offload.is_some()).then(|| var.to_kind(Kind::Float).to_device(at).detach()),
+                        m: Tensor::zeros(var.size(), (Kind::Float, at)),
+                        v: Tensor::zeros(var.size(), (Kind::Float, at)),
                     });
                     let decay = decays(&name, &var);
-                    Param { name, var, decay, local }
+                    Param { name, var, decay, local, acc: None }
                 })
                 .collect()
         });
@@ -163,7 +187,7 @@ impl AdamW {
                 let sizes: Vec<i64> = params.iter().map(|p| p.var.numel() as i64).collect();
                 let layout = ZeroLayout::new(&sizes, d.world_size, d.rank, bucket);
                 let pieces = layout.pieces();
-                let device = params.first().map_or(Device::Cpu, |p| p.var.device());
+                let device = offload.or(params.first().map(|p| p.var.device())).unwrap_or(Device::Cpu);
                 let zeros = || Tensor::zeros([layout.shard_len], (Kind::Float, device));
                 let master = zeros();
                 tch::no_grad(|| {
@@ -212,16 +236,43 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.var.zero_grad();
+            p.acc = None;
         }
+    }
+
+    /// Adds the gradients of the micro-batch just back-propagated to the step's fp32 sums (for
+    /// parameters not in fp32: a bf16 model would otherwise sum 16-64 micro-batches in bf16) and
+    /// zeroes them for the next. Call it after each micro-batch's backward; the reduction, the
+    /// clipping and the update call it for the last one. Nothing to do for fp32 parameters.
+    pub fn accumulate(&mut self) {
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                if p.var.kind() == Kind::Float {
+                    continue;
+                }
+                let mut g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                match &mut p.acc {
+                    Some(a) => {
+                        let _ = a.g_add_(&g.to_kind(Kind::Float));
+                    }
+                    None => p.acc = Some(g.to_kind(Kind::Float)),
+                }
+                let _ = g.zero_();
+            }
+        });
     }
 
     /// Sums the gradients over the ranks of a distributed run: in place (stage 0), or into this
     /// rank's shard (ZeRO), bucket by bucket. Nothing to do in one process.
     fn reduce_gradients(&mut self) -> Result<()> {
+        self.accumulate();
         let Some(d) = self.dist else { return Ok(()) };
         // Which parameters have a gradient on any rank: a rank that had no micro-batch in this
         // step, or a parameter its batch did not reach, still joins the sum with zeros.
-        let local: Vec<f32> = self.params.iter().map(|p| if p.var.grad().defined() { 1.0 } else { 0.0 }).collect();
+        let local: Vec<f32> = self.params.iter().map(|p| if p.grad().defined() { 1.0 } else { 0.0 }).collect();
         let flags = Tensor::from_slice(&local);
         d.all_reduce(&flags, distributed::ReduceOp::Max).map_err(dist_err)?;
         let has_grad: Vec<bool> = Vec::<f32>::try_from(&flags)?.into_iter().map(|f| f > 0.0).collect();
@@ -229,11 +280,12 @@ impl AdamW {
             .params
             .iter()
             .zip(&has_grad)
-            .filter(|(p, &any)| any && !p.var.grad().defined())
+            .filter(|(p, &any)| any && !p.grad().defined())
             .map(|(p, _)| p.var.sum(Kind::Float) * 0.0)
             .collect();
         if !missing.is_empty() {
             Tensor::stack(&missing, 0).sum(Kind::Float).backward();
+            self.accumulate();
         }
         tch::no_grad(|| -> Result<()> {
             if let Some(s) = &mut self.sharded {
@@ -242,7 +294,7 @@ impl AdamW {
                 for b in s.layout.buckets.clone() {
                     let flat = Tensor::zeros([b.padded], (Kind::Float, device));
                     for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.padded) {
-                        let g = self.params[param].var.grad();
+                        let g = self.params[param].grad();
                         if g.defined() {
                             flat.narrow(0, off, len).copy_(&g.reshape([-1]).narrow(0, param_off, len));
                         }
@@ -262,7 +314,7 @@ impl AdamW {
                 return Ok(());
             }
             // Stage 0: one all-reduce per bucket of whole gradients, in their own dtype.
-            let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect();
+            let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
             let mut start = 0;
             while start < grads.len() {
                 let kind = grads[start].kind();
@@ -307,7 +359,7 @@ impl AdamW {
             return Ok(total);
         }
         Ok(tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect();
+            let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
             if grads.is_empty() {
                 return 0.0;
             }
@@ -366,14 +418,15 @@ impl AdamW {
                 Ok(())
             });
         }
+        self.accumulate();
         tch::no_grad(|| {
             for p in &mut self.params {
-                let grad = p.var.grad();
+                let grad = p.grad();
                 let Some(l) = &mut p.local else { continue };
                 if !grad.defined() {
                     continue;
                 }
-                let g = grad.to_kind(Kind::Float);
+                let g = grad.to_kind(Kind::Float).to_device(l.m.device());
                 let mut w = match &l.master {
                     Some(m) => m.shallow_clone(),
                     None => p.var.shallow_clone(),
