@@ -376,14 +376,18 @@ impl<'a> PpoTrainer<'a> {
         let cfg = self.cfg;
         self.policy_opt.zero_grad();
         let (mut loss_sum, mut clip, mut akl, mut ent, mut diff, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0f64, 0usize);
-        for (b, idx) in self.micro_batches(ro, mb) {
+        let batches = self.micro_batches(ro, mb);
+        let several = batches.len() > 1;
+        for (b, idx) in batches {
             let t = b.response_len();
             let (old, adv, mask) = (Self::rows(&ro.old_logprobs, &idx, t), Self::rows(&ro.advantages, &idx, t), &b.response_mask);
             let (lp, logits) = response_logprobs_and_logits(&self.policy.model, &b, cfg.temperature);
             let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
             let w = f64::try_from(mask.sum(Kind::Float))? / mb_tokens as f64;
             (&pl.loss * w).backward();
-            self.policy_opt.accumulate();
+            if several {
+                self.policy_opt.accumulate();
+            }
             loss_sum += f64::try_from(&pl.loss)? * w;
             clip += pl.clip_frac * w;
             akl += pl.approx_kl * w;
@@ -425,14 +429,18 @@ impl<'a> PpoTrainer<'a> {
         let cfg = self.cfg;
         self.value_opt.zero_grad();
         let (mut loss_sum, mut clip) = (0.0, 0.0);
-        for (b, idx) in self.micro_batches(ro, mb) {
+        let batches = self.micro_batches(ro, mb);
+        let several = batches.len() > 1;
+        for (b, idx) in batches {
             let t = b.response_len();
             let (old, ret) = (Self::rows(&ro.values, &idx, t), Self::rows(&ro.returns, &idx, t));
             let v = response_values(&self.value.model, &b);
             let (loss, frac) = clipped_value_loss(&v, &old, &ret, &b.response_mask, cfg.clip_value);
             let w = f64::try_from(b.response_mask.sum(Kind::Float))? / mb_tokens as f64;
             (&loss * w).backward();
-            self.value_opt.accumulate();
+            if several {
+                self.value_opt.accumulate();
+            }
             loss_sum += f64::try_from(&loss)? * w;
             clip += frac * w;
         }

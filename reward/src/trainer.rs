@@ -77,6 +77,8 @@ impl<'a> RewardTrainer<'a> {
         let (mut loss_sum, mut correct, mut tokens, mut gap) = (0f64, 0usize, 0usize, 0f64);
         // Distributed: rank r takes micro-batches r, r + W, ...; the sums are reduced below.
         let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        // More than one micro-batch here: sum their gradients in fp32 (bf16 models).
+        let several = pairs.chunks(self.cfg.train.micro_batch_size).enumerate().filter(|(j, _)| j % world == rank).count() > 1;
         for (j, chunk) in pairs.chunks(self.cfg.train.micro_batch_size).enumerate() {
             if j % world != rank {
                 continue;
@@ -104,7 +106,9 @@ impl<'a> RewardTrainer<'a> {
                 loss.backward();
                 (c, r, loss)
             };
-            self.opt.accumulate();
+            if several {
+                self.opt.accumulate();
+            }
             loss_sum += f64::try_from(&loss)?;
             let d = (&c - &r).detach();
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;

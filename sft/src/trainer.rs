@@ -123,6 +123,8 @@ impl<'a> SftTrainer<'a> {
         // Distributed: rank r takes micro-batches r, r + W, ...; each is the same batch it is in
         // one process, and the gradients (already divided by the step's target count) are summed.
         let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        // More than one micro-batch here: sum their gradients in fp32 (bf16 models).
+        let several = rows.chunks(self.cfg.train.micro_batch_size).enumerate().filter(|(j, _)| j % world == rank).count() > 1;
         for (j, chunk) in rows.chunks(self.cfg.train.micro_batch_size).enumerate() {
             if j % world != rank {
                 continue;
@@ -136,7 +138,9 @@ impl<'a> SftTrainer<'a> {
                 (&nll / n_targets as f64).backward();
                 nll
             };
-            self.opt.accumulate();
+            if several {
+                self.opt.accumulate();
+            }
             loss_sum += f64::try_from(&nll)?;
         }
         let mut sums = [loss_sum, tokens as f64];

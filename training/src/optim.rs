@@ -242,12 +242,23 @@ impl AdamW {
 
     /// Adds the gradients of the micro-batch just back-propagated to the step's fp32 sums (for
     /// parameters not in fp32: a bf16 model would otherwise sum 16-64 micro-batches in bf16) and
-    /// zeroes them for the next. Call it after each micro-batch's backward; the reduction, the
-    /// clipping and the update call it for the last one. Nothing to do for fp32 parameters.
+    /// zeroes them for the next. Call it after each micro-batch's backward when a step has more
+    /// than one (a single micro-batch's gradient needs no fp32 copy); the reduction, the clipping
+    /// and the update add the last one to sums already begun. Nothing to do for fp32 parameters.
     pub fn accumulate(&mut self) {
+        self.add_to_sums(true);
+    }
+
+    /// Adds the pending gradients to the sums already begun (the step's last micro-batch).
+    fn flush(&mut self) {
+        self.add_to_sums(false);
+    }
+
+    /// [`AdamW::accumulate`] (`begin`: start a sum where there is none) or [`AdamW::flush`].
+    fn add_to_sums(&mut self, begin: bool) {
         tch::no_grad(|| {
             for p in &mut self.params {
-                if p.var.kind() == Kind::Float {
+                if p.var.kind() == Kind::Float || (!begin && p.acc.is_none()) {
                     continue;
                 }
                 let mut g = p.var.grad();
@@ -268,7 +279,7 @@ impl AdamW {
     /// Sums the gradients over the ranks of a distributed run: in place (stage 0), or into this
     /// rank's shard (ZeRO), bucket by bucket. Nothing to do in one process.
     fn reduce_gradients(&mut self) -> Result<()> {
-        self.accumulate();
+        self.flush();
         let Some(d) = self.dist else { return Ok(()) };
         // Which parameters have a gradient on any rank: a rank that had no micro-batch in this
         // step, or a parameter its batch did not reach, still joins the sum with zeros.
@@ -285,7 +296,7 @@ impl AdamW {
             .collect();
         if !missing.is_empty() {
             Tensor::stack(&missing, 0).sum(Kind::Float).backward();
-            self.accumulate();
+            self.flush();
         }
         tch::no_grad(|| -> Result<()> {
             if let Some(s) = &mut self.sharded {
@@ -418,7 +429,7 @@ impl AdamW {
                 Ok(())
             });
         }
-        self.accumulate();
+        self.flush();
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.grad();
