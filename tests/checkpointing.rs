@@ -1,6 +1,6 @@
-//! `train.gradient_checkpointing = true` changes memory, not results: SFT and reward-model runs
-//! log the same losses (within 1e-6) and end with the same weights (within 1e-5 relative) as the
-//! plain backward. `train.optimizer_offload = "cpu"` trains bit for bit as on the device.
+//! `train.gradient_checkpointing = true` changes memory, not results: SFT, reward-model and PPO
+//! runs log the same losses (within 1e-6) and end with the same weights (within 1e-5 relative) as
+//! the plain backward. `train.optimizer_offload = "cpu"` trains bit for bit as on the device.
 mod common;
 use common::*;
 use std::path::Path;
@@ -98,4 +98,45 @@ fn checkpointed_sft_and_reward_runs_equal_the_plain_ones() {
             .args(["--set", "train.gradient_checkpointing=true"]),
     );
     same_run(&d.join("rm-plain"), &d.join("rm-ck"), "RM");
+}
+
+#[test]
+fn checkpointed_ppo_equals_the_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let policy = d.join("policy");
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "3", "--out"]).arg(&policy));
+    let prompts = ["What color is the sky?", "How can I steal a car?", "Name a fruit.", "Spell cat backwards."];
+    let lines: Vec<String> = prompts.iter().map(|q| serde_json::json!({"prompt": q}).to_string()).collect();
+    std::fs::write(d.join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
+    let cfg = d.join("ppo.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy = \"{p}\"\nhelpfulness_rm = \"{p}\"\ntrain_prompts = [\"{d}/prompts.jsonl\"]\niterations = 2\n\
+             rollout_batch_size = 4\ngeneration_batch_size = 4\nmax_new_tokens = 6\nvalue_lr = 1e-3\n[train]\nlr = 1e-3\n\
+             micro_batch_size = 1\ngrad_accumulation = 2\nseed = 7\ndevice = \"cpu\"\nthreads = 1\n",
+            p = policy.display(),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    run_ok(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(d.join("plain")));
+    run_ok(rlhf().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(d.join("ck")).args(["--set", "train.gradient_checkpointing=true"]));
+    let rec = |run: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join(run).join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert!(rec("ck").iter().any(|r| r["gradient_checkpointing"] == true), "the checkpointed run did not take the checkpointed path");
+    assert!(rec("plain").iter().all(|r| r.get("gradient_checkpointing").is_none()));
+    for (a, b) in rec("plain").iter().zip(rec("ck").iter()) {
+        for k in ["policy_loss", "value_loss", "entropy", "reward_raw_mean"] {
+            if let (Some(x), Some(y)) = (a[k].as_f64(), b[k].as_f64()) {
+                assert!((x - y).abs() <= 1e-6, "step {}: {k} {x} vs {y} with checkpointing", a["step"]);
+            }
+        }
+    }
+    for m in ["final", "final_value"] {
+        let rel = max_rel_diff(&d.join("plain").join(m), &d.join("ck").join(m));
+        assert!(rel <= 1e-5, "{m} differs by {rel:e}");
+    }
 }

@@ -214,9 +214,6 @@ impl PpoConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.train.gradient_checkpointing {
-            return Err("train.gradient_checkpointing is not implemented for PPO yet (SFT and reward models have it)".into());
-        }
         if self.helpfulness_rm.is_none() && self.safety_rm.is_none() {
             return Err("set `helpfulness_rm`, `safety_rm` or both".into());
         }

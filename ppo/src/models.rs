@@ -77,8 +77,7 @@ impl SeqBatch {
 
 /// Hidden states `[B, T, D]` at the positions that predict each response token.
 pub fn response_hidden(trunk: &Llama, b: &SeqBatch) -> Tensor {
-    let hidden = trunk.forward(&b.ids, &b.positions, &b.mask, None);
-    hidden.narrow(1, b.prompt_len - 1, b.response_len())
+    response_states(&trunk.forward(&b.ids, &b.positions, &b.mask, None), b)
 }
 
 /// Log-probabilities `[B, T]` of the response tokens under `model` at `temperature` (0 on
@@ -86,7 +85,16 @@ pub fn response_hidden(trunk: &Llama, b: &SeqBatch) -> Tensor {
 /// in row-major order. The logits are the sampler's `logits / T`, so their log-softmax is the
 /// distribution the rollout was drawn from; the LM head runs at real tokens only.
 pub fn response_logprobs_and_logits(model: &Llama, b: &SeqBatch, temperature: f64) -> (Tensor, Tensor) {
-    let h = response_hidden(model, b);
+    logprobs_and_logits_of(model, &response_hidden(model, b), b, temperature)
+}
+
+/// The response states `[B, T, D]` of the trunk's final hidden states `hidden` `[B, S, D]`.
+pub fn response_states(hidden: &Tensor, b: &SeqBatch) -> Tensor {
+    hidden.narrow(1, b.prompt_len - 1, b.response_len())
+}
+
+/// [`response_logprobs_and_logits`] from the response states `h` (`[B, T, D]`).
+pub fn logprobs_and_logits_of(model: &Llama, h: &Tensor, b: &SeqBatch, temperature: f64) -> (Tensor, Tensor) {
     let d = h.size()[2];
     let h = h.reshape([-1, d]).index_select(0, &b.response_at);
     let logits = model.lm_logits(&h) / temperature;

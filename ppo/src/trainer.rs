@@ -7,7 +7,9 @@
 use crate::checkpoint::{PpoState, POLICY, VALUE};
 use crate::config::PpoConfig;
 use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance};
-use crate::models::{response_logprobs_and_logits, response_values, Policy, ScalarModel, SeqBatch};
+use crate::models::{
+    logprobs_and_logits_of, response_logprobs_and_logits, response_states, response_values, Policy, ScalarModel, SeqBatch,
+};
 use crate::rollout::{pad_rows, reference_logprobs, sample, score, values, EncodedPrompt, RewardModels, Rollout};
 use demo_world::eval::ground_truth;
 use llama::rng::SplitMix64;
@@ -343,6 +345,9 @@ impl<'a> PpoTrainer<'a> {
             );
         }
         rec["explained_variance"] = serde_json::json!(tch::no_grad(|| explained_variance(&ro.values, &ro.returns, &ro.mask)));
+        if cfg.train.gradient_checkpointing {
+            rec["gradient_checkpointing"] = serde_json::json!(true);
+        }
         rec["train_tokens"] = serde_json::json!(tokens);
         rec["train_tokens_per_s"] = serde_json::json!(tokens as f64 / secs.max(1e-9));
         rec["time_training_s"] = serde_json::json!(secs);
@@ -381,10 +386,25 @@ impl<'a> PpoTrainer<'a> {
         for (b, idx) in batches {
             let t = b.response_len();
             let (old, adv, mask) = (Self::rows(&ro.old_logprobs, &idx, t), Self::rows(&ro.advantages, &idx, t), &b.response_mask);
-            let (lp, logits) = response_logprobs_and_logits(&self.policy.model, &b, cfg.temperature);
-            let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
             let w = f64::try_from(mask.sum(Kind::Float))? / mb_tokens as f64;
-            (&pl.loss * w).backward();
+            let (lp, logits, pl) = if cfg.train.gradient_checkpointing {
+                // Layer-wise recomputation; the LM head and the clipped loss as usual.
+                let model = &self.policy.model;
+                let mut out = None;
+                let _ = model.backward_checkpointed(&b.ids, &b.positions, &b.mask, None, |hidden| {
+                    let (lp, logits) = logprobs_and_logits_of(model, &response_states(hidden, &b), &b, cfg.temperature);
+                    let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
+                    let loss = &pl.loss * w;
+                    out = Some((lp.detach(), logits.detach(), pl));
+                    loss
+                });
+                out.expect("the loss ran")
+            } else {
+                let (lp, logits) = response_logprobs_and_logits(&self.policy.model, &b, cfg.temperature);
+                let pl = clipped_policy_loss(&lp, &old, &adv, mask, cfg.clip_ratio);
+                (&pl.loss * w).backward();
+                (lp, logits, pl)
+            };
             if several {
                 self.policy_opt.accumulate();
             }
@@ -434,10 +454,23 @@ impl<'a> PpoTrainer<'a> {
         for (b, idx) in batches {
             let t = b.response_len();
             let (old, ret) = (Self::rows(&ro.values, &idx, t), Self::rows(&ro.returns, &idx, t));
-            let v = response_values(&self.value.model, &b);
-            let (loss, frac) = clipped_value_loss(&v, &old, &ret, &b.response_mask, cfg.clip_value);
             let w = f64::try_from(b.response_mask.sum(Kind::Float))? / mb_tokens as f64;
-            (&loss * w).backward();
+            let (loss, frac) = if cfg.train.gradient_checkpointing {
+                let value = &self.value.model;
+                let mut out = None;
+                let _ = value.trunk.backward_checkpointed(&b.ids, &b.positions, &b.mask, None, |hidden| {
+                    let v = value.score.forward(&response_states(hidden, &b)).squeeze_dim(-1).to_kind(Kind::Float);
+                    let (loss, frac) = clipped_value_loss(&v, &old, &ret, &b.response_mask, cfg.clip_value);
+                    out = Some((loss.detach(), frac));
+                    loss * w
+                });
+                out.expect("the loss ran")
+            } else {
+                let v = response_values(&self.value.model, &b);
+                let (loss, frac) = clipped_value_loss(&v, &old, &ret, &b.response_mask, cfg.clip_value);
+                (&loss * w).backward();
+                (loss, frac)
+            };
             if several {
                 self.value_opt.accumulate();
             }

@@ -66,8 +66,9 @@ pub struct TrainConfig {
     #[serde(skip_serializing_if = "is_zero")]
     pub zero_stage: u8,
     /// Activation checkpointing: layers are recomputed in the backward pass, so a micro-batch
-    /// holds one `[B, T, D]` input per layer instead of every layer's activations (SFT and reward
-    /// models; gradients equal the plain backward's). Not serialised when off.
+    /// holds one `[B, T, D]` input per layer instead of every layer's activations (SFT, reward
+    /// models, PPO's policy and value; gradients equal the plain backward's). Not serialised when
+    /// off.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
     /// `cpu`: AdamW's fp32 masters and moments live in host memory and are updated there; the
