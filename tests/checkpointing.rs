@@ -13,19 +13,6 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-fn max_rel_diff(a: &Path, b: &Path) -> f64 {
-    let read = |p: &Path| {
-        let mut t = tch::Tensor::read_safetensors(p.join("model.safetensors")).unwrap();
-        t.sort_by(|x, y| x.0.cmp(&y.0));
-        t
-    };
-    read(a)
-        .iter()
-        .zip(read(b).iter())
-        .map(|((_, x), (_, y))| f64::try_from((x - y).abs().max()).unwrap() / f64::try_from(x.abs().max()).unwrap().max(1e-12))
-        .fold(0.0, f64::max)
-}
-
 fn same_run(plain: &Path, ck: &Path, what: &str) {
     let (a, b) = (losses(plain), losses(ck));
     assert_eq!(a.len(), b.len(), "{what}");

@@ -72,26 +72,6 @@ fn rm_setup(dir: &Path) -> PathBuf {
     p
 }
 
-fn tensors(model_dir: &Path) -> Vec<(String, tch::Tensor)> {
-    let mut t = tch::Tensor::read_safetensors(model_dir.join("model.safetensors")).unwrap();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
-    t
-}
-
-/// The largest difference of a tensor relative to its largest magnitude.
-fn max_rel_diff(a: &Path, b: &Path) -> f64 {
-    let (ta, tb) = (tensors(a), tensors(b));
-    assert_eq!(ta.len(), tb.len());
-    ta.iter()
-        .zip(&tb)
-        .map(|((na, x), (nb, y))| {
-            assert_eq!(na, nb);
-            let d = f64::try_from((x - y).abs().max()).unwrap();
-            d / f64::try_from(x.abs().max()).unwrap().max(1e-12)
-        })
-        .fold(0.0, f64::max)
-}
-
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -234,8 +214,8 @@ fn a_killed_rank_is_named_and_the_run_resumes_under_torchrun_bit_exact() {
 
     let resumed = json_line(&run_ok(torchrun().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&cut).args(sets).arg("--resume")));
     assert!(resumed["resumed_from"].as_u64().is_some(), "{resumed}");
-    assert_eq!(tensors(&full.join("final")).len(), tensors(&cut.join("final")).len());
-    for ((n, a), (_, b)) in tensors(&full.join("final")).iter().zip(tensors(&cut.join("final")).iter()) {
+    assert_eq!(model_tensors(&full.join("final")).len(), model_tensors(&cut.join("final")).len());
+    for ((n, a), (_, b)) in model_tensors(&full.join("final")).iter().zip(model_tensors(&cut.join("final")).iter()) {
         assert!(a.equal(b), "{n} differs after the resume under torchrun");
     }
     assert_eq!(logged_steps(&cut.join("metrics.jsonl")), (1..=14).collect::<Vec<_>>());

@@ -66,3 +66,24 @@ pub fn logged_steps(metrics: &Path) -> Vec<u64> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect()
 }
+
+/// The tensors of `model_dir/model.safetensors`, sorted by name.
+pub fn model_tensors(model_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(model_dir.join("model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// The largest difference of a tensor of model `a` from model `b`'s, relative to the tensor's
+/// largest magnitude.
+pub fn max_rel_diff(a: &Path, b: &Path) -> f64 {
+    let (ta, tb) = (model_tensors(a), model_tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    ta.iter()
+        .zip(&tb)
+        .map(|((na, x), (nb, y))| {
+            assert_eq!(na, nb);
+            f64::try_from((x - y).abs().max()).unwrap() / f64::try_from(x.abs().max()).unwrap().max(1e-12)
+        })
+        .fold(0.0, f64::max)
+}
