@@ -127,3 +127,46 @@ fn checkpointed_ppo_equals_the_plain_one() {
         assert!(rel <= 1e-5, "{m} differs by {rel:e}");
     }
 }
+
+/// The memory switches change how a run executes, not what it computes: they stay out of the
+/// run's fingerprint, so a run resumes with checkpointing or offload turned on (after running
+/// out of memory, say), while a change of what it computes (the learning rate) is still refused.
+#[test]
+fn a_run_resumes_with_the_memory_switches_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = d.join("data");
+    run_ok(rlhf().args(["data", "demo", "--sft", "30", "--pairs", "20", "--prompts", "8", "--out"]).arg(&data));
+    let cfg = d.join("sft.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "init_preset = \"micro\"\ntrain_data = [\"{}\"]\neval_fraction = 0.1\nmax_seq_len = 96\n[train]\nlr = 1e-3\n\
+             micro_batch_size = 2\ngrad_accumulation = 2\nmax_steps = 6\nsave_every = 2\nseed = 2\ndevice = \"cpu\"\nthreads = 1\n",
+            data.join("sft.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let run = d.join("run");
+    // Interrupted once its first checkpoint exists.
+    kill_when(
+        rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&run),
+        || run.join("checkpoints/latest").exists(),
+        std::time::Duration::from_secs(120),
+        std::time::Duration::ZERO,
+        "a checkpoint",
+    );
+    assert!(!run.join("final").exists(), "the run was not interrupted");
+    let err = run_err(rlhf().args(["sft", "--resume", "--config"]).arg(&cfg).arg("--out").arg(&run).args(["--set", "train.lr=2e-3"]));
+    assert!(err.contains("different config"), "{err}");
+    let done = json_line(&run_ok(rlhf().args(["sft", "--resume", "--config"]).arg(&cfg).arg("--out").arg(&run).args([
+        "--set",
+        "train.gradient_checkpointing=true",
+        "--set",
+        "train.optimizer_offload=\"cpu\"",
+        "--set",
+        "train.zero_stage=2",
+    ])));
+    assert_eq!(done["steps"], 6, "{done}");
+    assert!(done["resumed_from"].as_u64().is_some(), "{done}");
+}

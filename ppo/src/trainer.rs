@@ -720,7 +720,7 @@ pub fn train(cfg: &PpoConfig, inputs: RunInputs, run_dir: &Path, resume: bool) -
             "eval_false_refusal_rate",
             "response_length",
         ],
-        ..RunOptions::new("ppo", run_dir, resume, config_hash(cfg), &cfg.train)
+        ..RunOptions::new("ppo", run_dir, resume, config_hash(&PpoConfig { train: cfg.train.for_fingerprint(), ..cfg.clone() }), &cfg.train)
     };
     training::runner::run(&mut tr, &opts, |tr, r| PpoOutcome {
         final_model: r.final_model,

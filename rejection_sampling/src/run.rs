@@ -139,7 +139,11 @@ impl<'a> RejectionSampler<'a> {
             device = d.cuda_device();
         }
         let config_json = serde_json::to_value(cfg).map_err(|e| RsError::Config(e.to_string()))?;
-        let config_hash = fnv1a(config_json.to_string().as_bytes());
+        // The fingerprint leaves out how the fine-tune executes (TrainConfig::for_fingerprint).
+        let mut neutral = cfg.clone();
+        neutral.finetune.train = neutral.finetune.train.for_fingerprint();
+        let neutral_json = serde_json::to_value(&neutral).map_err(|e| RsError::Config(e.to_string()))?;
+        let config_hash = fnv1a(neutral_json.to_string().as_bytes());
         let prompts = load_prompts(&cfg.prompts, cfg.max_prompts)?;
         let keys = prompts.iter().map(|p| prompt_key(&p.prompt)).collect();
         let eval_prompts = match &cfg.eval_prompts {

@@ -202,7 +202,13 @@ pub fn train(
     let opts = RunOptions {
         final_dtype: cfg.save_dtype.kind(),
         extra_files,
-        ..RunOptions::new("reward", run_dir, resume, config_hash(cfg), &cfg.train)
+        ..RunOptions::new(
+            "reward",
+            run_dir,
+            resume,
+            config_hash(&RewardConfig { train: cfg.train.for_fingerprint(), ..cfg.clone() }),
+            &cfg.train,
+        )
     };
     training::runner::run(&mut run, &opts, |_, r| r)
 }

@@ -232,7 +232,7 @@ pub fn train(
     let opts = RunOptions {
         final_dtype: cfg.save_dtype.kind(),
         extra_files: extra_files.to_vec(),
-        ..RunOptions::new("sft", run_dir, resume, config_hash(cfg), &cfg.train)
+        ..RunOptions::new("sft", run_dir, resume, config_hash(&SftConfig { train: cfg.train.for_fingerprint(), ..cfg.clone() }), &cfg.train)
     };
     training::runner::run(&mut run, &opts, |run, r| SftOutcome {
         final_model: r.final_model,

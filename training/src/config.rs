@@ -144,6 +144,14 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// This config with the keys that change how a run executes but not what it computes
+    /// (`zero_stage`, `zero_bucket`, `gradient_checkpointing`, `optimizer_offload`) at their
+    /// defaults: what a run's fingerprint hashes, so a run can resume with checkpointing turned
+    /// on after running out of memory, or on another ZeRO stage.
+    pub fn for_fingerprint(&self) -> TrainConfig {
+        TrainConfig { zero_stage: 0, zero_bucket: None, gradient_checkpointing: false, optimizer_offload: Offload::None, ..self.clone() }
+    }
+
     /// AdamW over the trainable variables of `vs`, sharded by `zero_stage` in a distributed run.
     pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
         let bucket = self.zero_bucket.map_or(crate::zero::DEFAULT_BUCKET, |b| b as i64);

@@ -544,8 +544,14 @@ impl AdamW {
                     dst.f_copy_(&src)?;
                 }
                 if let Some(master) = &mut l.master {
-                    master.f_copy_(&get(&format!("master.{}", p.name))?)?;
-                    p.var.f_copy_(master)?;
+                    if p.var.kind() == Kind::Float {
+                        // An fp32 model's weights are its masters (an offloaded optimizer keeps a
+                        // copy): taken from the loaded weights, so any checkpoint resumes into it.
+                        master.f_copy_(&p.var)?;
+                    } else {
+                        master.f_copy_(&get(&format!("master.{}", p.name))?)?;
+                        p.var.f_copy_(master)?;
+                    }
                 }
             }
             Ok(())
