@@ -38,6 +38,8 @@ enum Command {
     /// Benchmarks (throughput on this machine).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Memory per device of a stage before it runs: fits or not, the largest micro-batch that does.
+    Plan(commands::plan::PlanArgs),
     /// Load an HF-layout checkpoint and save it again (dtype, sharding).
     Convert(commands::convert::ConvertArgs),
     /// Write a randomly initialised Llama checkpoint in the HF layout.
@@ -76,6 +78,7 @@ fn main() {
         Command::RejectionSampling(a) => a.run(rejection_sampling::RejectionSamplingConfig::validate, rejection_sampling::run),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
+        Command::Plan(a) => commands::plan::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Tokenizer(c) => commands::tokenizer::run(c),
     };

@@ -170,3 +170,37 @@ fn a_run_resumes_with_the_memory_switches_changed() {
     assert_eq!(done["steps"], 6, "{done}");
     assert!(done["resumed_from"].as_u64().is_some(), "{done}");
 }
+
+/// `rlhf plan`: bytes per device of a stage before it runs, whether they fit, the largest
+/// micro-batch that does; checkpointing lowers the activations; a config whose checkpoint is not
+/// here needs `--preset`.
+#[test]
+fn the_plan_says_what_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("sft.toml");
+    std::fs::write(
+        &cfg,
+        "init_preset = \"bench-20m\"\ntrain_data = [\"x.jsonl\"]\nmax_seq_len = 512\n[train]\nmicro_batch_size = 8\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| json_line(&run_ok(rlhf().args(["plan", "--stage", "sft", "--config"]).arg(&cfg).args(extra)));
+    let roomy = plan(&["--gpu-memory", "64GiB"]);
+    assert_eq!(roomy["fits"], true, "{roomy}");
+    let peak = roomy["device_peak_bytes"].as_f64().unwrap();
+    // Measured 2.1 GB with half the positions as targets; the plan counts every position as one.
+    assert!(peak > 2e9 && peak < 3.5e9, "the 20M model at 8 x 512 on CPU: {peak:e}");
+    let tight = plan(&["--gpu-memory", "1.5GB"]);
+    assert_eq!(tight["fits"], false, "{tight}");
+    let largest = tight["largest_micro_batch"].as_i64().unwrap();
+    assert!((1..8).contains(&largest), "{tight}");
+    let ck = plan(&["--gpu-memory", "1.5GB", "--set", "train.gradient_checkpointing=true"]);
+    let act = |v: &serde_json::Value| v["plan"]["models"][0]["activations"].as_f64().unwrap();
+    assert!(act(&ck) < act(&tight) / 3.0, "checkpointing keeps a fraction of the activations: {ck}");
+    assert!(ck["largest_micro_batch"].as_i64().unwrap() >= largest, "{ck}");
+    let rm = tmp.path().join("rm.toml");
+    std::fs::write(&rm, format!("model = \"{}\"\ntrain_data = [\"x.jsonl\"]\n", tmp.path().join("absent").display())).unwrap();
+    let err = run_err(rlhf().args(["plan", "--stage", "reward", "--config"]).arg(&rm));
+    assert!(err.contains("--preset"), "{err}");
+    let by_shape = json_line(&run_ok(rlhf().args(["plan", "--stage", "reward", "--preset", "7b", "--config"]).arg(&rm)));
+    assert_eq!(by_shape["plan"]["models"][0]["params"], 6_607_347_712i64, "{by_shape}");
+}

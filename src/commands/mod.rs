@@ -10,6 +10,7 @@ pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod pipeline;
+pub mod plan;
 pub mod reward;
 pub mod stage;
 pub mod tokenize;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lock;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod plot;
 pub mod runner;
 pub mod schedule;

@@ -1,0 +1,244 @@
+//! The memory planner: bytes per device of a training stage, before it runs (`rlhf plan`).
+//!
+//! Per trained model: weights, gradients (full size in the model's dtype: the reduction runs after
+//! the backward, docs/distributed.md), the fp32 gradient sums of a step with several
+//! micro-batches (non-fp32 models), AdamW's fp32 state (masters when the model is not fp32 or the
+//! state is offloaded, and both moments; divided by the world size under ZeRO, plus the fp32
+//! gradient shard; in host memory when offloaded), the activations of one micro-batch (with or
+//! without activation checkpointing) and the LM head's float32 logits at the loss positions. Per
+//! frozen model: its weights. Generation: the KV cache.
+//!
+//! The activation and logits terms are a model of this implementation, calibrated on CPU against
+//! peak RSS of the 20M bench model (docs/benchmarks.md, docs/memory.md): per layer and token,
+//! `10·D + 4·I` saved elements (norm inputs and outputs, q/k/v and their rotated copies, the
+//! attention output, the residual, the MLP's gate, up, activation and product) and no `T²` term
+//! (the attention kernels keep no probabilities); four float32 copies of the logits (logits,
+//! log-softmax, its gradient, the logits' gradient); a fixed runtime overhead.
+use llama::Config;
+
+/// Bytes of the runtime itself (libtorch and its allocator; the CUDA context on a GPU).
+pub const RUNTIME_OVERHEAD: f64 = 0.4e9;
+
+/// Parameters of the causal LM `cfg` (with its LM head unless tied).
+pub fn causal_lm_params(cfg: &Config) -> i64 {
+    trunk_params(cfg) + if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.hidden_size }
+}
+
+/// Parameters of the trunk (`model.*`): embeddings, layers, final norm.
+pub fn trunk_params(cfg: &Config) -> i64 {
+    let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let attn = d * cfg.num_attention_heads * hd * 2 + d * cfg.num_key_value_heads * hd * 2;
+    let layer = attn + 3 * d * i + 2 * d;
+    cfg.vocab_size * d + cfg.num_hidden_layers * layer + d
+}
+
+/// How one trained model of a stage runs.
+#[derive(Debug, Clone)]
+pub struct Training {
+    /// Bytes per element of the compute dtype (2 for bf16, 4 for fp32).
+    pub dtype_bytes: f64,
+    pub micro_batch: i64,
+    /// Tokens per row of a micro-batch.
+    pub seq_len: i64,
+    /// Positions per row where the LM head runs (0 for a scalar head).
+    pub head_positions: i64,
+    /// Micro-batches a rank runs per optimizer step.
+    pub micro_batches_per_rank: i64,
+    pub gradient_checkpointing: bool,
+    pub zero_stage: u8,
+    pub world_size: i64,
+    pub offload: bool,
+}
+
+/// Bytes of one model of a stage, by kind; `host` is what lives off the device (offload).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelBytes {
+    pub role: String,
+    pub params: i64,
+    pub weights: f64,
+    pub gradients: f64,
+    pub fp32_gradient_sums: f64,
+    pub optimizer: f64,
+    pub activations: f64,
+    pub activations_without_checkpointing: f64,
+    pub logits: f64,
+    pub host: f64,
+}
+
+impl ModelBytes {
+    /// Bytes on the device.
+    pub fn device_total(&self) -> f64 {
+        self.weights + self.gradients + self.fp32_gradient_sums + self.optimizer + self.activations + self.logits
+    }
+}
+
+/// The bytes of a model trained as `t`; `params` from [`causal_lm_params`] or [`trunk_params`]
+/// (+ a head).
+pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Training) -> ModelBytes {
+    let p = params as f64;
+    let (d, i, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64);
+    let tokens = (t.micro_batch * t.seq_len) as f64;
+    let sharded = t.zero_stage > 0 && t.world_size > 1;
+    let w = if sharded { t.world_size as f64 } else { 1.0 };
+    let masters = if t.dtype_bytes != 4.0 || t.offload { 4.0 } else { 0.0 };
+    let state = (masters + 8.0) * p / w + if sharded { 4.0 * p / w } else { 0.0 };
+    let per_layer = tokens * (10.0 * d + 4.0 * i) * t.dtype_bytes;
+    let plain = l * per_layer;
+    let checkpointed = l * tokens * d * t.dtype_bytes + per_layer;
+    let logits = if vocab_head { 4.0 * (t.micro_batch * t.head_positions) as f64 * cfg.vocab_size as f64 * 4.0 } else { 0.0 };
+    ModelBytes {
+        role: role.into(),
+        params,
+        weights: p * t.dtype_bytes,
+        gradients: p * t.dtype_bytes,
+        fp32_gradient_sums: if t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1 { 4.0 * p } else { 0.0 },
+        optimizer: if t.offload { 0.0 } else { state },
+        activations: if t.gradient_checkpointing { checkpointed } else { plain },
+        activations_without_checkpointing: plain,
+        logits,
+        host: if t.offload { state } else { 0.0 },
+    }
+}
+
+/// A frozen model: its weights only.
+pub fn frozen(role: &str, params: i64, dtype_bytes: f64) -> ModelBytes {
+    ModelBytes { role: role.into(), params, weights: params as f64 * dtype_bytes, ..Default::default() }
+}
+
+/// Bytes of a KV cache for `batch` sequences of `len` tokens.
+pub fn kv_cache(cfg: &Config, batch: i64, len: i64, dtype_bytes: f64) -> f64 {
+    2.0 * (cfg.num_hidden_layers * batch * len * cfg.num_key_value_heads * cfg.head_dim) as f64 * dtype_bytes
+}
+
+/// A stage's plan: its models and the peak on one device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StagePlan {
+    pub models: Vec<ModelBytes>,
+    /// KV cache of generation (PPO rollouts), not held while training.
+    pub kv_cache: f64,
+    pub runtime: f64,
+    pub device_peak: f64,
+    pub host: f64,
+}
+
+impl StagePlan {
+    /// The peak: every model's static bytes, plus the larger of the trained models' activations
+    /// and logits (one model trains at a time) and the generation KV cache.
+    pub fn new(models: Vec<ModelBytes>, kv_cache: f64) -> StagePlan {
+        let static_bytes: f64 = models.iter().map(|m| m.weights + m.gradients + m.fp32_gradient_sums + m.optimizer).sum();
+        let working = models.iter().map(|m| m.activations + m.logits).fold(0.0, f64::max).max(kv_cache);
+        let host = models.iter().map(|m| m.host).sum();
+        StagePlan { models, kv_cache, runtime: RUNTIME_OVERHEAD, device_peak: static_bytes + working + RUNTIME_OVERHEAD, host }
+    }
+}
+
+/// The largest micro-batch (up to `max`) whose plan fits `budget` bytes, by `plan_for(micro_batch)`.
+pub fn largest_fitting(budget: f64, max: i64, plan_for: impl Fn(i64) -> StagePlan) -> Option<i64> {
+    if plan_for(1).device_peak > budget {
+        return None;
+    }
+    let (mut lo, mut hi) = (1, max.max(1));
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2;
+        if plan_for(mid).device_peak <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
+}
+
+/// "80GiB", "80 GB", "512MiB", "1.5e10" (bytes) as bytes.
+pub fn parse_bytes(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (e.g. 80GiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, GB, GiB, ...)")),
+    };
+    Ok(v * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(batch: i64, seq: i64, ck: bool) -> Training {
+        Training {
+            dtype_bytes: 4.0,
+            micro_batch: batch,
+            seq_len: seq,
+            head_positions: seq / 2,
+            micro_batches_per_rank: 1,
+            gradient_checkpointing: ck,
+            zero_stage: 0,
+            world_size: 1,
+            offload: false,
+        }
+    }
+
+    #[test]
+    fn llama2_parameter_counts() {
+        let b = |c: &Config| causal_lm_params(c) as f64 / 1e9;
+        assert!((b(&Config::llama2_7b()) - 6.738).abs() < 0.001, "{}", b(&Config::llama2_7b()));
+        assert!((b(&Config::llama2_13b()) - 13.016).abs() < 0.001, "{}", b(&Config::llama2_13b()));
+        assert!((b(&Config::llama2_70b()) - 68.977).abs() < 0.001, "{}", b(&Config::llama2_70b()));
+    }
+
+    /// Peak RSS of `rlhf bench sft --preset bench-20m --device cpu` (docs/benchmarks.md): the plan
+    /// is within 15% of each of the four measurements.
+    #[test]
+    fn the_plan_is_within_15_percent_of_measured_peak_rss_on_cpu() {
+        let cfg = Config::bench_20m();
+        for (batch, seq, ck, measured) in
+            [(8, 512, false, 2.108e9), (8, 512, true, 1.709e9), (16, 1024, false, 6.094e9), (16, 1024, true, 4.812e9)]
+        {
+            let plan = StagePlan::new(vec![trained("policy", &cfg, causal_lm_params(&cfg), true, &t(batch, seq, ck))], 0.0);
+            let err = plan.device_peak / measured - 1.0;
+            assert!(
+                err.abs() <= 0.15,
+                "{batch}x{seq} checkpointing {ck}: plan {:.2e} vs measured {measured:.2e} ({:+.0}%)",
+                plan.device_peak,
+                err * 100.0
+            );
+        }
+    }
+
+    #[test]
+    fn zero_and_offload_move_the_optimizer_state() {
+        let cfg = Config::llama2_7b();
+        let p = causal_lm_params(&cfg);
+        let base = Training { dtype_bytes: 2.0, ..t(1, 4096, true) };
+        let one = trained("policy", &cfg, p, true, &base);
+        assert_eq!(one.optimizer, 12.0 * p as f64, "bf16: fp32 masters + two moments");
+        let z2 = trained("policy", &cfg, p, true, &Training { zero_stage: 2, world_size: 8, ..base.clone() });
+        assert_eq!(z2.optimizer, 16.0 * p as f64 / 8.0, "a shard of the state and of the fp32 gradient");
+        let off = trained("policy", &cfg, p, true, &Training { offload: true, ..base.clone() });
+        assert_eq!((off.optimizer, off.host), (0.0, 12.0 * p as f64));
+        let acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, ..base });
+        assert_eq!(acc.fp32_gradient_sums, 4.0 * p as f64);
+    }
+
+    #[test]
+    fn sizes_parse_and_the_largest_micro_batch_is_found() {
+        assert_eq!(parse_bytes("80GiB").unwrap(), 80.0 * 1024f64.powi(3));
+        assert_eq!(parse_bytes("1.5 GB").unwrap(), 1.5e9);
+        assert!(parse_bytes("80 furlongs").is_err() && parse_bytes("lots").is_err());
+        let cfg = Config::bench_20m();
+        let plan = |b: i64| StagePlan::new(vec![trained("p", &cfg, causal_lm_params(&cfg), true, &t(b, 512, false))], 0.0);
+        let budget = plan(6).device_peak + 1.0;
+        assert_eq!(largest_fitting(budget, 1024, plan), Some(6));
+        assert_eq!(largest_fitting(1.0, 1024, plan), None);
+    }
+}
