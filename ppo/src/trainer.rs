@@ -30,12 +30,7 @@ const EVAL_SEED: u64 = 0x00E7_A15E_ED00;
 
 /// Shuffle of `n` items from (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::for_step(seed, epoch);
-    let mut idx: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
-    idx
+    SplitMix64::permutation(n, seed, epoch)
 }
 
 /// Chat-formats prompt records; prompts longer than `max_len` tokens are skipped (and counted).

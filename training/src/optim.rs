@@ -101,6 +101,9 @@ pub struct AdamW {
     sharded: Option<Sharded>,
     /// Sum gradients over the ranks of a distributed run before clipping (data parallelism).
     dist: Option<&'static distributed::Dist>,
+    /// A backward may have left gradients since the last [`AdamW::flush`] (it is a no-op otherwise:
+    /// clipping and the update both flush).
+    unflushed: bool,
 }
 
 /// Weight decay applies to matrices, not to norm gains (or any 1-D tensor).
@@ -201,7 +204,7 @@ impl AdamW {
             }
             _ => None,
         };
-        Ok(AdamW { cfg, params, step: 0, sharded, dist })
+        Ok(AdamW { cfg, params, step: 0, sharded, dist, unflushed: true })
     }
 
     pub fn num_parameters(&self) -> i64 {
@@ -238,6 +241,7 @@ impl AdamW {
             p.var.zero_grad();
             p.acc = None;
         }
+        self.unflushed = true;
     }
 
     /// Adds the gradients of the micro-batch just back-propagated to the step's fp32 sums (for
@@ -247,11 +251,14 @@ impl AdamW {
     /// and the update add the last one to sums already begun. Nothing to do for fp32 parameters.
     pub fn accumulate(&mut self) {
         self.add_to_sums(true);
+        self.unflushed = true;
     }
 
-    /// Adds the pending gradients to the sums already begun (the step's last micro-batch).
+    /// Adds the pending gradients to the sums already begun (the step's last micro-batch), once.
     fn flush(&mut self) {
-        self.add_to_sums(false);
+        if std::mem::take(&mut self.unflushed) {
+            self.add_to_sums(false);
+        }
     }
 
     /// [`AdamW::accumulate`] (`begin`: start a sum where there is none) or [`AdamW::flush`].
@@ -295,8 +302,8 @@ impl AdamW {
             .map(|(p, _)| p.var.sum(Kind::Float) * 0.0)
             .collect();
         if !missing.is_empty() {
+            // Zeros in the variable's own gradient (no fp32 sum was begun for it).
             Tensor::stack(&missing, 0).sum(Kind::Float).backward();
-            self.flush();
         }
         tch::no_grad(|| -> Result<()> {
             if let Some(s) = &mut self.sharded {

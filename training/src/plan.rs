@@ -21,15 +21,12 @@ pub const RUNTIME_OVERHEAD: f64 = 0.4e9;
 
 /// Parameters of the causal LM `cfg` (with its LM head unless tied).
 pub fn causal_lm_params(cfg: &Config) -> i64 {
-    trunk_params(cfg) + if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.hidden_size }
+    cfg.num_parameters()
 }
 
-/// Parameters of the trunk (`model.*`): embeddings, layers, final norm.
+/// Parameters of the trunk (`model.*`): the causal LM without its own LM head.
 pub fn trunk_params(cfg: &Config) -> i64 {
-    let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    let attn = d * cfg.num_attention_heads * hd * 2 + d * cfg.num_key_value_heads * hd * 2;
-    let layer = attn + 3 * d * i + 2 * d;
-    cfg.vocab_size * d + cfg.num_hidden_layers * layer + d
+    cfg.num_parameters() - if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * cfg.hidden_size }
 }
 
 /// How one trained model of a stage runs.
