@@ -183,7 +183,21 @@ pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
 /// As [`load_var_store`], but variables for which `optional` holds may be absent from the
 /// checkpoint (they keep their initialisation): a reward or value head on top of a causal-LM
 /// checkpoint. Returns the names of the variables left as initialised.
+///
+/// A PEFT adapter folder ([`crate::lora`]) loads as its base model with the adapter merged in.
 pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    load_dyn(vs, dir, &optional)
+}
+
+fn load_dyn(vs: &mut nn::VarStore, dir: &Path, optional: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+    if crate::lora::is_adapter_dir(dir) {
+        let adapter = crate::lora::SavedAdapter::open(dir)?;
+        let saved = adapter.names();
+        let mut skipped = load_dyn(vs, &adapter.base, &|n: &str| optional(n) || saved.iter().any(|s| s == n))?;
+        let set = adapter.merge_into(vs)?;
+        skipped.retain(|n| !set.contains(n));
+        return Ok(skipped);
+    }
     let files = CheckpointFiles::open(dir)?;
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
@@ -234,7 +248,11 @@ pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(
 }
 
 /// Loads `config.json` of a checkpoint folder.
+/// For a PEFT adapter folder, its base model's config.
 pub fn load_config(dir: &Path) -> Result<Config> {
+    if crate::lora::is_adapter_dir(dir) {
+        return load_config(&crate::lora::SavedAdapter::open(dir)?.base);
+    }
     Config::from_file(&dir.join("config.json"))
 }
 
@@ -299,16 +317,29 @@ fn dtype_name(k: Kind) -> Result<&'static str> {
     })
 }
 
-/// Writes tensors (already on the CPU, contiguous) as one safetensors file.
+/// Writes tensors (any device, any layout) as one safetensors file, in their own dtypes.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_streamed(path, tensors, None)
+}
+
+/// Writes tensors as one safetensors file, floating-point ones converted to `dtype` when given.
+/// Each tensor is converted and copied to the host only when its bytes are written, and that
+/// copy is dropped before the next one: the host holds one tensor's copy at a time, however
+/// large the model or optimizer state (streamed checkpoints).
+pub fn write_streamed(path: &Path, tensors: &[(String, Tensor)], dtype: Option<Kind>) -> Result<()> {
+    let kind_of = |t: &Tensor| match dtype {
+        Some(k) if t.is_floating_point() => k,
+        _ => t.kind(),
+    };
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;
     for (name, t) in tensors {
-        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        let k = kind_of(t);
+        let bytes = t.numel() * k.elt_size_in_bytes();
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": dtype_name(t.kind())?, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+            serde_json::json!({"dtype": dtype_name(k)?, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -321,9 +352,11 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     let io = |e| LlamaError::io(path, e);
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
+    let mut buf = Vec::new();
     for (_, t) in tensors {
-        let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut buf, t.numel())?;
+        let host = tch::no_grad(|| t.to_kind(kind_of(t)).to_device(Device::Cpu).contiguous());
+        buf.resize(host.numel() * host.kind().elt_size_in_bytes(), 0);
+        host.f_copy_data_u8(&mut buf, host.numel())?;
         w.write_all(&buf).map_err(io)?;
     }
     let f = w.into_inner().map_err(|e| LlamaError::io(path, e.into_error()))?;
@@ -342,7 +375,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves every variable of `vs` plus `config.json` into `dir` in the HF layout, atomically:
 /// the files go into a sibling temp folder that then replaces `dir`.
+/// LoRA adapter variables are not part of an HF checkpoint and are left out (see
+/// [`crate::lora::save_adapter`] and [`save_merged`]).
 pub fn save(vs: &nn::VarStore, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    let vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| !crate::lora::is_lora(n)).collect();
+    save_tensors(vars, cfg, dir, opts)
+}
+
+/// As [`save`], with every LoRA adapter of `vs` merged into its projection (`W + scale·B·A`,
+/// in float32): the full HF checkpoint of what the model computes. `vs` is unchanged.
+pub fn save_merged(vs: &nn::VarStore, scale: f64, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    let all = vs.variables();
+    let vars: Vec<(String, Tensor)> = tch::no_grad(|| {
+        all.iter()
+            .filter(|(n, _)| !crate::lora::is_lora(n))
+            .map(|(n, w)| {
+                let stem = n.strip_suffix(".weight").unwrap_or(n);
+                let t = match (all.get(&format!("{stem}.lora_A.weight")), all.get(&format!("{stem}.lora_B.weight"))) {
+                    (Some(a), Some(b)) => {
+                        let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                        (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
+                    }
+                    _ => w.shallow_clone(),
+                };
+                (n.clone(), t)
+            })
+            .collect()
+    });
+    save_tensors(vars, cfg, dir, opts)
+}
+
+/// A fresh, empty temp folder beside `dir` (`.<name>.tmp-<pid>`), to be put in place with
+/// [`replace_dir`].
+pub fn temp_sibling(dir: &Path) -> Result<PathBuf> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| LlamaError::io(parent, e))?;
     let base = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
@@ -351,22 +416,21 @@ pub fn save(vs: &nn::VarStore, cfg: &Config, dir: &Path, opts: &SaveOptions) -> 
         std::fs::remove_dir_all(&tmp).map_err(|e| LlamaError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| LlamaError::io(&tmp, e))?;
+    Ok(tmp)
+}
 
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+/// Saves named tensors (any device and dtype) plus `config.json` into `dir` in the HF layout,
+/// atomically. Tensors are copied to the host one shard at a time, as each shard is written,
+/// so the host never holds more than one shard's copy (streamed checkpoints).
+pub fn save_tensors(mut vars: Vec<(String, Tensor)>, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    let tmp = temp_sibling(dir)?;
     vars.sort_by_key(|(n, _)| natural_key(n));
-    let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
-        vars.into_iter()
-            .map(|(n, t)| {
-                let t = if t.is_floating_point() { t.to_kind(opts.dtype) } else { t };
-                (n, t.to_device(Device::Cpu).contiguous())
-            })
-            .collect()
-    });
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
     let mut shard_bytes = 0u64;
     let mut total = 0u64;
-    for (n, t) in tensors {
-        let b = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    for (n, t) in vars {
+        let kind = if t.is_floating_point() { opts.dtype } else { t.kind() };
+        let b = (t.numel() * kind.elt_size_in_bytes()) as u64;
         if shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes {
             shards.push(Vec::new());
             shard_bytes = 0;
@@ -375,14 +439,15 @@ pub fn save(vs: &nn::VarStore, cfg: &Config, dir: &Path, opts: &SaveOptions) -> 
         total += b;
         shards.last_mut().expect("at least one shard").push((n, t));
     }
+    let dtype = Some(opts.dtype);
     if shards.len() == 1 {
-        write_safetensors(&tmp.join("model.safetensors"), &shards[0])?;
+        write_streamed(&tmp.join("model.safetensors"), &shards[0], dtype)?;
     } else {
         let n = shards.len();
         let mut weight_map = BTreeMap::new();
         for (i, shard) in shards.iter().enumerate() {
             let fname = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-            write_safetensors(&tmp.join(&fname), shard)?;
+            write_streamed(&tmp.join(&fname), shard, dtype)?;
             for (name, _) in shard {
                 weight_map.insert(name.clone(), fname.clone());
             }

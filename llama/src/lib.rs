@@ -9,15 +9,19 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod lora;
 pub mod model;
 pub mod nll;
 
 pub use config::{Config, HfConfig};
 pub use device::{default_kind, parse_device, Compute, DeviceSpec, Dtype};
 pub use error::LlamaError;
-pub use generate::{generate, GenerateOutput, SamplingParams};
+pub use engine::{EngineConfig, EngineStats, Request, RowOutput, Schedule};
+pub use generate::{generate, generate_with, GenerateOutput, SamplingParams};
 pub use llama_text::{chat, rng, tokenizer, tokenizer_build};
 pub use llama_text::{encode_dialog, AssistantMask, ChatTokens, Message, Role, TextError, Tokenizer};
+pub use lora::LoraConfig;
 pub use model::{KvCache, Llama};

@@ -29,19 +29,25 @@ impl RmsNorm {
     }
 }
 
-/// A bias-free linear layer storing `weight` as `[out, in]` (HF `nn.Linear` layout).
+/// A bias-free linear layer storing `weight` as `[out, in]` (HF `nn.Linear` layout), with an
+/// optional LoRA update ([`crate::lora`]).
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
+    pub lora: Option<crate::lora::LoraAdapter>,
 }
 
 impl Linear {
     pub fn new(p: nn::Path, in_dim: i64, out_dim: i64) -> Self {
         // HF `_init_weights`: normal(0, initializer_range = 0.02).
-        Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: 0.02 }) }
+        Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: 0.02 }), lora: None }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight.tr())
+        let y = x.matmul(&self.weight.tr());
+        match &self.lora {
+            Some(l) => y + l.forward(x),
+            None => y,
+        }
     }
 }
 
@@ -285,10 +291,20 @@ pub struct LayerCache {
     k: Tensor,
     v: Tensor,
     len: i64,
+    /// Per-row write positions of the next single-token step (`[B, KV, 1, hd]`, the row's position
+    /// broadcast) and the key span it reads; set by [`KvCache::set_row_positions`].
+    rows: Option<(Tensor, i64)>,
 }
 
 impl LayerCache {
     fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        if let Some((index, span)) = self.rows.take() {
+            // Continuous batching: each row writes its one new key/value at its own position and
+            // the step reads the first `span` positions (the mask hides what a row does not own).
+            let _ = self.k.scatter_(2, &index, k);
+            let _ = self.v.scatter_(2, &index, v);
+            return (self.k.narrow(2, 0, span), self.v.narrow(2, 0, span));
+        }
         let t = k.size()[2];
         assert!(self.len + t <= self.k.size()[2], "KV cache overflow: grow the capacity");
         self.k.narrow(2, self.len, t).copy_(k);
@@ -309,7 +325,7 @@ impl KvCache {
     pub fn new(cfg: &Config, batch: i64, capacity: i64, device: Device, kind: Kind) -> Self {
         let shape = [batch, cfg.num_key_value_heads, capacity, cfg.head_dim];
         let layers = (0..cfg.num_hidden_layers)
-            .map(|_| LayerCache { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)), len: 0 })
+            .map(|_| LayerCache { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)), len: 0, rows: None })
             .collect();
         KvCache { layers }
     }
@@ -333,9 +349,47 @@ impl KvCache {
                 k: l.k.repeat_interleave_self_int(k, 0, None),
                 v: l.v.repeat_interleave_self_int(k, 0, None),
                 len: l.len,
+                rows: None,
             })
             .collect();
         KvCache { layers }
+    }
+
+    /// Rows (batch size) and positions per row the cache holds.
+    pub fn shape(&self) -> (i64, i64) {
+        self.layers.first().map_or((0, 0), |l| (l.k.size()[0], l.k.size()[2]))
+    }
+
+    /// Per-row positions for the next forward, which must feed one token per row: row `b` writes
+    /// its key and value at `positions[b]` (`[B]` int64, on the cache's device) instead of after a
+    /// shared length, and attention reads positions `0..span` (the caller's mask keeps each row
+    /// to its own `0..=positions[b]`). Applies to one forward only. Rows of different lengths so
+    /// decode together in one fixed buffer (continuous batching, `crate::engine`).
+    pub fn set_row_positions(&mut self, positions: &Tensor, span: i64) {
+        for l in &mut self.layers {
+            let (b, kv, _, hd) = l.k.size4().expect("cache is [B, KV, S, hd]");
+            let index = positions.view([b, 1, 1, 1]).expand([b, kv, 1, hd], false);
+            l.rows = Some((index, span));
+        }
+    }
+
+    /// Copies rows `src_rows` of `src` (their first `src.len()` positions) into rows `dst_rows`
+    /// of this cache (`[N]` int64 each): a prompt prefilled once lands in the K slots of its samples.
+    pub fn copy_rows(&mut self, src: &KvCache, src_rows: &Tensor, dst_rows: &Tensor) {
+        let n = src.len();
+        for (d, s) in self.layers.iter_mut().zip(&src.layers) {
+            let _ = d.k.narrow(2, 0, n).index_copy_(0, dst_rows, &s.k.narrow(2, 0, n).index_select(0, src_rows));
+            let _ = d.v.narrow(2, 0, n).index_copy_(0, dst_rows, &s.v.narrow(2, 0, n).index_select(0, src_rows));
+        }
+    }
+
+    /// Keeps rows `keep` (`[N]` int64) only, in that order: a batch whose rows have ended shrinks
+    /// so that later steps no longer compute them. Allocates the smaller cache once.
+    pub fn select_rows(&mut self, keep: &Tensor) {
+        for l in &mut self.layers {
+            l.k = l.k.index_select(0, keep);
+            l.v = l.v.index_select(0, keep);
+        }
     }
 }
 

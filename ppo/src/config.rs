@@ -128,6 +128,46 @@ pub struct PpoConfig {
     /// `epochs`, `max_steps` and the warmup fields are not used.
     #[serde(default = "ppo_train_defaults")]
     pub train: TrainConfig,
+    /// Train LoRA adapters on the frozen policy and value models (the value model's score head
+    /// trains whole) instead of every weight; `final/` and `final_value/` are then PEFT adapter
+    /// folders. Absent: full fine-tuning (the paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<llama::LoraConfig>,
+    /// Where PPO's ratio takes π_old from: `sampler` (the log-probabilities the generator drew
+    /// with), `recompute` (a no-grad forward of the training model over the rollout, in the
+    /// training dtype, as OpenRLHF does), or `auto` (the default: `recompute` when the compute
+    /// dtype is not float32, where the KV-cached decode and the training forward round apart).
+    #[serde(default, skip_serializing_if = "OldLogprobs::is_auto")]
+    pub old_logprobs: OldLogprobs,
+    /// Keep the frozen reference and reward models in host memory between uses and move them to
+    /// the GPU only to score a rollout or an evaluation (no effect on CPU runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offload_frozen: bool,
+}
+
+/// [`PpoConfig::old_logprobs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OldLogprobs {
+    #[default]
+    Auto,
+    Sampler,
+    Recompute,
+}
+
+impl OldLogprobs {
+    fn is_auto(&self) -> bool {
+        *self == OldLogprobs::Auto
+    }
+
+    /// Whether a run computing in `kind` recomputes them.
+    pub fn recompute(&self, kind: tch::Kind) -> bool {
+        match self {
+            OldLogprobs::Auto => kind != tch::Kind::Float && kind != tch::Kind::Double,
+            OldLogprobs::Sampler => false,
+            OldLogprobs::Recompute => true,
+        }
+    }
 }
 
 fn default_iterations() -> u64 {
@@ -216,6 +256,9 @@ impl PpoConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.helpfulness_rm.is_none() && self.safety_rm.is_none() {
             return Err("set `helpfulness_rm`, `safety_rm` or both".into());
+        }
+        if let Some(l) = &self.lora {
+            l.validate_for_stage(true, self.train.gradient_checkpointing)?;
         }
         if self.train_prompts.is_empty() {
             return Err("`train_prompts` lists no file".into());

@@ -111,6 +111,10 @@ pub struct PpoTrainer<'a> {
     samples_log: Option<MetricsLog>,
     /// Start of the current iteration.
     iteration_start: Option<Instant>,
+    /// LoRA adapters of the policy and the value model.
+    lora: Option<(llama::lora::LoraRun, llama::lora::LoraRun)>,
+    /// π_old from a training forward rather than the sampler ([`crate::config::OldLogprobs`]).
+    recompute_old: bool,
 }
 
 /// Optimizer-side statistics of one iteration.
@@ -137,12 +141,21 @@ impl<'a> PpoTrainer<'a> {
             return Err(TrainError::Config("no training prompt (all longer than `max_prompt_len`?)".into()));
         }
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let policy = Policy::load(&cfg.policy, device, kind)?;
-        let reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
+        let mut policy = Policy::load(&cfg.policy, device, kind)?;
+        // Offloaded frozen models are parked in host memory as soon as each is loaded, so the
+        // GPU never holds more than one of them beside the trained models.
+        let park = cfg.offload_frozen && device.is_cuda();
+        let mut reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
+        if park {
+            reference.vs.set_device(Device::Cpu);
+        }
         // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
         let load_rm = |p: &Option<PathBuf>, salt: u64| -> Result<Option<ScalarModel>> {
             let Some(p) = p else { return Ok(None) };
-            let (m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed ^ salt)?;
+            let (mut m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed ^ salt)?;
+            if park {
+                m.vs.set_device(Device::Cpu);
+            }
             if fresh {
                 tracing::warn!("{} has no score head: a random one scores the responses", p.display());
             }
@@ -150,7 +163,18 @@ impl<'a> PpoTrainer<'a> {
         };
         let rms = RewardModels { helpfulness: load_rm(&cfg.helpfulness_rm, 0x4E)?, safety: load_rm(&cfg.safety_rm, 0x5A)? };
         let value_init = cfg.value_model.as_ref().or(cfg.helpfulness_rm.as_ref()).or(cfg.safety_rm.as_ref()).expect("validated");
-        let (value, fresh) = ScalarModel::load(value_init, device, kind, cfg.train.seed ^ 0x7A1)?;
+        let (mut value, fresh) = ScalarModel::load(value_init, device, kind, cfg.train.seed ^ 0x7A1)?;
+        let lora = cfg.lora.as_ref().map(|lc| {
+            policy.model.add_lora(&policy.vs.root(), lc);
+            llama::lora::freeze_base(&policy.vs, |_| false);
+            value.model.trunk.add_lora(&value.vs.root(), lc);
+            llama::lora::freeze_base(&value.vs, |n| n.starts_with("score."));
+            let run = |base: &PathBuf, task_type, modules_to_save: Vec<String>| llama::lora::LoraRun {
+                lora: lc.clone(),
+                info: llama::lora::AdapterInfo { base: base.clone(), task_type, modules_to_save },
+            };
+            (run(&cfg.policy, "CAUSAL_LM", vec![]), run(value_init, "SEQ_CLS", vec!["score".into()]))
+        });
         if fresh {
             tracing::info!("value head initialised from N(0, 0.02) on top of {}", value_init.display());
         }
@@ -182,7 +206,36 @@ impl<'a> PpoTrainer<'a> {
             last_eval: None,
             samples_log: None,
             iteration_start: None,
+            lora,
+            recompute_old: cfg.old_logprobs.recompute(kind),
         })
+    }
+
+    /// Moves the frozen reference and reward models to `device` (`offload_frozen` on a GPU run:
+    /// onto the GPU to score, back to host memory after).
+    fn place_frozen(&mut self, device: Device) {
+        if !(self.cfg.offload_frozen && self.device.is_cuda()) {
+            return;
+        }
+        self.reference.vs.set_device(device);
+        for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
+            m.vs.set_device(device);
+        }
+    }
+
+    /// Replaces the sampler's log-probabilities of `samples` by the training model's, from a
+    /// no-grad forward in the training dtype (`old_logprobs`): PPO's ratio then starts at exactly
+    /// 1 for the first mini-batch, whatever the sampler's kernels rounded.
+    fn recompute_old_logprobs(&self, samples: &mut [crate::rollout::Sample]) -> Result<()> {
+        if !self.recompute_old || samples.is_empty() {
+            return Ok(());
+        }
+        let b = self.cfg.generation_batch_size;
+        let lp = reference_logprobs(&self.policy, &self.prompts, samples, self.cfg.temperature, b, self.device).to_device(Device::Cpu);
+        for (i, s) in samples.iter_mut().enumerate() {
+            s.logprobs = Vec::<f32>::try_from(lp.get(i as i64).narrow(0, 0, s.response.len() as i64))?;
+        }
+        Ok(())
     }
 
     /// The next `rollout_batch_size` prompts: each epoch walks a fresh shuffle of all prompts.
@@ -228,9 +281,12 @@ impl<'a> PpoTrainer<'a> {
         let mut samples = sample(&self.policy, self.tok, &self.prompts, &idx, &params, self.cfg.generation_batch_size, || rng.next_u64())?;
         let generation_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
+        self.recompute_old_logprobs(&mut samples)?;
+        self.place_frozen(self.device);
         score(&self.rms, self.tok, &self.prompts, &mut samples, self.cfg, self.device)?;
         let (cfg, b) = (self.cfg, self.cfg.generation_batch_size);
         let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, self.device);
+        self.place_frozen(Device::Cpu);
         let vals = values(&self.value, &self.prompts, &samples, b, self.device);
         let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
@@ -269,8 +325,11 @@ impl<'a> PpoTrainer<'a> {
             let mut samples = sample(&self.policy, self.tok, &self.prompts, chunk, &params, b, || seeds[j])?;
             generation_seconds += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
+            self.recompute_old_logprobs(&mut samples)?;
+            self.place_frozen(device);
             score(&self.rms, self.tok, &self.prompts, &mut samples, cfg, device)?;
             let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
+            self.place_frozen(Device::Cpu);
             let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
             scoring_seconds += t1.elapsed().as_secs_f64();
             mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
@@ -374,6 +433,9 @@ impl<'a> PpoTrainer<'a> {
 
     fn policy_step(&mut self, ro: &Rollout, mb: &[usize], mb_tokens: usize, check: bool) -> Result<(Vec<(&'static str, f64)>, usize)> {
         let cfg = self.cfg;
+        if let Some((l, _)) = &self.lora {
+            l.lora.seed_dropout(cfg.train.seed, self.state.policy_steps);
+        }
         self.policy_opt.zero_grad();
         let (mut loss_sum, mut clip, mut akl, mut ent, mut diff, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0f64, 0usize);
         let batches = self.micro_batches(ro, mb);
@@ -442,6 +504,9 @@ impl<'a> PpoTrainer<'a> {
 
     fn value_step(&mut self, ro: &Rollout, mb: &[usize], mb_tokens: usize) -> Result<Vec<(&'static str, f64)>> {
         let cfg = self.cfg;
+        if let Some((_, l)) = &self.lora {
+            l.lora.seed_dropout(cfg.train.seed ^ 0x7A1, self.state.value_steps);
+        }
         self.value_opt.zero_grad();
         let (mut loss_sum, mut clip) = (0.0, 0.0);
         let batches = self.micro_batches(ro, mb);
@@ -585,7 +650,10 @@ impl Stage for PpoTrainer<'_> {
         self.iteration(step)
     }
     fn evaluate(&mut self, steps: u64) -> Result<Option<Evaluation>> {
-        let Some(e) = PpoTrainer::evaluate(self)? else { return Ok(None) };
+        self.place_frozen(self.device);
+        let e = PpoTrainer::evaluate(self);
+        self.place_frozen(Device::Cpu);
+        let Some(e) = e? else { return Ok(None) };
         let out = Evaluation { value: e.reward, record: e.record() };
         match steps {
             0 => self.initial_eval = Some(e),
@@ -604,6 +672,7 @@ impl Stage for PpoTrainer<'_> {
                 opt: &self.policy_opt,
                 cfg: self.policy.model.cfg.clone(),
                 architecture: "LlamaForCausalLM",
+                lora: self.lora.as_ref().map(|(p, _)| p),
             },
             Part {
                 name: VALUE,
@@ -611,6 +680,7 @@ impl Stage for PpoTrainer<'_> {
                 opt: &self.value_opt,
                 cfg: self.value_config(),
                 architecture: reward::model::ARCHITECTURE,
+                lora: self.lora.as_ref().map(|(_, v)| v),
             },
         ]
     }

@@ -162,6 +162,9 @@ pub struct FinetuneConfig {
     /// Optimizer, schedule, batch and checkpointing (default: the Llama 2 SFT recipe).
     #[serde(default = "sft::config::sft_train_defaults")]
     pub train: TrainConfig,
+    /// Fine-tune a LoRA adapter on the frozen start model (see `SftConfig::lora`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<llama::LoraConfig>,
 }
 
 impl Default for FinetuneConfig {
@@ -175,6 +178,7 @@ impl Default for FinetuneConfig {
             train_on: default_train_on(),
             save_dtype: default_save_dtype(),
             train: sft::config::sft_train_defaults(),
+            lora: None,
         }
     }
 }
@@ -314,6 +318,7 @@ impl RejectionSamplingConfig {
             save_dtype: f.save_dtype,
             token_cache: None,
             train,
+            lora: f.lora.clone(),
         }
     }
 }

@@ -55,6 +55,7 @@ pub fn throughput(b: &TrainBench) -> Result<serde_json::Value> {
         save_dtype: llama::Dtype::Float32,
         token_cache: None,
         train: b.train_config(rm_train_defaults()),
+        lora: b.lora(),
     };
     let pairs = synthetic_pairs(b.rows(), b.seq_len, b.prompt_len, b.seed);
     let mut run = RewardTrainer::prepare(&cfg, &pairs, &[])?;

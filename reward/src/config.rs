@@ -41,6 +41,10 @@ pub struct RewardConfig {
     pub save_dtype: llama::Dtype,
     #[serde(default = "rm_train_defaults")]
     pub train: TrainConfig,
+    /// Train a LoRA adapter (and the score head whole) on the frozen `model` instead of every
+    /// weight; `final/` is then a PEFT adapter folder. Absent: full fine-tuning (the paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<llama::LoraConfig>,
 }
 
 fn default_max_len() -> usize {
@@ -68,6 +72,9 @@ impl RewardConfig {
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return Err("`threshold` must be in [0, 1]".into());
+        }
+        if let Some(l) = &self.lora {
+            l.validate_for_stage(true, self.train.gradient_checkpointing)?;
         }
         self.train.validate().map_err(|e| format!("train.{e}"))
     }

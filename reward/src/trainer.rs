@@ -25,6 +25,7 @@ pub struct RewardTrainer<'a> {
     steps_per_epoch: u64,
     total_steps: u64,
     schedule: LrSchedule,
+    lora: Option<llama::lora::LoraRun>,
 }
 
 /// Scores of a batch's chosen and rejected responses, `[B]` each.
@@ -46,7 +47,13 @@ impl<'a> RewardTrainer<'a> {
             return Err(TrainError::Config("no training pairs".into()));
         }
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let (vs, model, fresh_head) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
+        let (vs, mut model, fresh_head) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
+        let lora = cfg.lora.as_ref().map(|lc| {
+            model.trunk.add_lora(&vs.root(), lc);
+            llama::lora::freeze_base(&vs, |n| n.starts_with("score."));
+            let info = llama::lora::AdapterInfo { base: cfg.model.clone(), task_type: "SEQ_CLS", modules_to_save: vec!["score".into()] };
+            llama::lora::LoraRun { lora: lc.clone(), info }
+        });
         if fresh_head {
             tracing::info!("reward head initialised from N(0, 0.02) on top of {}", cfg.model.display());
         }
@@ -58,7 +65,7 @@ impl<'a> RewardTrainer<'a> {
         }
         let schedule = cfg.train.lr_schedule(total_steps);
         let opt = cfg.train.optimizer(&vs)?;
-        Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule })
+        Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule, lora })
     }
 
     fn step_pairs(&self, step: u64) -> Vec<&'a PairTokens> {
@@ -73,6 +80,9 @@ impl<'a> RewardTrainer<'a> {
         let t0 = Instant::now();
         let pairs = self.step_pairs(step);
         let n = pairs.len();
+        if let Some(l) = &self.lora {
+            l.lora.seed_dropout(self.cfg.train.seed, step);
+        }
         self.opt.zero_grad();
         let (mut loss_sum, mut correct, mut tokens, mut gap) = (0f64, 0usize, 0usize, 0f64);
         // Distributed: rank r takes micro-batches r, r + W, ...; the sums are reduced below.
@@ -170,7 +180,7 @@ impl Stage for RewardTrainer<'_> {
     fn parts(&self) -> Vec<Part<'_>> {
         let mut cfg = self.model.trunk.cfg.clone();
         cfg.pad_token_id.get_or_insert(0);
-        vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg, architecture: ARCHITECTURE }]
+        vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg, architecture: ARCHITECTURE, lora: self.lora.as_ref() }]
     }
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
         vec![PartMut { name: "model", vs: &mut self.vs, opt: &mut self.opt, opt_steps: None }]

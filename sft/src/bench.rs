@@ -40,6 +40,7 @@ pub fn throughput(b: &TrainBench) -> Result<serde_json::Value> {
         save_dtype: llama::Dtype::Float32,
         token_cache: None,
         train,
+        lora: b.lora(),
     };
     let examples = synthetic_examples(b.rows(), b.seq_len, b.prompt_len, b.seed);
     let (mut run, _) = SftTrainer::prepare(&cfg, &examples, &[])?;

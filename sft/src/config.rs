@@ -43,6 +43,10 @@ pub struct SftConfig {
     pub save_dtype: llama::Dtype,
     #[serde(default = "sft_train_defaults")]
     pub train: TrainConfig,
+    /// Train a LoRA adapter on the frozen `model` instead of every weight (`final/` is then a
+    /// PEFT adapter folder). Absent: full fine-tuning, the paper's recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<llama::LoraConfig>,
 }
 
 fn default_eval_fraction() -> f64 {
@@ -76,6 +80,9 @@ impl SftConfig {
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return Err("`eval_fraction` must be in [0, 1)".into());
+        }
+        if let Some(l) = &self.lora {
+            l.validate_for_stage(self.model.is_some(), self.train.gradient_checkpointing)?;
         }
         self.train.validate().map_err(|e| format!("train.{e}"))
     }

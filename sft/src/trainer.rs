@@ -56,9 +56,10 @@ pub struct SftTrainer<'a> {
     pub steps_per_epoch: u64,
     pub total_steps: u64,
     schedule: LrSchedule,
+    lora: Option<llama::lora::LoraRun>,
 }
 
-fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama, Option<llama::lora::LoraRun>)> {
     let model_cfg = match (&cfg.model, &cfg.init_preset) {
         (Some(dir), _) => ck::load_config(dir)?,
         (None, Some(p)) => Config::preset(p)?,
@@ -66,11 +67,20 @@ fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarSt
     };
     tch::manual_seed(cfg.train.seed as i64);
     let mut vs = ck::var_store(device, kind);
-    let model = Llama::new(&vs.root(), &model_cfg);
+    let mut model = Llama::new(&vs.root(), &model_cfg);
     if let Some(dir) = &cfg.model {
         ck::load_var_store(&mut vs, dir)?;
     }
-    Ok((vs, model))
+    let lora = match (&cfg.lora, &cfg.model) {
+        (Some(lc), Some(base)) => {
+            model.add_lora(&vs.root(), lc);
+            llama::lora::freeze_base(&vs, |_| false);
+            let info = llama::lora::AdapterInfo { base: base.clone(), task_type: "CAUSAL_LM", modules_to_save: vec![] };
+            Some(llama::lora::LoraRun { lora: lc.clone(), info })
+        }
+        _ => None,
+    };
+    Ok((vs, model, lora))
 }
 
 impl<'a> SftTrainer<'a> {
@@ -79,7 +89,7 @@ impl<'a> SftTrainer<'a> {
     pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
         cfg.validate().map_err(TrainError::Config)?;
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let (vs, model) = build_model(cfg, device, kind)?;
+        let (vs, model, lora) = build_model(cfg, device, kind)?;
         let truncated = train.iter().filter(|e| e.len() > cfg.max_seq_len).count();
         // Pack once in a seeded order; epochs then shuffle whole rows.
         let order = epoch_order(train.len(), cfg.train.seed, u64::MAX);
@@ -97,7 +107,7 @@ impl<'a> SftTrainer<'a> {
         }
         let schedule = cfg.train.lr_schedule(total_steps);
         let opt = cfg.train.optimizer(&vs)?;
-        Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule }, truncated))
+        Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule, lora }, truncated))
     }
 
     /// Rows of optimizer step `step`: a slice of the epoch's shuffled order.
@@ -117,6 +127,9 @@ impl<'a> SftTrainer<'a> {
         let idx = self.step_rows(step);
         let rows: Vec<&PackedRow> = idx.iter().map(|&i| &self.rows[i]).collect();
         let n_targets: usize = rows.iter().map(|r| r.num_targets()).sum::<usize>().max(1);
+        if let Some(l) = &self.lora {
+            l.lora.seed_dropout(self.cfg.train.seed, step);
+        }
         self.opt.zero_grad();
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
@@ -205,7 +218,14 @@ impl training::runner::Stage for SftTrainer<'_> {
         Ok(SftTrainer::evaluate(self)?.map(Evaluation::loss))
     }
     fn parts(&self) -> Vec<Part<'_>> {
-        vec![Part { name: "model", vs: &self.vs, opt: &self.opt, cfg: self.model.cfg.clone(), architecture: "LlamaForCausalLM" }]
+        vec![Part {
+            name: "model",
+            vs: &self.vs,
+            opt: &self.opt,
+            cfg: self.model.cfg.clone(),
+            architecture: "LlamaForCausalLM",
+            lora: self.lora.as_ref(),
+        }]
     }
     fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
         vec![PartMut { name: "model", vs: &mut self.vs, opt: &mut self.opt, opt_steps: None }]

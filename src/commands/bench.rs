@@ -49,6 +49,9 @@ pub struct BenchTrainArgs {
     /// Activation checkpointing (layer-wise recomputation in the backward pass).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Train a rank-R LoRA adapter on q/k/v/o_proj instead of every weight (needs --model).
+    #[arg(long, value_name = "R")]
+    pub lora_r: Option<i64>,
 }
 
 #[derive(Args)]
@@ -112,5 +115,6 @@ fn train_bench(a: BenchTrainArgs) -> TrainBench {
         device: a.m.on.device,
         dtype: a.m.on.dtype,
         gradient_checkpointing: a.gradient_checkpointing,
+        lora_r: a.lora_r,
     }
 }

@@ -114,9 +114,21 @@ pub struct TrainBench {
     pub device: llama::DeviceSpec,
     pub dtype: Option<llama::Dtype>,
     pub gradient_checkpointing: bool,
+    /// Train a rank-r LoRA adapter on q/k/v/o (needs `model`) instead of every weight.
+    pub lora_r: Option<i64>,
 }
 
 impl TrainBench {
+    /// The bench's LoRA settings: rank `lora_r`, alpha 2r, on the attention projections.
+    pub fn lora(&self) -> Option<llama::LoraConfig> {
+        self.lora_r.map(|r| llama::LoraConfig {
+            r,
+            alpha: 2.0 * r as f64,
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            ..Default::default()
+        })
+    }
+
     /// `base` with one micro-batch of `batch` per step at a constant lr, on the bench's device.
     pub fn train_config(&self, mut base: crate::TrainConfig) -> crate::TrainConfig {
         base.micro_batch_size = self.batch;

@@ -46,6 +46,23 @@ pub struct Part<'a> {
     pub cfg: llama::Config,
     /// `LlamaForCausalLM` or `LlamaForSequenceClassification`.
     pub architecture: &'static str,
+    /// Trained with LoRA: checkpoints and `final/` hold the PEFT adapter (and the heads trained
+    /// beside it) rather than the whole model.
+    pub lora: Option<&'a llama::lora::LoraRun>,
+}
+
+impl Part<'_> {
+    /// Writes the part's weights into `dir`: the whole model in the HF layout, or its adapter.
+    pub fn save_weights(&self, dir: &Path, dtype: tch::Kind, extra_files: &[PathBuf]) -> Result<()> {
+        match self.lora {
+            Some(l) => llama::lora::save_adapter(self.vs, &l.lora, &l.info, dir, dtype, extra_files)?,
+            None => {
+                let opts = SaveOptions { architecture: self.architecture.into(), dtype, extra_files: extra_files.to_vec(), ..Default::default() };
+                ck::save(self.vs, &self.cfg, dir, &opts)?
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One trained model of a stage and its optimizer, to load a checkpoint into.
@@ -112,17 +129,15 @@ impl CheckpointManager {
         let written = (|| -> Result<()> {
             for p in parts {
                 if main {
-                    let opts = SaveOptions { architecture: p.architecture.into(), extra_files: extra_files.to_vec(), ..Default::default() };
-                    ck::save(p.vs, &p.cfg, &tmp.join(p.name), &opts)?;
+                    p.save_weights(&tmp.join(p.name), tch::Kind::Float, extra_files)?;
                 }
                 let file = match p.opt.zero_layout() {
                     Some([world, rank, ..]) => zero_file(p.name, rank, world),
                     None if main => optimizer_file(p.name),
                     None => continue,
                 };
-                let tensors: Vec<(String, tch::Tensor)> =
-                    p.opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
-                ck::write_safetensors(&tmp.join(file), &tensors)?;
+                // Streamed: each tensor reaches the host only as it is written.
+                ck::write_safetensors(&tmp.join(file), &p.opt.state_tensors())?;
             }
             if main {
                 let json = serde_json::to_string_pretty(state).expect("state serialises");
@@ -208,8 +223,16 @@ pub fn read_state(path: &Path) -> Result<TrainerState> {
 /// Loads one part's weights and optimizer state (`opt_steps` updates done) from a checkpoint.
 /// The optimizer state may be replicated (`optimizer.safetensors`) or ZeRO shards of any world
 /// size; either loads into a replicated or a sharded optimizer (re-sharded as needed).
+///
+/// A LoRA part's folder is its adapter: the adapter (and heads) load unmerged into `vs`, whose
+/// frozen base weights are already those of the base model.
 pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW, opt_steps: u64) -> Result<()> {
-    ck::load_var_store(vs, &path.join(name))?;
+    let dir = path.join(name);
+    if llama::lora::is_adapter_dir(&dir) {
+        llama::lora::SavedAdapter::open(&dir)?.load_unmerged(vs)?;
+    } else {
+        ck::load_var_store(vs, &dir)?;
+    }
     let device = vs.device();
     let replicated = path.join(optimizer_file(name));
     if let Some(layout @ [world, rank, ..]) = opt.zero_layout() {
