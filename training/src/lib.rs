@@ -1,6 +1,6 @@
 //! What every stage shares: AdamW over plain tensors (so its moments can be saved and resumed
 //! exactly, which tch's `nn::Optimizer` cannot), learning-rate schedules, gradient clipping,
-//! trainer checkpoints with exact resume, and per-step metrics.
+//! trainer checkpoints with exact resume, and per-step metrics (JSON lines and TensorBoard event files).
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod plot;
 pub mod runner;
 pub mod schedule;
 pub mod stage;
+pub mod tensorboard;
 pub mod zero;
 
 pub use config::TrainConfig;

@@ -1,6 +1,9 @@
-//! Per-step metrics: one JSON line per logged step in `<run>/metrics.jsonl`, and a progress
-//! display — a bar with ETA on a terminal, plain `tracing` lines otherwise.
+//! Per-step metrics: one JSON line per logged step in `<run>/metrics.jsonl` and, for a run's
+//! own metrics ([`MetricsLog::with_events`]), the same numbers as TensorBoard scalars in event
+//! files beside it; and a progress display — a bar with ETA on a terminal, plain `tracing` lines
+//! otherwise.
 use crate::error::{Result, TrainError};
+use crate::tensorboard::{scalars_of, tag, EventWriter, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,6 +11,8 @@ use std::time::Instant;
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    /// TensorBoard event files and the tag prefix (the stage's name).
+    events: Option<(EventWriter, String)>,
 }
 
 impl MetricsLog {
@@ -37,14 +42,43 @@ impl MetricsLog {
             std::fs::remove_file(path).map_err(|e| TrainError::io(path, e))?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        Ok(MetricsLog { path: path.to_path_buf(), file, events: None })
+    }
+
+    /// Also writes every record's numbers as TensorBoard scalars `<prefix>/<key>` (see
+    /// [`scalars_of`]) at the record's `step`, into event files in `dir`. `resume_step` is the
+    /// one given to [`MetricsLog::open`]: events of later steps are dropped the same way.
+    pub fn with_events(mut self, dir: &Path, prefix: &str, resume_step: Option<u64>) -> Result<Self> {
+        self.events = Some((EventWriter::open(dir, resume_step)?, tag(prefix)));
+        Ok(self)
     }
 
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
         let mut line = record.to_string();
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|e| TrainError::io(&self.path, e))?;
-        self.file.flush().map_err(|e| TrainError::io(&self.path, e))
+        self.file.flush().map_err(|e| TrainError::io(&self.path, e))?;
+        if let (Some((events, prefix)), Some(step)) = (&mut self.events, record.get("step").and_then(|s| s.as_u64())) {
+            events.write(step, scalars_of(prefix, record))?;
+        }
+        Ok(())
+    }
+
+    /// Text summaries (markdown) `<prefix>/<tag>` of `step` (nothing without event files).
+    pub fn write_texts(&mut self, step: u64, texts: &[(String, String)]) -> Result<()> {
+        if let Some((events, prefix)) = &mut self.events {
+            events.write(step, texts.iter().map(|(t, text)| Value::text(format!("{prefix}/{}", tag(t)), text.as_str())).collect())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes both files to disk (at every checkpoint, so what a checkpoint resumes from is logged).
+    pub fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| TrainError::io(&self.path, e))?;
+        if let Some((events, _)) = &mut self.events {
+            events.sync()?;
+        }
+        Ok(())
     }
 }
 

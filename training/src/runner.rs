@@ -67,6 +67,11 @@ pub trait Stage {
     fn end_step(&mut self, _record: &mut serde_json::Value) -> Result<()> {
         Ok(())
     }
+    /// Text summaries `(tag, markdown)` of the step just taken (sample generations), written as
+    /// TensorBoard text `<name>/<tag>` beside its metrics; called once after every step.
+    fn texts(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// The progress line's summary of a record.
     fn progress(&self, record: &serde_json::Value) -> String {
         format!("loss {:.4}", record["loss"].as_f64().unwrap_or(f64::NAN))
@@ -292,7 +297,12 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
             );
         }
     }
-    let mut metrics = if main { Some(MetricsLog::open(&o.run_dir.join("metrics.jsonl"), resumed_from)?) } else { None };
+    // metrics.jsonl and the TensorBoard event files beside it, both cut back to the resumed step.
+    let mut metrics = if main {
+        Some(MetricsLog::open(&o.run_dir.join("metrics.jsonl"), resumed_from)?.with_events(&o.run_dir, &o.name, resumed_from)?)
+    } else {
+        None
+    };
     stage.begin(&o.run_dir, resumed_from)?;
     let better = |stage: &S, v: f64, best: Option<f64>| best.is_none_or(|b| if stage.higher_is_better() { v > b } else { v < b });
     if o.eval_at_start && resumed_from.is_none() {
@@ -338,11 +348,16 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
             }
         }
         stage.end_step(&mut rec)?;
+        let texts = stage.texts();
         if let Some(m) = &mut metrics {
             m.write(&rec)?;
+            m.write_texts(state.step, &texts)?;
         }
         progress.update(state.step, &stage.progress(&rec));
         if save_now {
+            if let Some(m) = &mut metrics {
+                m.sync()?;
+            }
             state.extra = stage.extra_state();
             ckman.save(&stage.parts(), &o.extra_files, &state)?;
         }
@@ -521,6 +536,12 @@ mod tests {
         let steps: Vec<u64> =
             crate::metrics::read_metrics(&cut.join("metrics.jsonl")).unwrap().iter().map(|m| m["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+        // One event file: the kept steps 1..=4 of the cut run, then the resumed 5..=8, each once.
+        let files = crate::tensorboard::event_files(&cut).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let events = crate::tensorboard::read_events(&files[0]).unwrap();
+        let loss_steps: Vec<i64> = events.iter().filter(|e| e.values.iter().any(|v| v.tag == "toy/loss")).map(|e| e.step).collect();
+        assert_eq!(loss_steps, (1..=8).collect::<Vec<_>>());
     }
 
     #[test]
