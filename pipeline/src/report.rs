@@ -1,10 +1,61 @@
 //! The pipeline report: `report.json` (every stage's manifest summary, paths relative to the run
 //! folder), `report.md` (ground truth, Table 8 layout of the reward models, reward-model scores of
-//! each policy stage's held-out replies, PPO reward and KL) and `ground_truth.png`.
+//! each policy stage's held-out replies, PPO reward and KL) and `ground_truth.png`; and the
+//! pipeline's own TensorBoard events ([`write_stage_events`]).
 use crate::error::Result;
 use crate::manifest::Manifest;
 use std::collections::BTreeMap;
 use std::path::Path;
+use training::tensorboard::{scalars_of, tag, EventWriter, Value};
+
+/// TensorBoard for the pipeline (the stages' own runs are their folders' event files). Into the
+/// run folder's event file `w`, at step `position` (the stage's place in the pipeline, from 1):
+/// text `pipeline/stage` (name, kind, output) and, for a policy stage, its ground truth
+/// (`ground_truth/{helpful,safe,false_refusal}`, `ground_truth/greedy/...`, per family) and a few
+/// of its replies (text `ground_truth/examples`). A reward stage's held-out accuracy per rating bin
+/// (Llama 2 Table 8), per test set and overall goes into `<stage>/eval/` as a run of its own
+/// (`reward_eval/accuracy/<bin>`, at its last training step), rewritten each time.
+pub fn write_stage_events(w: &mut EventWriter, out: &Path, position: u64, m: &Manifest) -> Result<()> {
+    let mut values =
+        vec![Value::text("pipeline/stage", format!("`{}` ({}): `{}`, {:.0} s", m.name, m.kind, m.output.display(), m.wall_seconds))];
+    values.push(Value::scalar("pipeline/wall_seconds", m.wall_seconds));
+    if let Some(gt) = &m.ground_truth {
+        values.extend(scalars_of("ground_truth", gt));
+        let examples: Vec<String> = gt["examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(format!("**prompt**: {}\n\n**reply**: {}", e[0].as_str()?, e[1].as_str()?)))
+            .collect();
+        if !examples.is_empty() {
+            values.push(Value::text("ground_truth/examples", format!("`{}`\n\n{}", m.name, examples.join("\n\n---\n\n"))));
+        }
+    }
+    w.write(position, values)?;
+    w.sync()?;
+    let ev = &m.metrics["eval"];
+    if m.kind == "reward" && ev.is_object() {
+        let mut rm = Vec::new();
+        let acc = |a: &serde_json::Value| a["accuracy"].as_f64().filter(|_| a["n"].as_u64().is_some_and(|n| n > 0));
+        for bin in ev["by_rating"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(a)) = (bin[0].as_str(), acc(&bin[1])) {
+                rm.push(Value::scalar(format!("reward_eval/accuracy/{}", tag(name)), a));
+            }
+        }
+        rm.extend(acc(&ev["overall"]).map(|a| Value::scalar("reward_eval/accuracy/overall", a)));
+        for (src, a) in ev["by_source"].as_object().into_iter().flatten() {
+            rm.extend(acc(a).map(|a| Value::scalar(format!("reward_eval/accuracy_by_source/{}", tag(src)), a)));
+        }
+        rm.extend(ev["mean_margin"].as_f64().map(|v| Value::scalar("reward_eval/mean_margin", v)));
+        for k in ["recall", "precision"] {
+            rm.extend(ev["safety"][k].as_f64().map(|v| Value::scalar(format!("reward_eval/safety_{k}"), v)));
+        }
+        let mut e = EventWriter::open(&out.join(&m.name).join("eval"), None)?;
+        e.write(m.metrics["run"]["steps"].as_u64().unwrap_or(0), rm)?;
+        e.sync()?;
+    }
+    Ok(())
+}
 
 /// A stage's throughput for the report, from its manifest and run folder: training tokens/s (SFT,
 /// RM), generated tokens/s of sampling (rejection sampling), rollout and training tokens/s (PPO,
@@ -166,4 +217,64 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     md += "\nPer-stage curves: `<stage>/curves.png`; manifests: `<stage>/manifest.json`.\n";
     llama::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+    use training::tensorboard::{event_files, read_events, Event, ValueData};
+
+    fn manifest(name: &str, kind: &str, metrics: serde_json::Value, ground_truth: Option<serde_json::Value>) -> Manifest {
+        Manifest {
+            name: name.into(),
+            kind: kind.into(),
+            fingerprint: "f".into(),
+            config: json!({}),
+            inputs: Default::default(),
+            output: PathBuf::from(format!("{name}/final")),
+            metrics,
+            ground_truth,
+            wall_seconds: 2.0,
+        }
+    }
+
+    fn get<'a>(events: &'a [Event], tag: &str) -> Vec<(i64, &'a ValueData)> {
+        events.iter().flat_map(|e| e.values.iter().filter(|v| v.tag == tag).map(move |v| (e.step, &v.data))).collect()
+    }
+
+    #[test]
+    fn stage_events_carry_the_ground_truth_per_stage_and_rm_accuracy_per_rating_bin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path();
+        let acc = |n: u64, c: u64| json!({"n": n, "correct": c, "accuracy": if n == 0 { 0.0 } else { c as f64 / n as f64 }});
+        let eval = json!({
+            "overall": acc(4, 3), "by_rating": [["significantly better", acc(2, 2)], ["negligibly better / unsure", acc(0, 0)]],
+            "by_source": {"demo": acc(4, 3)}, "mean_margin": 0.5, "safety": null,
+        });
+        let rm = manifest("rm", "reward", json!({"run": {"steps": 7}, "eval": eval}), None);
+        let gt = json!({"helpful": 0.5, "safe": 0.25, "false_refusal": 0.125, "n": 8, "greedy": {"helpful": 0.75}, "examples": [["hi", "hello"]]});
+        let sft = manifest("sft", "sft", json!({}), Some(gt));
+        let mut w = EventWriter::open(out, None).unwrap();
+        write_stage_events(&mut w, out, 1, &rm).unwrap();
+        write_stage_events(&mut w, out, 2, &sft).unwrap();
+        drop(w);
+
+        let files = event_files(out).unwrap();
+        assert_eq!(files.len(), 1);
+        let ev = read_events(&files[0]).unwrap();
+        assert_eq!(get(&ev, "pipeline/stage").len(), 2);
+        assert_eq!(get(&ev, "ground_truth/helpful"), [(2, &ValueData::Scalar(0.5))]);
+        assert_eq!(get(&ev, "ground_truth/greedy/helpful"), [(2, &ValueData::Scalar(0.75))]);
+        assert!(matches!(get(&ev, "ground_truth/examples")[..], [(2, ValueData::Text(t))] if t.contains("**reply**: hello")));
+
+        let rm_files = event_files(&out.join("rm/eval")).unwrap();
+        assert_eq!(rm_files.len(), 1);
+        let ev = read_events(&rm_files[0]).unwrap();
+        assert_eq!(get(&ev, "reward_eval/accuracy/significantly_better"), [(7, &ValueData::Scalar(1.0))]);
+        assert_eq!(get(&ev, "reward_eval/accuracy/overall"), [(7, &ValueData::Scalar(0.75))]);
+        assert_eq!(get(&ev, "reward_eval/accuracy_by_source/demo"), [(7, &ValueData::Scalar(0.75))]);
+        assert!(get(&ev, "reward_eval/accuracy/negligibly_better___unsure").is_empty(), "an empty bin has no accuracy");
+    }
 }

@@ -8,7 +8,7 @@ use crate::ground_truth::ground_truth;
 use crate::manifest::{relative_to, relativize, Manifest, MANIFEST_FILE};
 use crate::plan::{Plan, PlannedStage, StageConfig};
 use crate::refs::{substitute, substitute_str, Attr, Reference};
-use crate::report::write_report;
+use crate::report::{write_report, write_stage_events};
 use crate::stages::run_stage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use training::lock::{RunLock, LOCK_FILE};
 use training::runner::fnv1a;
+use training::tensorboard::EventWriter;
 
 /// What `rlhf pipeline run` prints when every stage is done.
 #[derive(Debug, Clone, Serialize)]
@@ -41,8 +42,12 @@ pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSu
     let t0 = Instant::now();
     let mut done: BTreeMap<String, Done> = BTreeMap::new();
     let mut manifests = Vec::new();
-    for stage in &plan.stages {
+    // The pipeline's TensorBoard events, one step per stage (rewritten on every run: a skipped
+    // stage's come from its manifest).
+    let mut events = EventWriter::open(out, None)?;
+    for (i, stage) in plan.stages.iter().enumerate() {
         let m = run_or_skip(&plan, stage, out, &done)?;
+        write_stage_events(&mut events, out, i as u64 + 1, &m)?;
         done.insert(stage.name.clone(), Done { output: m.output_in(out), fingerprint: m.fingerprint.clone() });
         manifests.push(m);
     }

@@ -109,6 +109,8 @@ pub struct PpoTrainer<'a> {
     last_eval: Option<EvalResult>,
     /// `samples.jsonl`, opened when the run begins.
     samples_log: Option<MetricsLog>,
+    /// The same samples of the latest iteration as markdown, for TensorBoard's text dashboard.
+    sample_texts: Vec<(String, String)>,
     /// Start of the current iteration.
     iteration_start: Option<Instant>,
     /// LoRA adapters of the policy and the value model.
@@ -205,21 +207,25 @@ impl<'a> PpoTrainer<'a> {
             initial_eval: None,
             last_eval: None,
             samples_log: None,
+            sample_texts: Vec::new(),
             iteration_start: None,
             lora,
             recompute_old: cfg.old_logprobs.recompute(kind),
         })
     }
 
-    /// Moves the frozen reference and reward models to `device` (`offload_frozen` on a GPU run:
-    /// onto the GPU to score, back to host memory after).
-    fn place_frozen(&mut self, device: Device) {
+    /// Moves the frozen reward models (`rms`) or the reference to `device` (`offload_frozen` on
+    /// a GPU run: onto the GPU to score, back to host memory after; one group at a time).
+    fn place_frozen(&mut self, rms: bool, device: Device) {
         if !(self.cfg.offload_frozen && self.device.is_cuda()) {
             return;
         }
-        self.reference.vs.set_device(device);
-        for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
-            m.vs.set_device(device);
+        if rms {
+            for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
+                m.vs.set_device(device);
+            }
+        } else {
+            self.reference.vs.set_device(device);
         }
     }
 
@@ -282,11 +288,13 @@ impl<'a> PpoTrainer<'a> {
         let generation_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         self.recompute_old_logprobs(&mut samples)?;
-        self.place_frozen(self.device);
+        self.place_frozen(true, self.device);
         score(&self.rms, self.tok, &self.prompts, &mut samples, self.cfg, self.device)?;
+        self.place_frozen(true, Device::Cpu);
         let (cfg, b) = (self.cfg, self.cfg.generation_batch_size);
+        self.place_frozen(false, self.device);
         let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, self.device);
-        self.place_frozen(Device::Cpu);
+        self.place_frozen(false, Device::Cpu);
         let vals = values(&self.value, &self.prompts, &samples, b, self.device);
         let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
@@ -326,10 +334,12 @@ impl<'a> PpoTrainer<'a> {
             generation_seconds += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             self.recompute_old_logprobs(&mut samples)?;
-            self.place_frozen(device);
+            self.place_frozen(true, device);
             score(&self.rms, self.tok, &self.prompts, &mut samples, cfg, device)?;
+            self.place_frozen(true, Device::Cpu);
+            self.place_frozen(false, device);
             let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
-            self.place_frozen(Device::Cpu);
+            self.place_frozen(false, Device::Cpu);
             let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
             scoring_seconds += t1.elapsed().as_secs_f64();
             mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
@@ -552,7 +562,7 @@ impl<'a> PpoTrainer<'a> {
 
     /// Held-out evaluation: responses to the eval prompts with a fixed seed, their mean
     /// `LOGIT(Rc)`, their KL to the reference and, on the demo world, the ground truth.
-    pub fn evaluate(&self) -> Result<Option<EvalResult>> {
+    pub fn evaluate(&mut self) -> Result<Option<EvalResult>> {
         let cfg = self.cfg;
         let n = cfg.eval_max_prompts.unwrap_or(usize::MAX).min(self.eval_prompts.len());
         if n == 0 {
@@ -565,9 +575,13 @@ impl<'a> PpoTrainer<'a> {
             chunk += 1;
             SplitMix64::for_step(cfg.train.seed ^ EVAL_SEED, chunk).next_u64()
         })?;
-        score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device)?;
+        self.place_frozen(true, self.device);
+        let scored = score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device);
+        self.place_frozen(true, Device::Cpu);
+        scored?;
         let m = samples.len() as f64;
         let kl = if cfg.eval_temperature > 0.0 {
+            self.place_frozen(false, self.device);
             let ref_lp = reference_logprobs(
                 &self.reference,
                 &self.eval_prompts,
@@ -576,6 +590,7 @@ impl<'a> PpoTrainer<'a> {
                 cfg.generation_batch_size,
                 self.device,
             );
+            self.place_frozen(false, Device::Cpu);
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
             let lp = pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
             Some(f64::try_from((lp - ref_lp).sum(Kind::Float))? / m)
@@ -619,16 +634,31 @@ impl<'a> PpoTrainer<'a> {
         Ok(rec)
     }
 
-    /// The first `log_samples` rollouts of iteration `it` into samples.jsonl.
+    /// The first `log_samples` rollouts of iteration `it` into samples.jsonl (and, as markdown,
+    /// into the text summary `ppo/samples`).
     fn log_samples(&mut self, ro: &Rollout, it: u64) -> Result<()> {
         let Some(log) = self.samples_log.as_mut() else { return Ok(()) };
+        let mut md = Vec::new();
         for (s, w) in ro.samples.iter().zip(Vec::<f32>::try_from(&ro.scores_whitened)?).take(self.cfg.log_samples) {
             let p = &self.prompts[s.prompt].record;
+            let prompt = p.prompt.last().map(|m| m.content.as_str());
             log.write(&serde_json::json!({
-                "step": it, "prompt": p.prompt.last().map(|m| m.content.as_str()), "is_safety": p.is_safety,
+                "step": it, "prompt": prompt, "is_safety": p.is_safety,
                 "response": s.text, "finished": s.finished, "score": s.score, "score_whitened": w, "rm": s.source,
                 "safety_raw": s.safety_raw, "helpfulness_raw": s.helpfulness_raw,
             }))?;
+            md.push(format!(
+                "**prompt**{}: {}\n\n**response**{}: {}\n\nscore {:.3} (whitened {w:.3}, {:?} RM)",
+                if p.is_safety { " (safety)" } else { "" },
+                prompt.unwrap_or(""),
+                if s.finished { "" } else { " (cut off)" },
+                s.text,
+                s.score,
+                s.source
+            ));
+        }
+        if !md.is_empty() {
+            self.sample_texts = vec![("samples".into(), md.join("\n\n---\n\n"))];
         }
         Ok(())
     }
@@ -650,10 +680,7 @@ impl Stage for PpoTrainer<'_> {
         self.iteration(step)
     }
     fn evaluate(&mut self, steps: u64) -> Result<Option<Evaluation>> {
-        self.place_frozen(self.device);
-        let e = PpoTrainer::evaluate(self);
-        self.place_frozen(Device::Cpu);
-        let Some(e) = e? else { return Ok(None) };
+        let Some(e) = PpoTrainer::evaluate(self)? else { return Ok(None) };
         let out = Evaluation { value: e.reward, record: e.record() };
         match steps {
             0 => self.initial_eval = Some(e),
@@ -707,6 +734,9 @@ impl Stage for PpoTrainer<'_> {
         let secs = self.iteration_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
         record["iteration_s"] = serde_json::json!(secs);
         Ok(())
+    }
+    fn texts(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.sample_texts)
     }
     fn progress(&self, rec: &serde_json::Value) -> String {
         format!(

@@ -298,6 +298,93 @@ impl IterationReport {
     }
 }
 
+impl IterationReport {
+    /// The iteration's numbers as TensorBoard scalars (step: the iteration): best-of-k and
+    /// median-of-k reward for k = 1, 2, 4, ..., K (Figure 7), the pool, throughput, the samples'
+    /// ground truth and the policy's evaluation before and after the fine-tune.
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        let c = &self.curve;
+        for k in shown_ks(self.best_of_k) {
+            if let (Some(&mx), Some(&me)) = (c.max.get(k - 1), c.median.get(k - 1)) {
+                out.push((format!("rs/reward_max/k{k}"), mx));
+                out.push((format!("rs/reward_median/k{k}"), me));
+            }
+        }
+        if let Some(&m) = c.mean.first() {
+            out.push(("rs/reward_mean".into(), m));
+        }
+        for s in &self.sweep {
+            if let Some(&mx) = s.curve.max.last() {
+                out.push((format!("rs/sweep/T{}/reward_max_of_K", s.temperature), mx));
+            }
+        }
+        let (p, t) = (&self.pool, &self.throughput);
+        out.extend([
+            ("rs/temperature".into(), self.temperature),
+            ("rs/prompts".into(), self.prompts as f64),
+            ("rs/unfinished_share".into(), self.unfinished_share),
+            ("rs/pool/size".into(), p.size as f64),
+            ("rs/pool/new".into(), p.update.new as f64),
+            ("rs/pool/replaced".into(), p.update.replaced as f64),
+            ("rs/throughput/tokens_per_s".into(), t.tokens_per_s),
+            ("rs/throughput/generation_share".into(), t.generation_share),
+        ]);
+        for (name, v) in [("mean_reward", p.mean_reward), ("mean_winner_reward", p.mean_winner_reward)] {
+            out.extend(v.map(|v| (format!("rs/pool/{name}"), v)));
+        }
+        let rates = |out: &mut Vec<(String, f64)>, prefix: &str, d: &DemoScores| {
+            for (name, v) in [("helpful_rate", d.helpful_rate), ("safe_rate", d.safe_rate), ("false_refusal_rate", d.false_refusal_rate)] {
+                out.push((format!("{prefix}/{name}"), v));
+            }
+        };
+        if let Some(st) = &self.sample_truth {
+            rates(&mut out, "rs/ground_truth/all_samples", &st.all_samples);
+            rates(&mut out, "rs/ground_truth/winners", &st.winners);
+            out.push(("rs/ground_truth/oracle_helpful_rate".into(), st.oracle_helpful_rate));
+            out.push(("rs/ground_truth/oracle_safe_rate".into(), st.oracle_safe_rate));
+            out.push(("rs/ground_truth/rm_pairwise_accuracy".into(), st.pairwise_accuracy));
+        }
+        for (when, e) in [("before", &self.eval_before), ("after", &self.eval_after)] {
+            let Some(e) = e else { continue };
+            for (how, r) in std::iter::once(("greedy", &e.greedy)).chain(e.sampled.as_ref().map(|r| ("sampled", r))) {
+                let prefix = format!("rs/eval_{when}/{how}");
+                out.push((format!("{prefix}/mean_reward"), r.mean_reward));
+                out.extend(r.mean_helpfulness.map(|v| (format!("{prefix}/mean_helpfulness"), v)));
+                out.extend(r.mean_safety.map(|v| (format!("{prefix}/mean_safety"), v)));
+                if let Some(d) = &r.demo {
+                    rates(&mut out, &prefix, d);
+                }
+            }
+        }
+        out
+    }
+
+    /// The fine-tuned policy's held-out greedy replies as markdown (TensorBoard text), if evaluated.
+    pub fn eval_samples_markdown(&self) -> Option<String> {
+        let e = self.eval_after.as_ref().filter(|e| !e.samples.is_empty())?;
+        Some(e.samples.iter().map(|(p, r)| format!("**prompt**: {p}\n\n**reply**: {r}")).collect::<Vec<_>>().join("\n\n---\n\n"))
+    }
+}
+
+/// The best and the worst of the K samples of the first `n` sampled prompts, with their rewards,
+/// as markdown (TensorBoard text).
+pub fn samples_markdown(records: &[PromptSamples], n: usize) -> String {
+    let mut parts = Vec::new();
+    for r in records.iter().filter(|r| !r.samples.is_empty()).take(n) {
+        let prompt = r.prompt.last().map(|m| m.content.as_str()).unwrap_or("");
+        let mut md = format!("**prompt**{}: {prompt}", if r.is_safety { " (safety)" } else { "" });
+        let worst = r.samples.iter().enumerate().filter(|(_, s)| s.reward.is_finite()).min_by(|a, b| a.1.reward.total_cmp(&b.1.reward));
+        for (name, i) in [("best", r.best), ("worst", worst.map(|(i, _)| i))] {
+            if let Some(s) = i.and_then(|i| r.samples.get(i)) {
+                let _ = write!(md, "\n\n**{name} of {}** (reward {:.3}): {}", r.samples.len(), s.reward, s.text);
+            }
+        }
+        parts.push(md);
+    }
+    parts.join("\n\n---\n\n")
+}
+
 /// The whole run in one table, iteration by iteration.
 pub fn run_markdown(iterations: &[IterationReport]) -> String {
     let mut md = String::from("# Rejection sampling (Llama 2 Section 3.2.3)\n\n");

@@ -16,12 +16,13 @@
 //! iter{N}/judged_pairs.jsonl    demo world: the judges' comparisons of the samples (next RM batch)
 //! iter{N}/done.json             the iteration is finished
 //! report.json, report.md, summary.json
+//! events.out.tfevents.*         TensorBoard: each iteration's numbers and samples (step = iteration)
 //! ```
 use crate::config::{RejectionSamplingConfig, StartFrom};
 use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
 use crate::eval::{evaluate, EvalSpec, RmEval};
-use crate::report::{run_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
+use crate::report::{run_markdown, samples_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
 use crate::sampler::{batch_seed, sample_batch, SampleSpec};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
 use crate::shard::{merge_rank_logs, pending_batches, rank_log_path, SampleLog};
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind};
 use training::runner::fnv1a;
+use training::tensorboard::{EventWriter, Value};
 use training::RunLock;
 
 /// What a finished run produced.
@@ -469,8 +471,9 @@ impl<'a> RejectionSampler<'a> {
         Ok(sft::train(&sft_cfg, &train, &eval, &self.iter_dir(it).join("sft"), true, &self.extra_files)?)
     }
 
-    /// One iteration: sample, pool, fine-tune, evaluate, report.
-    fn iteration(&self, it: usize, policy_dir: &Path, prev_eval_after: Option<&Path>) -> Result<IterationReport> {
+    /// One iteration: sample, pool, fine-tune, evaluate, report. Returns the report and a few of
+    /// the samples as markdown (TensorBoard text).
+    fn iteration(&self, it: usize, policy_dir: &Path, prev_eval_after: Option<&Path>) -> Result<(IterationReport, String)> {
         let dir = self.iter_dir(it);
         mkdir(&dir)?;
         let eval_before = dir.join("eval-before.json");
@@ -519,7 +522,30 @@ impl<'a> RejectionSampler<'a> {
         // Rank 0 writes the iteration's files; the others wait for it (and stop with it).
         let written = if main { self.write_iteration(it, policy_dir, &records, &report) } else { Ok(()) };
         training::dist::agree(written, "write the iteration's report")?;
-        Ok(report)
+        Ok((report, samples_markdown(&records, 4)))
+    }
+
+    /// TensorBoard event files in the run folder (rank 0 only), keeping the events of the
+    /// iterations already done (a resumed run writes each iteration once).
+    fn open_events(&self) -> Result<Option<EventWriter>> {
+        if !distributed::is_main() {
+            return Ok(None);
+        }
+        let done = (1..=self.cfg.iterations).take_while(|&it| self.iter_dir(it).join("done.json").exists()).count();
+        Ok(Some(EventWriter::open(&self.out, Some(done as u64))?))
+    }
+
+    /// Iteration `report.iteration`'s scalars and samples as one event, unless the file has it.
+    fn write_events(w: &mut EventWriter, report: &IterationReport, samples: Option<&str>) -> Result<()> {
+        let step = report.iteration as u64;
+        if w.last_step().is_some_and(|s| s >= step) {
+            return Ok(());
+        }
+        let mut values: Vec<Value> = report.scalars().into_iter().map(|(t, v)| Value::scalar(t, v)).collect();
+        values.extend(samples.filter(|s| !s.is_empty()).map(|s| Value::text("rs/samples", s)));
+        values.extend(report.eval_samples_markdown().map(|s| Value::text("rs/eval_samples", s)));
+        w.write(step, values)?;
+        Ok(w.sync()?)
     }
 
     /// The judged pairs, `report.json`/`.md`, the plots and `done.json` of iteration `it`.
@@ -553,16 +579,21 @@ impl<'a> RejectionSampler<'a> {
         let mut reports: Vec<IterationReport> = Vec::new();
         let mut skipped = Vec::new();
         let mut policy = self.cfg.policy.clone();
+        let mut events = self.open_events()?;
         for it in 1..=self.cfg.iterations {
             let dir = self.iter_dir(it);
-            let report = if dir.join("done.json").exists() {
+            let (report, samples) = if dir.join("done.json").exists() {
                 tracing::info!("iteration {it}: already done ({}), skipped", dir.join("done.json").display());
                 skipped.push(it);
-                read_json::<IterationReport>(&dir.join("report.json"))?
+                (read_json::<IterationReport>(&dir.join("report.json"))?, None)
             } else {
                 let prev = (it > 1).then(|| self.iter_dir(it - 1).join("eval-after.json"));
-                self.iteration(it, &policy, prev.as_deref())?
+                let (report, samples) = self.iteration(it, &policy, prev.as_deref())?;
+                (report, Some(samples))
             };
+            if let Some(w) = &mut events {
+                Self::write_events(w, &report, samples.as_deref())?;
+            }
             policy = report.model.clone();
             reports.push(report);
         }
