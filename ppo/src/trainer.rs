@@ -214,15 +214,18 @@ impl<'a> PpoTrainer<'a> {
         })
     }
 
-    /// Moves the frozen reference and reward models to `device` (`offload_frozen` on a GPU run:
-    /// onto the GPU to score, back to host memory after).
-    fn place_frozen(&mut self, device: Device) {
+    /// Moves the frozen reward models (`rms`) or the reference to `device` (`offload_frozen` on
+    /// a GPU run: onto the GPU to score, back to host memory after; one group at a time).
+    fn place_frozen(&mut self, rms: bool, device: Device) {
         if !(self.cfg.offload_frozen && self.device.is_cuda()) {
             return;
         }
-        self.reference.vs.set_device(device);
-        for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
-            m.vs.set_device(device);
+        if rms {
+            for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
+                m.vs.set_device(device);
+            }
+        } else {
+            self.reference.vs.set_device(device);
         }
     }
 
@@ -285,11 +288,13 @@ impl<'a> PpoTrainer<'a> {
         let generation_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         self.recompute_old_logprobs(&mut samples)?;
-        self.place_frozen(self.device);
+        self.place_frozen(true, self.device);
         score(&self.rms, self.tok, &self.prompts, &mut samples, self.cfg, self.device)?;
+        self.place_frozen(true, Device::Cpu);
         let (cfg, b) = (self.cfg, self.cfg.generation_batch_size);
+        self.place_frozen(false, self.device);
         let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, self.device);
-        self.place_frozen(Device::Cpu);
+        self.place_frozen(false, Device::Cpu);
         let vals = values(&self.value, &self.prompts, &samples, b, self.device);
         let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
@@ -329,10 +334,12 @@ impl<'a> PpoTrainer<'a> {
             generation_seconds += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             self.recompute_old_logprobs(&mut samples)?;
-            self.place_frozen(device);
+            self.place_frozen(true, device);
             score(&self.rms, self.tok, &self.prompts, &mut samples, cfg, device)?;
+            self.place_frozen(true, Device::Cpu);
+            self.place_frozen(false, device);
             let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
-            self.place_frozen(Device::Cpu);
+            self.place_frozen(false, Device::Cpu);
             let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
             scoring_seconds += t1.elapsed().as_secs_f64();
             mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
@@ -555,7 +562,7 @@ impl<'a> PpoTrainer<'a> {
 
     /// Held-out evaluation: responses to the eval prompts with a fixed seed, their mean
     /// `LOGIT(Rc)`, their KL to the reference and, on the demo world, the ground truth.
-    pub fn evaluate(&self) -> Result<Option<EvalResult>> {
+    pub fn evaluate(&mut self) -> Result<Option<EvalResult>> {
         let cfg = self.cfg;
         let n = cfg.eval_max_prompts.unwrap_or(usize::MAX).min(self.eval_prompts.len());
         if n == 0 {
@@ -568,9 +575,13 @@ impl<'a> PpoTrainer<'a> {
             chunk += 1;
             SplitMix64::for_step(cfg.train.seed ^ EVAL_SEED, chunk).next_u64()
         })?;
-        score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device)?;
+        self.place_frozen(true, self.device);
+        let scored = score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device);
+        self.place_frozen(true, Device::Cpu);
+        scored?;
         let m = samples.len() as f64;
         let kl = if cfg.eval_temperature > 0.0 {
+            self.place_frozen(false, self.device);
             let ref_lp = reference_logprobs(
                 &self.reference,
                 &self.eval_prompts,
@@ -579,6 +590,7 @@ impl<'a> PpoTrainer<'a> {
                 cfg.generation_batch_size,
                 self.device,
             );
+            self.place_frozen(false, Device::Cpu);
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
             let lp = pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
             Some(f64::try_from((lp - ref_lp).sum(Kind::Float))? / m)
@@ -668,10 +680,7 @@ impl Stage for PpoTrainer<'_> {
         self.iteration(step)
     }
     fn evaluate(&mut self, steps: u64) -> Result<Option<Evaluation>> {
-        self.place_frozen(self.device);
-        let e = PpoTrainer::evaluate(self);
-        self.place_frozen(Device::Cpu);
-        let Some(e) = e? else { return Ok(None) };
+        let Some(e) = PpoTrainer::evaluate(self)? else { return Ok(None) };
         let out = Evaluation { value: e.reward, record: e.record() };
         match steps {
             0 => self.initial_eval = Some(e),

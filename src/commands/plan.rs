@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use llama::{Config, DeviceSpec, Dtype};
 use std::path::{Path, PathBuf};
-use training::plan::{causal_lm_params, frozen, kv_cache, largest_fitting, parse_bytes, trained, trunk_params, StagePlan, Training};
+use training::plan::{causal_lm_params, frozen, kv_cache, largest_fitting, parked, parse_bytes, trained, trunk_params, StagePlan, Training};
 use training::TrainConfig;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +67,7 @@ fn training_of(t: &TrainConfig, world: i64, seq_len: i64, head_positions: i64) -
         zero_stage: t.zero_stage,
         world_size: world,
         offload: t.optimizer_offload == training::config::Offload::Cpu,
+        lora_params: None,
     }
 }
 
@@ -86,9 +87,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
             };
             let (t, seq) = (c.train.clone(), c.max_seq_len as i64);
             let mb = t.micro_batch_size as i64;
+            let lora_params = c.lora.as_ref().map(|l| l.num_parameters(&m));
             (
                 Box::new(move |b| {
-                    let tr = Training { micro_batch: b, ..training_of(&t, w, seq, seq) };
+                    let tr = Training { micro_batch: b, lora_params, ..training_of(&t, w, seq, seq) };
                     StagePlan::new(vec![trained("policy", &m, causal_lm_params(&m), true, &tr)], 0.0)
                 }),
                 mb,
@@ -101,9 +103,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
             // A pair is one row: the prompt and both replies (up to twice max_seq_len).
             let seq = 2 * c.max_seq_len as i64;
             let mb = t.micro_batch_size as i64;
+            let lora_params = c.lora.as_ref().map(|l| l.num_parameters(&m) + m.hidden_size);
             (
                 Box::new(move |b| {
-                    let tr = Training { micro_batch: b, ..training_of(&t, w, seq, 0) };
+                    let tr = Training { micro_batch: b, lora_params, ..training_of(&t, w, seq, 0) };
                     StagePlan::new(vec![trained("reward model", &m, trunk_params(&m) + m.hidden_size, false, &tr)], 0.0)
                 }),
                 mb,
@@ -123,20 +126,31 @@ pub fn run(a: PlanArgs) -> Result<()> {
             let (prompt, new) = (c.max_prompt_len as i64, c.max_new_tokens as i64);
             let gen_batch = c.generation_batch_size as i64;
             let mb = t.micro_batch_size as i64;
+            let lora = c.lora.clone();
+            let held = move |role: &str, params: i64, bytes: f64, group: u8| {
+                if c.offload_frozen {
+                    parked(role, params, bytes, group)
+                } else {
+                    frozen(role, params, bytes)
+                }
+            };
             (
                 Box::new(move |b| {
                     let tr = Training { micro_batch: b, ..training_of(&t, w, prompt + new, new) };
                     let bytes = tr.dtype_bytes;
+                    let tr_policy = Training { lora_params: lora.as_ref().map(|l| l.num_parameters(&policy)), ..tr.clone() };
+                    let tr_value = Training { lora_params: lora.as_ref().map(|l| l.num_parameters(&value) + value.hidden_size), ..tr };
                     let mut models = vec![
-                        trained("policy", &policy, causal_lm_params(&policy), true, &tr),
-                        trained("value", &value, trunk_params(&value) + value.hidden_size, false, &tr),
-                        frozen("reference", causal_lm_params(&policy), bytes),
+                        trained("policy", &policy, causal_lm_params(&policy), true, &tr_policy),
+                        trained("value", &value, trunk_params(&value) + value.hidden_size, false, &tr_value),
+                        held("reference", causal_lm_params(&policy), bytes, 1),
                     ];
                     for (i, r) in rms.iter().enumerate() {
-                        models.push(frozen(
+                        models.push(held(
                             if i == 0 { "reward model 1" } else { "reward model 2" },
                             trunk_params(r) + r.hidden_size,
                             bytes,
+                            2,
                         ));
                     }
                     StagePlan::new(models, kv_cache(&policy, gen_batch, prompt + new, bytes))

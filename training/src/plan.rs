@@ -45,6 +45,9 @@ pub struct Training {
     pub zero_stage: u8,
     pub world_size: i64,
     pub offload: bool,
+    /// LoRA: the trainable (adapter) parameters; gradients and optimizer state are theirs only,
+    /// the base weights stay (frozen) on the device.
+    pub lora_params: Option<i64>,
 }
 
 /// Bytes of one model of a stage, by kind; `host` is what lives off the device (offload).
@@ -60,19 +63,30 @@ pub struct ModelBytes {
     pub activations_without_checkpointing: f64,
     pub logits: f64,
     pub host: f64,
+    /// A frozen model kept in host memory and brought to the device only to score a rollout,
+    /// together with the other models of the same group (PPO: 1 the reference, 2 the reward models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parked: Option<u8>,
 }
 
 impl ModelBytes {
     /// Bytes on the device.
     pub fn device_total(&self) -> f64 {
-        self.weights + self.gradients + self.fp32_gradient_sums + self.optimizer + self.activations + self.logits
+        self.static_bytes() + self.activations + self.logits
+    }
+
+    /// Bytes held on the device for the whole stage (a parked model's weights are not).
+    pub fn static_bytes(&self) -> f64 {
+        let weights = if self.parked.is_some() { 0.0 } else { self.weights };
+        weights + self.gradients + self.fp32_gradient_sums + self.optimizer
     }
 }
 
 /// The bytes of a model trained as `t`; `params` from [`causal_lm_params`] or [`trunk_params`]
 /// (+ a head).
 pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Training) -> ModelBytes {
-    let p = params as f64;
+    let base = params as f64;
+    let p = t.lora_params.unwrap_or(params) as f64;
     let (d, i, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64);
     let tokens = (t.micro_batch * t.seq_len) as f64;
     let sharded = t.zero_stage > 0 && t.world_size > 1;
@@ -86,7 +100,7 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
     ModelBytes {
         role: role.into(),
         params,
-        weights: p * t.dtype_bytes,
+        weights: (base + if t.lora_params.is_some() { p } else { 0.0 }) * t.dtype_bytes,
         gradients: p * t.dtype_bytes,
         fp32_gradient_sums: if t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1 { 4.0 * p } else { 0.0 },
         optimizer: if t.offload { 0.0 } else { state },
@@ -94,12 +108,20 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
         activations_without_checkpointing: plain,
         logits,
         host: if t.offload { state } else { 0.0 },
+        parked: None,
     }
 }
 
 /// A frozen model: its weights only.
 pub fn frozen(role: &str, params: i64, dtype_bytes: f64) -> ModelBytes {
     ModelBytes { role: role.into(), params, weights: params as f64 * dtype_bytes, ..Default::default() }
+}
+
+/// A frozen model parked in host memory between uses (PPO's `offload_frozen`), brought to the
+/// device with the other models of its `group`.
+pub fn parked(role: &str, params: i64, dtype_bytes: f64, group: u8) -> ModelBytes {
+    let w = params as f64 * dtype_bytes;
+    ModelBytes { role: role.into(), params, weights: w, host: w, parked: Some(group), ..Default::default() }
 }
 
 /// Bytes of a KV cache for `batch` sequences of `len` tokens.
@@ -119,11 +141,14 @@ pub struct StagePlan {
 }
 
 impl StagePlan {
-    /// The peak: every model's static bytes, plus the larger of the trained models' activations
-    /// and logits (one model trains at a time) and the generation KV cache.
+    /// The peak: every model's static bytes, plus the largest of the trained models' activations
+    /// and logits (one model trains at a time), the generation KV cache, and the largest group of
+    /// parked frozen models (on the device together while they score a rollout).
     pub fn new(models: Vec<ModelBytes>, kv_cache: f64) -> StagePlan {
-        let static_bytes: f64 = models.iter().map(|m| m.weights + m.gradients + m.fp32_gradient_sums + m.optimizer).sum();
-        let working = models.iter().map(|m| m.activations + m.logits).fold(0.0, f64::max).max(kv_cache);
+        let static_bytes: f64 = models.iter().map(ModelBytes::static_bytes).sum();
+        let group = |g: u8| models.iter().filter(|m| m.parked == Some(g)).map(|m| m.weights).sum::<f64>();
+        let scoring = (0..=u8::MAX).map(group).fold(0.0, f64::max);
+        let working = models.iter().map(|m| m.activations + m.logits).fold(0.0, f64::max).max(kv_cache).max(scoring);
         let host = models.iter().map(|m| m.host).sum();
         StagePlan { models, kv_cache, runtime: RUNTIME_OVERHEAD, device_peak: static_bytes + working + RUNTIME_OVERHEAD, host }
     }
@@ -182,6 +207,7 @@ mod tests {
             zero_stage: 0,
             world_size: 1,
             offload: false,
+            lora_params: None,
         }
     }
 
@@ -223,7 +249,7 @@ mod tests {
         assert_eq!(z2.optimizer, 16.0 * p as f64 / 8.0, "a shard of the state and of the fp32 gradient");
         let off = trained("policy", &cfg, p, true, &Training { offload: true, ..base.clone() });
         assert_eq!((off.optimizer, off.host), (0.0, 12.0 * p as f64));
-        let acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, ..base });
+        let acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, ..base.clone() });
         assert_eq!(acc.fp32_gradient_sums, 4.0 * p as f64);
     }
 
@@ -237,5 +263,23 @@ mod tests {
         let budget = plan(6).device_peak + 1.0;
         assert_eq!(largest_fitting(budget, 1024, plan), Some(6));
         assert_eq!(largest_fitting(1.0, 1024, plan), None);
+    }
+
+    #[test]
+    fn lora_keeps_the_base_weights_and_trains_only_the_adapter_and_parked_models_leave_the_device() {
+        let cfg = Config::preset("7b").unwrap();
+        let p = causal_lm_params(&cfg);
+        let q = 4_000_000;
+        let tr = Training { dtype_bytes: 2.0, lora_params: Some(q), ..t(1, 4096, true) };
+        let m = trained("policy", &cfg, p, true, &tr);
+        assert_eq!(m.weights, 2.0 * (p + q) as f64, "frozen base plus the adapter, in bf16");
+        assert_eq!(m.gradients, 2.0 * q as f64);
+        assert_eq!(m.optimizer, 12.0 * q as f64, "fp32 masters and moments of the adapter only");
+        let frozen_ref = frozen("reference", p, 2.0);
+        let parked_ref = parked("reference", p, 2.0, 1);
+        let on = StagePlan::new(vec![m.clone(), frozen_ref], 0.0);
+        let off = StagePlan::new(vec![m, parked_ref], 0.0);
+        assert!(off.device_peak < on.device_peak, "parked weights are not held while training");
+        assert_eq!(off.host, 2.0 * p as f64);
     }
 }
