@@ -1,16 +1,16 @@
-//! Batched sampling with the KV cache: greedy (temperature 0), temperature, top-k, top-p, max new
-//! tokens, per-sequence stop at EOS, seeded and reproducible.
+//! Sampling with the KV cache: greedy (temperature 0), temperature, top-k, top-p, max new
+//! tokens, per-sequence stop at EOS, seeded and reproducible. The batching lives in the rollout
+//! engine ([`crate::engine`]); this module holds the sampler and the `generate` entry point.
 //!
-//! Prompts are left-padded into one batch and prefilled once; with `num_samples = K` the prefilled
-//! cache is expanded to K rows per prompt (rejection sampling's best-of-K), so a prompt is never
-//! encoded K times. Every sampled token comes with its log-probability, which PPO and rejection
+//! Each prompt is prefilled once; with `num_samples = K` its cache rows are copied into the K
+//! slots of its samples (rejection sampling's best-of-K), so a prompt is never encoded K times. Every sampled token comes with its log-probability, which PPO and rejection
 //! sampling need: it is the log-probability under the temperature-scaled model distribution
 //! *before* top-k/top-p truncation (`log_softmax(logits / T)`; at T = 0, of the raw logits), i.e.
 //! exactly what a training forward recomputes from the same logits and temperature.
+use crate::engine::{self, EngineConfig, Request, RowOutput};
 use crate::error::{LlamaError, Result};
-use crate::model::{positions_from_mask, KvCache, Llama, Mask};
+use crate::model::Llama;
 use crate::rng::SplitMix64;
-use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// How to sample. The Llama-2-Chat reference defaults are temperature 0.6, top-p 0.9.
@@ -66,11 +66,22 @@ impl GenerateOutput {
 /// Picks the next token of every row from last-position logits `[B, V]` (float32), drawing the
 /// uniforms from `rng`. Returns the tokens `[B]` (int64) and their log-probabilities `[B]` (float32).
 pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut SplitMix64) -> (Tensor, Tensor) {
-    if p.temperature <= 0.0 {
-        let tok = logits.argmax(-1, false);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &tok.unsqueeze(1), false).squeeze_dim(1);
-        return (tok, lp);
-    }
+    let u = (p.temperature > 0.0)
+        .then(|| Tensor::from_slice(&rng.uniforms(logits.size()[0] as usize)).unsqueeze(1).to_device(logits.device()));
+    sample_with_uniforms(logits, p, u.as_ref())
+}
+
+/// [`sample_next`] with the uniforms given, `[B, 1]` (any float kind, on the logits' device; unused
+/// when greedy): the engine keeps each row's uniforms on the device, so a step copies nothing.
+pub fn sample_with_uniforms(logits: &Tensor, p: &SamplingParams, uniform: Option<&Tensor>) -> (Tensor, Tensor) {
+    let u = match uniform {
+        Some(u) if p.temperature > 0.0 => u,
+        _ => {
+            let tok = logits.argmax(-1, false);
+            let lp = logits.log_softmax(-1, Kind::Float).gather(1, &tok.unsqueeze(1), false).squeeze_dim(1);
+            return (tok, lp);
+        }
+    };
     let scaled = logits / p.temperature;
     let logp = scaled.log_softmax(-1, Kind::Float);
     let mut filtered = scaled;
@@ -89,8 +100,7 @@ pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut SplitMix64) ->
         let sorted = sorted.masked_fill(&drop, f64::NEG_INFINITY);
         filtered = filtered.scatter(-1, &idx, &sorted);
     }
-    let u = Tensor::from_slice(&rng.uniforms(filtered.size()[0] as usize)).unsqueeze(1).to_device(filtered.device());
-    let tok = sample_categorical(&filtered.softmax(-1, Kind::Float), &u);
+    let tok = sample_categorical(&filtered.softmax(-1, Kind::Float), u);
     let lp = logp.gather(1, &tok, false).squeeze_dim(1);
     (tok.squeeze_dim(1), lp)
 }
@@ -107,120 +117,40 @@ pub fn sample_categorical(probs: &Tensor, uniform: &Tensor) -> Tensor {
     u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(v - 1)
 }
 
-/// Samples continuations of `prompts` (token ids, BOS included by the caller).
+/// Samples continuations of `prompts` (token ids, BOS included by the caller) with the rollout
+/// engine ([`crate::engine`], continuous batching over all rows with compaction). Prompt i draws
+/// from the stream seeded `engine::prompt_seed(p.seed, i)`, sample j of it from
+/// `engine::row_rng(that, j)`: a row's tokens do not depend on the other prompts of the call.
 pub fn generate(model: &Llama, prompts: &[Vec<u32>], p: &SamplingParams) -> Result<GenerateOutput> {
-    let _guard = tch::no_grad_guard();
-    if prompts.is_empty() {
-        return Ok(GenerateOutput { tokens: vec![], logprobs: vec![], finished: vec![], prefill_seconds: 0.0, decode_seconds: 0.0 });
-    }
-    if let Some(i) = prompts.iter().position(|x| x.is_empty()) {
-        return Err(LlamaError::Invalid(format!("prompt {i} is empty (it needs at least BOS)")));
-    }
-    if p.num_samples == 0 {
-        return Err(LlamaError::Invalid("num_samples must be at least 1".into()));
-    }
-    let cfg = &model.cfg;
-    let device = model.device();
-    let n = prompts.len() as i64;
-    let k = p.num_samples as i64;
-    let l = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let max_new = p.max_new_tokens as i64;
-    if l + max_new > cfg.max_position_embeddings {
-        return Err(LlamaError::Invalid(format!(
-            "prompt length {l} + max new tokens {max_new} exceeds max_position_embeddings {}",
-            cfg.max_position_embeddings
-        )));
-    }
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as i64 >= cfg.vocab_size) {
-        return Err(LlamaError::Invalid(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
-    }
-    let mut rng = SplitMix64::new(p.seed);
-    let start = Instant::now();
-
-    // Left-pad with id 0; pad positions are masked as keys and never read.
-    let mut ids = vec![0i64; (n * l) as usize];
-    let mut valid = vec![false; (n * l) as usize];
-    for (i, prompt) in prompts.iter().enumerate() {
-        let off = i * l as usize + (l as usize - prompt.len());
-        for (j, &t) in prompt.iter().enumerate() {
-            ids[off + j] = t as i64;
-            valid[off + j] = true;
-        }
-    }
-    let padded = prompts.iter().any(|x| x.len() as i64 != l);
-    let ids = Tensor::from_slice(&ids).view([n, l]).to_device(device);
-    let valid = Tensor::from_slice(&valid).view([n, l]).to_device(device);
-    let positions = positions_from_mask(&valid);
-    let mut cache = KvCache::new(cfg, n, l + max_new, device, model.kind());
-    let mask = if padded { Mask::padded_causal(&valid, 0, l) } else { Mask::Causal };
-    let hidden = model.forward(&ids, &positions, &mask, Some(&mut cache));
-    let mut logits = model.lm_logits(&hidden.select(1, l - 1));
-    let mut next_pos = positions.select(1, l - 1) + 1;
-    let mut key_valid = Tensor::cat(&[valid, Tensor::ones([n, max_new], (Kind::Bool, device))], 1);
-    if k > 1 {
-        cache = cache.repeat_interleave(k);
-        logits = logits.repeat_interleave_self_int(k, 0, None);
-        next_pos = next_pos.repeat_interleave_self_int(k, 0, None);
-        key_valid = key_valid.repeat_interleave_self_int(k, 0, None);
-    }
-    let b = n * k;
-    if device.is_cuda() {
-        tch::Cuda::synchronize(device_index(device));
-    }
-    let prefill_seconds = start.elapsed().as_secs_f64();
-    let decode_start = Instant::now();
-
-    let eos = p.eos_token_id;
-    let out_tokens = Tensor::full([b, max_new.max(1)], eos, (Kind::Int64, device));
-    let out_lp = Tensor::zeros([b, max_new.max(1)], (Kind::Float, device));
-    let mut finished = Tensor::zeros([b], (Kind::Bool, device));
-    let mut steps = 0i64;
-    for step in 0..max_new {
-        let (mut tok, mut lp) = sample_next(&logits, p, &mut rng);
-        if p.stop_at_eos {
-            tok = tok.where_self(&finished.logical_not(), &Tensor::from(eos).to_device(device));
-            lp = lp.masked_fill(&finished, 0.0);
-        }
-        out_tokens.select(1, step).copy_(&tok);
-        out_lp.select(1, step).copy_(&lp);
-        steps = step + 1;
-        if p.stop_at_eos {
-            finished = finished.logical_or(&tok.eq(eos));
-            // One host sync every few steps is enough to notice that every row is done.
-            if (step % 4 == 3 || step + 1 == max_new) && bool::try_from(finished.all()).unwrap_or(false) {
-                break;
-            }
-        }
-        if step + 1 == max_new {
-            break;
-        }
-        let s = cache.len() + 1;
-        let mask = if padded { Mask::Explicit(key_valid.narrow(1, 0, s).view([b, 1, 1, s])) } else { Mask::None };
-        let hidden = model.forward(&tok.unsqueeze(1), &next_pos.unsqueeze(1), &mask, Some(&mut cache));
-        logits = model.lm_logits(&hidden.squeeze_dim(1));
-        next_pos += 1;
-    }
-    let toks: Vec<i64> = Vec::try_from(out_tokens.narrow(1, 0, steps).to_device(tch::Device::Cpu).reshape([-1]))?;
-    let lps: Vec<f32> = Vec::try_from(out_lp.narrow(1, 0, steps).to_device(tch::Device::Cpu).reshape([-1]))?;
-    let decode_seconds = decode_start.elapsed().as_secs_f64();
-    let mut tokens = Vec::with_capacity(b as usize);
-    let mut logprobs = Vec::with_capacity(b as usize);
-    let mut fin = Vec::with_capacity(b as usize);
-    for r in 0..b as usize {
-        let row = &toks[r * steps as usize..(r + 1) * steps as usize];
-        let lrow = &lps[r * steps as usize..(r + 1) * steps as usize];
-        let end = if p.stop_at_eos { row.iter().position(|&t| t == eos).map(|i| i + 1) } else { None };
-        let len = end.unwrap_or(row.len());
-        tokens.push(row[..len].iter().map(|&t| t as u32).collect());
-        logprobs.push(lrow[..len].to_vec());
-        fin.push(end.is_some());
-    }
-    Ok(GenerateOutput { tokens, logprobs, finished: fin, prefill_seconds, decode_seconds })
+    generate_with(model, prompts, p, &EngineConfig::default())
 }
 
-fn device_index(d: tch::Device) -> i64 {
-    match d {
-        tch::Device::Cuda(i) => i as i64,
-        _ => 0,
+/// [`generate`] with the engine's batching spelled out (slots, schedule, static or continuous).
+pub fn generate_with(model: &Llama, prompts: &[Vec<u32>], p: &SamplingParams, ec: &EngineConfig) -> Result<GenerateOutput> {
+    let requests: Vec<Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Request { prompt: x, seed: engine::prompt_seed(p.seed, i as u64), expected_new_tokens: None })
+        .collect();
+    let k = p.num_samples.max(1);
+    let mut rows: Vec<Option<RowOutput>> = vec![None; prompts.len() * k];
+    let stats = engine::run(model, &requests, p, ec, |r: RowOutput| -> Result<()> {
+        let i = r.request * k + r.sample;
+        rows[i] = Some(r);
+        Ok(())
+    })?;
+    let mut out = GenerateOutput {
+        tokens: Vec::with_capacity(rows.len()),
+        logprobs: Vec::with_capacity(rows.len()),
+        finished: Vec::with_capacity(rows.len()),
+        prefill_seconds: stats.prefill_seconds,
+        decode_seconds: stats.decode_seconds,
+    };
+    for (i, r) in rows.into_iter().enumerate() {
+        let r = r.ok_or_else(|| LlamaError::Invalid(format!("the engine returned no row {i}")))?;
+        out.tokens.push(r.tokens);
+        out.logprobs.push(r.logprobs);
+        out.finished.push(r.finished);
     }
+    Ok(out)
 }
