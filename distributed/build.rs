@@ -32,7 +32,7 @@ fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
 }
 
 fn main() {
-    for f in ["native/bridge.cpp", "native/bridge.h", "native/nccl.cpp", "native/nccl_stub.cpp", "vendor"] {
+    for f in ["native/bridge.cpp", "native/bridge.h", "native/kernels.cpp", "native/nccl.cpp", "native/nccl_stub.cpp", "vendor"] {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -58,7 +58,7 @@ fn main() {
         b
     };
     let mut bridge = base();
-    bridge.define("USE_C10D_GLOO", None).file("native/bridge.cpp");
+    bridge.define("USE_C10D_GLOO", None).file("native/bridge.cpp").file("native/kernels.cpp");
     match cuda_includes(&lib) {
         Some(dirs) => {
             let mut nccl = base();

@@ -36,10 +36,16 @@ def main():
     conf = json.load(open(os.path.join(a.adapter, "adapter_config.json")))
     base_dir = a.base or conf["base_model_name_or_path"]
     torch.manual_seed(0)
-    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # A reward or value model's adapter (SEQ_CLS) sits on a causal LM or a reward model; its
+    # `score` head comes from the adapter (modules_to_save).
+    seq_cls = conf.get("task_type") == "SEQ_CLS"
+    auto = transformers.AutoModelForSequenceClassification if seq_cls else transformers.AutoModelForCausalLM
+    kwargs = {"num_labels": 1} if seq_cls else {}
+    base = auto.from_pretrained(base_dir, dtype=torch.float32, **kwargs)
     base.eval()
     vocab = base.config.vocab_size
-    ids = torch.randint(3, vocab, (2, 24), generator=torch.Generator().manual_seed(0))
+    # One row for a scalar head: HF pools at the last non-pad token, which needs a pad id otherwise.
+    ids = torch.randint(3, vocab, (1 if seq_cls else 2, 24), generator=torch.Generator().manual_seed(0))
     base_logits = logits(base, ids)
 
     model = peft.PeftModel.from_pretrained(base, a.adapter)
@@ -51,10 +57,14 @@ def main():
         # PEFT stores "base_model.model.<module>.lora_A.weight"; in the live model the adapter
         # name sits before ".weight" ("...lora_A.default.weight").
         live = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
+        if ".lora_" not in key:  # modules_to_save: the trained copy of the module
+            stem, leaf = key.rsplit(".", 1)
+            live = f"{stem}.modules_to_save.default.{leaf}"
         if live not in state or not torch.equal(state[live].float(), value.float()):
             unmatched.append(key)
     peft_logits = logits(model, ids)
     out = {
+        "task_type": conf.get("task_type"),
         "peft_version": peft.__version__,
         "transformers_version": transformers.__version__,
         "adapter_tensors": len(saved),
@@ -66,7 +76,7 @@ def main():
     ok = not unmatched and out["max_abs_diff_peft_vs_base"] > a.tolerance
     ok = ok and out["max_abs_diff_peft_vs_merge_and_unload"] <= a.tolerance
     if a.merged:
-        ours = transformers.AutoModelForCausalLM.from_pretrained(a.merged, dtype=torch.float32)
+        ours = auto.from_pretrained(a.merged, dtype=torch.float32, **kwargs)
         ours.eval()
         out["max_abs_diff_peft_vs_rlhf_merged"] = (logits(ours, ids) - peft_logits).abs().max().item()
         ok = ok and out["max_abs_diff_peft_vs_rlhf_merged"] <= a.tolerance

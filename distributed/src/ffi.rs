@@ -211,3 +211,37 @@ impl Drop for Group {
         unsafe { rlhf_c10d_group_free(self.0) }
     }
 }
+
+extern "C" {
+    fn rlhf_flash_varlen(
+        q: *const c_void,
+        k: *const c_void,
+        v: *const c_void,
+        cu_seqlens: *const c_void,
+        max_len: i64,
+        scale: f64,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rlhf_release_grad(tensor: *mut c_void, err: *mut *mut c_char) -> c_int;
+}
+
+/// Drops `t`'s gradient (`zero_grad(set_to_none=True)`): `t.grad()` is undefined until the next
+/// backward allocates it again.
+pub fn release_grad(t: &Tensor) -> Result<(), String> {
+    call(|err| unsafe { rlhf_release_grad(t.as_ptr() as *mut c_void, err) })
+}
+
+/// Variable-length causal FlashAttention (`at::_flash_attention_forward` with cumulative
+/// sequence lengths): `q` `[N, H, hd]`, `k`/`v` `[N, KV, hd]`, `cu_seqlens` int32 `[S + 1]` on the
+/// same CUDA device; returns `[N, H, hd]`, differentiable. Errors on a CPU tensor or an
+/// unsupported dtype (the kernel takes fp16 and bf16).
+pub fn flash_varlen(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &Tensor, max_len: i64, scale: f64) -> Result<Tensor, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    call(|err| unsafe {
+        rlhf_flash_varlen(tensor_ptr(q), tensor_ptr(k), tensor_ptr(v), tensor_ptr(cu_seqlens), max_len, scale, &mut out, err)
+    })?;
+    // SAFETY: on success the bridge returned a new heap `at::Tensor*` that nothing else owns;
+    // tch's `Tensor` takes it over (and frees it on drop).
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}

@@ -18,6 +18,11 @@
 mod ffi;
 
 pub use ffi::ReduceOp;
+
+/// Kernels libtorch has and tch 0.24 does not bind (compiled in `native/kernels.cpp`).
+pub mod kernels {
+    pub use crate::ffi::{flash_varlen, release_grad};
+}
 use ffi::{Group, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -123,8 +123,31 @@ impl Attention {
             Mask::Causal => (None, t > 1),
             Mask::None => (None, false),
             Mask::Explicit(m) => (Some(m), false),
+            Mask::Varlen { cu_seqlens, max_len, dense } => {
+                if cache.is_none() && flash_varlen_eligible(x) {
+                    return self.attend_varlen(x, (cos, sin), cu_seqlens, *max_len);
+                }
+                (Some(dense), false)
+            }
         };
         self.attend(x, x, (cos, sin), (cos, sin), attn_mask, is_causal, cache)
+    }
+
+    /// Packed sequences through variable-length FlashAttention (CUDA, fp16/bf16): the
+    /// `[B, T]` rows are one stream of `B·T` tokens cut at `cu_seqlens`; no `[B, 1, T, T]` mask,
+    /// and grouped-query heads stay grouped (the kernel reads K/V heads directly).
+    fn attend_varlen(&self, x: &Tensor, rope: (&Tensor, &Tensor), cu_seqlens: &Tensor, max_len: i64) -> Tensor {
+        let (b, t, _) = x.size3().expect("hidden states must be [B, T, D]");
+        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]);
+        let q = apply_rope(&q, rope.0, rope.1).transpose(1, 2).reshape([b * t, self.n_heads, self.head_dim]);
+        let k = apply_rope(&k, rope.0, rope.1).transpose(1, 2).reshape([b * t, self.n_kv, self.head_dim]);
+        let v = v.reshape([b * t, self.n_kv, self.head_dim]);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y = distributed::kernels::flash_varlen(&q, &k, &v, cu_seqlens, max_len, scale)
+            .unwrap_or_else(|e| panic!("variable-length flash attention failed (set RLHF_FLASH_VARLEN=0 to use the masked path): {e}"));
+        self.o_proj.forward(&y.reshape([b, t, self.n_heads * self.head_dim]))
     }
 
     /// Attention of the queries from `xq` `[B, R, D]` over the keys and values from `xkv`
@@ -151,7 +174,16 @@ impl Attention {
             Some(c) => c.append(&k, &v),
             None => (k, v),
         };
-        let gqa = self.n_kv != self.n_heads;
+        let mut gqa = self.n_kv != self.n_heads;
+        let (k, v) = if gqa && attn_mask.is_some() && q.device().is_cuda() {
+            // With a mask, SDPA's grouped-query support is the math kernel's only: give the
+            // memory-efficient kernel its full heads instead (70B: 8 KV heads for 64).
+            gqa = false;
+            let rep = self.n_heads / self.n_kv;
+            (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+        } else {
+            (k, v)
+        };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None::<f64>, gqa);
         let y = y.transpose(1, 2).reshape([b, r, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
@@ -220,7 +252,9 @@ impl DecoderLayer {
                 Some(k_pos.le_tensor(&read.view([b, 1, r, 1])))
             }
             Mask::None => None,
-            Mask::Explicit(m) => Some(m.gather(2, &read.view([b, 1, r, 1]).expand([b, 1, r, m.size()[3]], false), false)),
+            Mask::Explicit(m) | Mask::Varlen { dense: m, .. } => {
+                Some(m.gather(2, &read.view([b, 1, r, 1]).expand([b, 1, r, m.size()[3]], false), false))
+            }
         };
         let a = self.self_attn.attend(&pick(&xn), &xn, (&cos_q, &sin_q), (cos, sin), rows.as_ref(), false, None);
         let h = pick(x) + a;
@@ -237,6 +271,40 @@ pub enum Mask {
     None,
     /// A boolean mask `[B, 1, T, S]`, true where attention is allowed.
     Explicit(Tensor),
+    /// Packed sequences on CUDA ([`Mask::packed`]): variable-length FlashAttention over the
+    /// cumulative sequence lengths `cu_seqlens` (int32 `[S + 1]` over the flattened `B·T` tokens;
+    /// `max_len` the longest); `dense` is the same mask as `Explicit`, for the paths the kernel
+    /// does not serve (a KV cache, float32, the scalar heads' last layer).
+    Varlen { cu_seqlens: Tensor, max_len: i64, dense: Tensor },
+}
+
+/// Whether packed rows on `x`'s device and dtype go through variable-length FlashAttention:
+/// CUDA, fp16 or bf16, and not turned off with `RLHF_FLASH_VARLEN=0`.
+fn flash_varlen_eligible(x: &Tensor) -> bool {
+    x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half) && std::env::var("RLHF_FLASH_VARLEN").as_deref() != Ok("0")
+}
+
+/// The runs of equal segment id of each row of `segment_ids` `[B, T]` as cumulative lengths over
+/// the flattened `B·T` tokens (int32 `[S + 1]`), and the longest run: the sequences of packed rows
+/// as variable-length attention sees them (padding forms runs of its own, attended by nothing else).
+pub fn cu_seqlens(segment_ids: &Tensor) -> (Tensor, i64) {
+    let (b, t) = segment_ids.size2().expect("segment ids must be [B, T]");
+    let device = segment_ids.device();
+    let n = b * t;
+    let flat = segment_ids.reshape([n]);
+    let row = Tensor::arange(n, (Kind::Int64, device)).divide_scalar_mode(t, "floor");
+    let change = flat.narrow(0, 1, n - 1).ne_tensor(&flat.narrow(0, 0, n - 1)).logical_or(&row.narrow(0, 1, n - 1).ne_tensor(&row.narrow(
+        0,
+        0,
+        n - 1,
+    )));
+    let starts = change.nonzero().squeeze_dim(1) + 1;
+    let zero = Tensor::zeros([1], (Kind::Int64, device));
+    let end = Tensor::full([1], n, (Kind::Int64, device));
+    let cu = Tensor::cat(&[zero, starts, end], 0);
+    let lens = cu.narrow(0, 1, cu.size()[0] - 1) - cu.narrow(0, 0, cu.size()[0] - 1);
+    let max_len = i64::try_from(lens.max()).unwrap_or(t);
+    (cu.to_kind(Kind::Int), max_len)
 }
 
 impl Mask {
@@ -258,13 +326,20 @@ impl Mask {
 
     /// Block-diagonal causal mask for packed sequences: `segment_ids` `[B, T]`, a query sees earlier
     /// keys of its own segment only.
+    /// On CUDA the mask is [`Mask::Varlen`]: half-precision attention then runs as
+    /// variable-length FlashAttention over the segments instead of a `[B, 1, T, T]` mask.
     pub fn packed(segment_ids: &Tensor) -> Mask {
         let t = segment_ids.size()[1];
         let device = segment_ids.device();
         let pos = Tensor::arange(t, (Kind::Int64, device));
         let causal = pos.unsqueeze(0).le_tensor(&pos.unsqueeze(1));
         let same = segment_ids.unsqueeze(2).eq_tensor(&segment_ids.unsqueeze(1));
-        Mask::Explicit(same.logical_and(&causal.unsqueeze(0)).unsqueeze(1))
+        let dense = same.logical_and(&causal.unsqueeze(0)).unsqueeze(1);
+        if device.is_cuda() && std::env::var("RLHF_FLASH_VARLEN").as_deref() != Ok("0") {
+            let (cu_seqlens, max_len) = cu_seqlens(segment_ids);
+            return Mask::Varlen { cu_seqlens, max_len, dense };
+        }
+        Mask::Explicit(dense)
     }
 }
 

@@ -400,7 +400,25 @@ impl AdamW {
 
     /// One AdamW update at learning rate `lr`. Parameters without a gradient are left alone.
     /// (Call [`AdamW::clip_grad_norm`] first: in a distributed run it sums the gradients.)
+    /// Afterwards the gradients and their fp32 sums are released (PyTorch's
+    /// `zero_grad(set_to_none=True)`): they take memory only from a backward to the update, not
+    /// while a stage generates, scores or evaluates.
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        let r = self.update(lr);
+        self.release_grads()?;
+        r
+    }
+
+    /// Drops every parameter's gradient and fp32 sum; the next backward allocates them anew.
+    pub fn release_grads(&mut self) -> Result<()> {
+        for p in &mut self.params {
+            p.acc = None;
+            distributed::kernels::release_grad(&p.var).map_err(TrainError::Config)?;
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.cfg.beta1.powi(t);

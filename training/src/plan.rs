@@ -72,13 +72,19 @@ pub struct ModelBytes {
 impl ModelBytes {
     /// Bytes on the device.
     pub fn device_total(&self) -> f64 {
-        self.static_bytes() + self.activations + self.logits
+        self.static_bytes() + self.training_bytes()
     }
 
-    /// Bytes held on the device for the whole stage (a parked model's weights are not).
+    /// Bytes held on the device for the whole stage (a parked model's weights are not;
+    /// gradients live only from a backward to the update, [`ModelBytes::training_bytes`]).
     pub fn static_bytes(&self) -> f64 {
         let weights = if self.parked.is_some() { 0.0 } else { self.weights };
-        weights + self.gradients + self.fp32_gradient_sums + self.optimizer
+        weights + self.optimizer
+    }
+
+    /// What the model adds while it trains: gradients, their fp32 sums, activations and logits.
+    pub fn training_bytes(&self) -> f64 {
+        self.gradients + self.fp32_gradient_sums + self.activations + self.logits
     }
 }
 
@@ -141,14 +147,16 @@ pub struct StagePlan {
 }
 
 impl StagePlan {
-    /// The peak: every model's static bytes, plus the largest of the trained models' activations
-    /// and logits (one model trains at a time), the generation KV cache, and the largest group of
-    /// parked frozen models (on the device together while they score a rollout).
+    /// The peak: every model's static bytes (weights, optimizer state on the device), plus the
+    /// largest of: one trained model's gradients, fp32 sums, activations and logits (one model
+    /// trains at a time and AdamW releases its gradients after the update), the generation KV
+    /// cache, and the largest group of parked frozen models (on the device together while they
+    /// score a rollout).
     pub fn new(models: Vec<ModelBytes>, kv_cache: f64) -> StagePlan {
         let static_bytes: f64 = models.iter().map(ModelBytes::static_bytes).sum();
         let group = |g: u8| models.iter().filter(|m| m.parked == Some(g)).map(|m| m.weights).sum::<f64>();
         let scoring = (0..=u8::MAX).map(group).fold(0.0, f64::max);
-        let working = models.iter().map(|m| m.activations + m.logits).fold(0.0, f64::max).max(kv_cache).max(scoring);
+        let working = models.iter().map(ModelBytes::training_bytes).fold(0.0, f64::max).max(kv_cache).max(scoring);
         let host = models.iter().map(|m| m.host).sum();
         StagePlan { models, kv_cache, runtime: RUNTIME_OVERHEAD, device_peak: static_bytes + working + RUNTIME_OVERHEAD, host }
     }
