@@ -32,6 +32,9 @@ enum Command {
     /// Data: validate, import, demo world, RM mixtures, tokenized cache.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Human preference annotation: export pairs, the rating web page, import ratings.
+    #[command(subcommand)]
+    Annotate(commands::annotate::AnnotateCommand),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
@@ -71,6 +74,7 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Data(c) => commands::data::run(c),
+        Command::Annotate(c) => commands::annotate::run(c),
         Command::Sft(a) => a.run(sft::SftConfig::validate, sft::run),
         Command::Pipeline(c) => commands::pipeline::run(c),
         Command::Reward(c) => commands::reward::run(c),

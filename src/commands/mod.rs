@@ -1,4 +1,5 @@
 //! One file per subcommand.
+pub mod annotate;
 pub mod bench;
 pub mod config;
 pub mod convert;
