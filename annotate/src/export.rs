@@ -103,8 +103,11 @@ impl Groups {
     }
 }
 
-/// One row: its prompt, kind and candidates (`None` for a row the sampler skipped).
-fn parse_row(v: &Value, default_model: &str) -> Result<Option<(Vec<Message>, Option<PreferenceKind>, Vec<Candidate>)>, FieldError> {
+/// A row's prompt, kind and candidates.
+type Row = (Vec<Message>, Option<PreferenceKind>, Vec<Candidate>);
+
+/// One row (`None` for a row the sampler skipped).
+fn parse_row(v: &Value, default_model: &str) -> Result<Option<Row>, FieldError> {
     let obj = object(v)?;
     let p = prompt(obj, "prompt")?;
     datasets::validate::check_prompt(&PromptRecord { prompt: p.clone(), is_safety: false })?;
@@ -312,12 +315,14 @@ mod tests {
     fn generic_candidates_and_a_single_model_fall_back_to_any_pair() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "cands.jsonl", &[serde_json::json!({"prompt": "Q", "candidates": ["a", {"text": "b"}, "c"]})]);
-        let (pairs, s) = export(&[f.clone()], &ExportOptions { per_prompt: 10, max_pairs: Some(2), ..Default::default() }).unwrap();
+        let (pairs, s) =
+            export(std::slice::from_ref(&f), &ExportOptions { per_prompt: 10, max_pairs: Some(2), ..Default::default() }).unwrap();
         assert_eq!((s.pairs, s.same_model_pairs), (2, 2));
         assert_eq!(pairs[0].model_a.as_deref(), Some("cands"));
         // Both orders of a and b occur over seeds.
-        let firsts: HashSet<String> =
-            (0..16).map(|seed| export(&[f.clone()], &ExportOptions { seed, ..Default::default() }).unwrap().0[0].reply_a.clone()).collect();
+        let firsts: HashSet<String> = (0..16)
+            .map(|seed| export(std::slice::from_ref(&f), &ExportOptions { seed, ..Default::default() }).unwrap().0[0].reply_a.clone())
+            .collect();
         assert!(firsts.len() > 1);
     }
 
