@@ -145,3 +145,26 @@ fn ppo_rejects_bad_configs() {
     let err = run_err(rlhf().args(["ppo", "--out", "x", "--set", "temperature=0", "--config"]).arg(&bad));
     assert!(err.contains("temperature"), "{err}");
 }
+
+/// `offload_frozen` scores with one reward model at a time (on a GPU each is moved onto it for
+/// its pass only): the scores, and so the whole run, are those of scoring with both at once.
+#[test]
+fn offload_frozen_scores_one_reward_model_at_a_time_with_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, cfg) = setup(tmp.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut cmd = rlhf();
+        cmd.args(["ppo", "--config"]).arg(&cfg).args(["--set", "iterations=3", "--set", "train.eval_every=3"]);
+        for e in extra {
+            cmd.args(["--set", e]);
+        }
+        run_ok(cmd.arg("--out").arg(&out));
+        out
+    };
+    let (a, b) = (run("together", &[]), run("one_at_a_time", &["offload_frozen=true"]));
+    assert_eq!(std::fs::read(a.join("samples.jsonl")).unwrap(), std::fs::read(b.join("samples.jsonl")).unwrap(), "scores differ");
+    for f in ["final/model.safetensors", "final_value/model.safetensors"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs");
+    }
+}

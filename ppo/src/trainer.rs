@@ -214,19 +214,58 @@ impl<'a> PpoTrainer<'a> {
         })
     }
 
-    /// Moves the frozen reward models (`rms`) or the reference to `device` (`offload_frozen` on
-    /// a GPU run: onto the GPU to score, back to host memory after; one group at a time).
-    fn place_frozen(&mut self, rms: bool, device: Device) {
-        if !(self.cfg.offload_frozen && self.device.is_cuda()) {
-            return;
-        }
-        if rms {
-            for m in [&mut self.rms.helpfulness, &mut self.rms.safety].into_iter().flatten() {
-                m.vs.set_device(device);
-            }
-        } else {
+    /// Moves the frozen reference to `device` (`offload_frozen` on a GPU run: onto the GPU to
+    /// score, back to host memory after).
+    fn place_reference(&mut self, device: Device) {
+        if self.cfg.offload_frozen && self.device.is_cuda() {
             self.reference.vs.set_device(device);
         }
+    }
+
+    /// Scores `samples` of the training (or, `eval`, the held-out) prompts with the reward
+    /// models ([`score`]). With `offload_frozen` and two reward models, one model at a time: the
+    /// helpfulness scores of every sample, then the safety scores (each model on the GPU only for
+    /// its pass), combined as [`score`] combines them; the same batches in the same order, so the
+    /// same raw scores.
+    fn score_samples(&mut self, eval: bool, samples: &mut [crate::rollout::Sample]) -> Result<()> {
+        let (cfg, device) = (self.cfg, self.device);
+        let park = cfg.offload_frozen && device.is_cuda();
+        let all = if eval { &self.eval_prompts } else { &self.prompts };
+        let place = |m: Option<&mut ScalarModel>, to: Device| {
+            if let (true, Some(m)) = (park, m) {
+                m.vs.set_device(to);
+            }
+        };
+        if !(cfg.offload_frozen && self.rms.helpfulness.is_some() && self.rms.safety.is_some()) {
+            place(self.rms.helpfulness.as_mut(), device);
+            place(self.rms.safety.as_mut(), device);
+            let r = score(&self.rms, self.tok, all, samples, cfg, device);
+            place(self.rms.helpfulness.as_mut(), Device::Cpu);
+            place(self.rms.safety.as_mut(), Device::Cpu);
+            return r;
+        }
+        let mut raws: Vec<Vec<Option<f64>>> = Vec::with_capacity(2);
+        for helpfulness in [true, false] {
+            let (keep, other) =
+                if helpfulness { (&mut self.rms.helpfulness, &mut self.rms.safety) } else { (&mut self.rms.safety, &mut self.rms.helpfulness) };
+            let aside = other.take();
+            place(keep.as_mut(), device);
+            let r = score(&self.rms, self.tok, all, samples, cfg, device);
+            let (keep, other) =
+                if helpfulness { (&mut self.rms.helpfulness, &mut self.rms.safety) } else { (&mut self.rms.safety, &mut self.rms.helpfulness) };
+            place(keep.as_mut(), Device::Cpu);
+            *other = aside;
+            r?;
+            raws.push(samples.iter().map(|s| if helpfulness { s.helpfulness_raw } else { s.safety_raw }).collect());
+        }
+        for (i, s) in samples.iter_mut().enumerate() {
+            s.helpfulness_raw = raws[0][i];
+            s.safety_raw = raws[1][i];
+            let (l, source) = crate::reward::combined_logit(s.safety_raw, s.helpfulness_raw, all[s.prompt].record.is_safety, cfg.safety_threshold);
+            s.score = l - if s.finished { 0.0 } else { cfg.missing_eos_penalty.unwrap_or(0.0) };
+            s.source = source;
+        }
+        Ok(())
     }
 
     /// Replaces the sampler's log-probabilities of `samples` by the training model's, from a
@@ -288,13 +327,11 @@ impl<'a> PpoTrainer<'a> {
         let generation_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         self.recompute_old_logprobs(&mut samples)?;
-        self.place_frozen(true, self.device);
-        score(&self.rms, self.tok, &self.prompts, &mut samples, self.cfg, self.device)?;
-        self.place_frozen(true, Device::Cpu);
+        self.score_samples(false, &mut samples)?;
         let (cfg, b) = (self.cfg, self.cfg.generation_batch_size);
-        self.place_frozen(false, self.device);
+        self.place_reference(self.device);
         let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, self.device);
-        self.place_frozen(false, Device::Cpu);
+        self.place_reference(Device::Cpu);
         let vals = values(&self.value, &self.prompts, &samples, b, self.device);
         let mut ro = Rollout::new(samples, ref_lp, vals, cfg, self.device);
         ro.generation_seconds = generation_seconds;
@@ -334,12 +371,10 @@ impl<'a> PpoTrainer<'a> {
             generation_seconds += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             self.recompute_old_logprobs(&mut samples)?;
-            self.place_frozen(true, device);
-            score(&self.rms, self.tok, &self.prompts, &mut samples, cfg, device)?;
-            self.place_frozen(true, Device::Cpu);
-            self.place_frozen(false, device);
+            self.score_samples(false, &mut samples)?;
+            self.place_reference(device);
             let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
-            self.place_frozen(false, Device::Cpu);
+            self.place_reference(Device::Cpu);
             let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
             scoring_seconds += t1.elapsed().as_secs_f64();
             mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
@@ -575,13 +610,10 @@ impl<'a> PpoTrainer<'a> {
             chunk += 1;
             SplitMix64::for_step(cfg.train.seed ^ EVAL_SEED, chunk).next_u64()
         })?;
-        self.place_frozen(true, self.device);
-        let scored = score(&self.rms, self.tok, &self.eval_prompts, &mut samples, cfg, self.device);
-        self.place_frozen(true, Device::Cpu);
-        scored?;
+        self.score_samples(true, &mut samples)?;
         let m = samples.len() as f64;
         let kl = if cfg.eval_temperature > 0.0 {
-            self.place_frozen(false, self.device);
+            self.place_reference(self.device);
             let ref_lp = reference_logprobs(
                 &self.reference,
                 &self.eval_prompts,
@@ -590,7 +622,7 @@ impl<'a> PpoTrainer<'a> {
                 cfg.generation_batch_size,
                 self.device,
             );
-            self.place_frozen(false, Device::Cpu);
+            self.place_reference(Device::Cpu);
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.logprobs.as_slice()).collect();
             let lp = pad_rows(&rows, ref_lp.size()[1] as usize, self.device);
             Some(f64::try_from((lp - ref_lp).sum(Kind::Float))? / m)

@@ -5,7 +5,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use llama::{Config, DeviceSpec, Dtype};
 use std::path::{Path, PathBuf};
-use training::plan::{causal_lm_params, frozen, kv_cache, largest_fitting, parked, parse_bytes, trained, trunk_params, StagePlan, Training};
+use training::plan::{
+    causal_lm_params, frozen, kv_cache, largest_fitting, parked, parse_bytes, trained, trunk_params, StagePlan, Training,
+};
 use training::TrainConfig;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,7 +152,8 @@ pub fn run(a: PlanArgs) -> Result<()> {
                             if i == 0 { "reward model 1" } else { "reward model 2" },
                             trunk_params(r) + r.hidden_size,
                             bytes,
-                            2,
+                            // Offloaded reward models score one at a time.
+                            2 + i as u8,
                         ));
                     }
                     StagePlan::new(models, kv_cache(&policy, gen_batch, prompt + new, bytes))

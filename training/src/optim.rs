@@ -104,6 +104,10 @@ pub struct AdamW {
     /// A backward may have left gradients since the last [`AdamW::flush`] (it is a no-op otherwise:
     /// clipping and the update both flush).
     unflushed: bool,
+    /// Where the fp32 gradient sums of a step with several micro-batches live: host memory with
+    /// an offloaded optimizer in one process (they are the optimizer's input there), else beside
+    /// the weights.
+    sums_on: Option<Device>,
 }
 
 /// Weight decay applies to matrices, not to norm gains (or any 1-D tensor).
@@ -204,7 +208,8 @@ impl AdamW {
             }
             _ => None,
         };
-        Ok(AdamW { cfg, params, step: 0, sharded, dist, unflushed: true })
+        let sums_on = if dist.is_none() { offload } else { None };
+        Ok(AdamW { cfg, params, step: 0, sharded, dist, unflushed: true, sums_on })
     }
 
     pub fn num_parameters(&self) -> i64 {
@@ -272,11 +277,12 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                let at = self.sums_on.unwrap_or(g.device());
                 match &mut p.acc {
                     Some(a) => {
-                        let _ = a.g_add_(&g.to_kind(Kind::Float));
+                        let _ = a.g_add_(&g.to_kind(Kind::Float).to_device(at));
                     }
-                    None => p.acc = Some(g.to_kind(Kind::Float)),
+                    None => p.acc = Some(g.to_kind(Kind::Float).to_device(at)),
                 }
                 let _ = g.zero_();
             }

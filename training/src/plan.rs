@@ -99,6 +99,7 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
     let w = if sharded { t.world_size as f64 } else { 1.0 };
     let masters = if t.dtype_bytes != 4.0 || t.offload { 4.0 } else { 0.0 };
     let state = (masters + 8.0) * p / w + if sharded { 4.0 * p / w } else { 0.0 };
+    let sums = t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1;
     let per_layer = tokens * (10.0 * d + 4.0 * i) * t.dtype_bytes;
     let plain = l * per_layer;
     let checkpointed = l * tokens * d * t.dtype_bytes + per_layer;
@@ -108,12 +109,13 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
         params,
         weights: (base + if t.lora_params.is_some() { p } else { 0.0 }) * t.dtype_bytes,
         gradients: p * t.dtype_bytes,
-        fp32_gradient_sums: if t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1 { 4.0 * p } else { 0.0 },
+        // With an offloaded optimizer in one process the sums live in host memory too.
+        fp32_gradient_sums: if sums && !(t.offload && t.world_size == 1) { 4.0 * p } else { 0.0 },
         optimizer: if t.offload { 0.0 } else { state },
         activations: if t.gradient_checkpointing { checkpointed } else { plain },
         activations_without_checkpointing: plain,
         logits,
-        host: if t.offload { state } else { 0.0 },
+        host: if t.offload { state + if sums && t.world_size == 1 { 4.0 * p } else { 0.0 } } else { 0.0 },
         parked: None,
     }
 }
@@ -259,6 +261,8 @@ mod tests {
         assert_eq!((off.optimizer, off.host), (0.0, 12.0 * p as f64));
         let acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, ..base.clone() });
         assert_eq!(acc.fp32_gradient_sums, 4.0 * p as f64);
+        let off_acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, offload: true, ..base.clone() });
+        assert_eq!((off_acc.fp32_gradient_sums, off_acc.host), (0.0, 16.0 * p as f64), "offloaded: the sums live on the host too");
     }
 
     #[test]
