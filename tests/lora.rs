@@ -105,8 +105,7 @@ fn lora_sft_resumes_exactly_and_rm_and_ppo_train_adapters_on_its_adapter() {
     let rm = tmp.path().join("rm");
     run_ok(rlhf().args(["reward", "train", "--config"]).arg(&rm_cfg).arg("--out").arg(&rm));
     let rm_final = rm.join("final");
-    let rm_conf: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rm_final.join("adapter_config.json")).unwrap()).unwrap();
+    let rm_conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rm_final.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(rm_conf["task_type"], "SEQ_CLS");
     assert_eq!(rm_conf["modules_to_save"], serde_json::json!(["score"]));
     let rm_files = ck::CheckpointFiles::open_file(&rm_final.join("adapter_model.safetensors")).unwrap();

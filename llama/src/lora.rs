@@ -198,7 +198,8 @@ impl Llama {
             for layer in &mut self.layers {
                 let a = &mut layer.self_attn;
                 let m = &mut layer.mlp;
-                for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+                {
                     if let Some(l) = lin.lora.take() {
                         let delta = l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scale;
                         let merged = lin.weight.to_kind(Kind::Float) + delta;
@@ -249,7 +250,14 @@ fn in_modules(name: &str, modules: &[String]) -> bool {
 
 /// Writes the adapter variables of `vs` (and the `modules_to_save`) as a PEFT adapter folder,
 /// atomically (temp folder, then rename), with `extra_files` (tokenizer) copied in.
-pub fn save_adapter(vs: &nn::VarStore, lc: &LoraConfig, info: &AdapterInfo, dir: &Path, dtype: Kind, extra_files: &[PathBuf]) -> Result<()> {
+pub fn save_adapter(
+    vs: &nn::VarStore,
+    lc: &LoraConfig,
+    info: &AdapterInfo,
+    dir: &Path,
+    dtype: Kind,
+    extra_files: &[PathBuf],
+) -> Result<()> {
     let mut vars: Vec<(String, Tensor)> =
         vs.variables().into_iter().filter(|(n, _)| is_lora(n) || in_modules(n, &info.modules_to_save)).collect();
     if !vars.iter().any(|(n, _)| is_lora(n)) {
@@ -314,7 +322,10 @@ impl SavedAdapter {
         if peft_type != "LORA" {
             return Err(LlamaError::Config { path, msg: format!("peft_type {peft_type:?} is not supported (only LORA)") });
         }
-        let r = field("r")?.as_f64().filter(|r| *r >= 1.0).ok_or_else(|| LlamaError::Config { path: path.clone(), msg: "r must be a positive number".into() })?;
+        let r = field("r")?
+            .as_f64()
+            .filter(|r| *r >= 1.0)
+            .ok_or_else(|| LlamaError::Config { path: path.clone(), msg: "r must be a positive number".into() })?;
         let alpha = field("lora_alpha")?
             .as_f64()
             .filter(|a| *a > 0.0)
@@ -322,10 +333,10 @@ impl SavedAdapter {
         if v.get("use_rslora").and_then(|x| x.as_bool()) == Some(true) || v.get("use_dora").and_then(|x| x.as_bool()) == Some(true) {
             return Err(LlamaError::Config { path, msg: "rsLoRA and DoRA adapters are not supported".into() });
         }
-        let base = field("base_model_name_or_path")?
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| LlamaError::Config { path: path.clone(), msg: "base_model_name_or_path must name the base model's folder".into() })?;
+        let base = field("base_model_name_or_path")?.as_str().filter(|s| !s.is_empty()).ok_or_else(|| LlamaError::Config {
+            path: path.clone(),
+            msg: "base_model_name_or_path must name the base model's folder".into(),
+        })?;
         let base = PathBuf::from(base);
         let base = if base.is_absolute() { base } else { dir.join(base) };
         let files = CheckpointFiles::open_file(&dir.join("adapter_model.safetensors"))?;
@@ -348,7 +359,10 @@ impl SavedAdapter {
         let names = self.names();
         let missing: Vec<&String> = vars.keys().filter(|n| is_lora(n) && !names.contains(n)).collect();
         if !missing.is_empty() {
-            return Err(LlamaError::Checkpoint { dir: self.dir.clone(), msg: format!("adapter lacks {} tensor(s): {missing:?}", missing.len()) });
+            return Err(LlamaError::Checkpoint {
+                dir: self.dir.clone(),
+                msg: format!("adapter lacks {} tensor(s): {missing:?}", missing.len()),
+            });
         }
         tch::no_grad(|| -> Result<()> {
             for n in &names {

@@ -57,7 +57,8 @@ impl Part<'_> {
         match self.lora {
             Some(l) => llama::lora::save_adapter(self.vs, &l.lora, &l.info, dir, dtype, extra_files)?,
             None => {
-                let opts = SaveOptions { architecture: self.architecture.into(), dtype, extra_files: extra_files.to_vec(), ..Default::default() };
+                let opts =
+                    SaveOptions { architecture: self.architecture.into(), dtype, extra_files: extra_files.to_vec(), ..Default::default() };
                 ck::save(self.vs, &self.cfg, dir, &opts)?
             }
         }

@@ -413,13 +413,18 @@ fn save_final(stage: &impl Stage, o: &RunOptions) -> Result<PathBuf> {
             0 => o.run_dir.join("final"),
             _ => o.run_dir.join(format!("final_{}", p.name)),
         };
-        let opts = SaveOptions {
-            architecture: p.architecture.into(),
-            dtype: o.final_dtype,
-            extra_files: o.extra_files.clone(),
-            ..Default::default()
-        };
-        ck::save(p.vs, &p.cfg, &dir, &opts)?;
+        p.save_weights(&dir, o.final_dtype, &o.extra_files)?;
+        if let Some(l) = p.lora.filter(|l| l.lora.merge) {
+            let opts = SaveOptions {
+                architecture: p.architecture.into(),
+                dtype: o.final_dtype,
+                extra_files: o.extra_files.clone(),
+                ..Default::default()
+            };
+            let merged =
+                dir.with_file_name(format!("{}_merged", dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
+            ck::save_merged(p.vs, l.lora.scale(), &p.cfg, &merged, &opts)?;
+        }
     }
     Ok(o.run_dir.join("final"))
 }
@@ -485,7 +490,7 @@ mod tests {
             self.names
                 .iter()
                 .zip(&self.models)
-                .map(|(&name, (vs, opt))| Part { name, vs, opt, cfg: cfg.clone(), architecture: "LlamaForCausalLM" })
+                .map(|(&name, (vs, opt))| Part { name, vs, opt, cfg: cfg.clone(), architecture: "LlamaForCausalLM", lora: None })
                 .collect()
         }
         fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
