@@ -230,6 +230,17 @@ fn server_bounds_requests_and_survives_bad_ones() {
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["pair"]["id"], "p1");
+    // Connections are capped (64 at once): one more is turned away at once, not queued.
+    let stalls: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let (code, body) = raw(&addr, &api(&addr, "/api/next", "{\"annotator\": \"ann\"}"));
+    assert_eq!((code, body.as_str()), (503, "too many connections"));
+    drop(stalls);
     assert!(child.try_wait().unwrap().is_none(), "the server is still up");
     child.kill().unwrap();
     child.wait().unwrap();

@@ -244,12 +244,14 @@ pub fn serve(listener: TcpListener, limits: Limits, handle: Arc<dyn Fn(&Request)
             let _ = write_response(&mut s, &Response::text(503, "too many connections"));
             continue;
         }
-        let (active, handle) = (active.clone(), handle.clone());
+        let (count, handle) = (active.clone(), handle.clone());
         let spawned = std::thread::Builder::new().name("annotate-conn".into()).spawn(move || {
             connection(stream, &limits, handle.as_ref());
-            active.fetch_sub(1, Ordering::SeqCst);
+            count.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
+            // The closure (and the connection) is dropped unrun: give its slot back.
+            active.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("cannot start a connection thread: {e}");
         }
     }
