@@ -383,7 +383,10 @@ pub fn read_ratings(path: &Path, pair_ids: &dyn Fn(&str) -> bool) -> Result<(Rat
 fn read_csv_rows(path: &Path) -> Result<Vec<(At, Option<RatingRow>)>> {
     let bytes = std::fs::read(path).map_err(|e| AnnotateError::io(path, e))?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
-    let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
+    // Spreadsheets saved in a locale with a decimal comma write `;` between cells.
+    let header = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let delimiter = if !header.contains(&b',') && header.contains(&b';') { b';' } else { b',' };
+    let mut r = csv::ReaderBuilder::new().flexible(false).delimiter(delimiter).from_reader(bytes);
     let headers = r.headers().map_err(|e| csv_error(path, e))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
     let need = |name: &str| {
@@ -472,6 +475,17 @@ mod tests {
         for e in [r, u, s] {
             assert_eq!(event_from_json(&e.to_json(99, Some(Side::B))).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn csv_with_semicolons_and_blank_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.csv");
+        std::fs::write(&f, "\u{feff}pair_id;choice;strength;safety\r\np1;B;Better;both unsafe\r\np2;;;\r\n").unwrap();
+        let (log, stats) = read_ratings(&f, &|_| true).unwrap();
+        let r: Vec<&RatingRow> = log.ratings().collect();
+        assert_eq!((r.len(), stats.blank_rows), (1, 1));
+        assert_eq!((r[0].choice, r[0].strength, r[0].safety), (Side::B, Rating::Better, Some(SafetyBin::BothUnsafe)));
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     overlap: usize,
     /// Shared secret for the page (at least 16 characters, e.g. `openssl rand -hex 16`);
-    /// required off loopback. Prefer the environment variable: arguments show in `ps`.
+    /// required off loopback. Or set RLHF_ANNOTATE_TOKEN, which `ps` does not show.
     #[arg(long)]
     token: Option<String>,
     /// Draws the order each annotator sees a pair's replies in.
