@@ -269,3 +269,41 @@ fn a_token_is_required_once_set() {
     );
     assert!(e.contains("at least 16 characters"), "{e}");
 }
+
+/// The sample log as rejection sampling itself writes it (`SampleLog::append` of `PromptSamples`),
+/// not a copy of its format: export must keep reading it as that format changes.
+#[test]
+fn export_reads_the_real_sample_log() {
+    use rejection_sampling::shard::SampleLog;
+    use rejection_sampling::{prompt_key, PromptSamples, Sample};
+    let dir = tempfile::tempdir().unwrap();
+    let record = |it: usize, t: f64, texts: &[&str]| {
+        let prompt = vec![llama::Message::system("Be brief."), llama::Message::user("Name a prime number.")];
+        PromptSamples {
+            key: prompt_key(&prompt),
+            prompt,
+            is_safety: false,
+            iteration: it,
+            temperature: t,
+            samples: texts
+                .iter()
+                .map(|s| Sample { text: s.to_string(), tokens: 3, finished: true, reward: 0.25, helpfulness: Some(0.5), safety: None })
+                .collect(),
+            best: Some(0),
+            skipped: None,
+            generation_seconds: 0.1,
+            scoring_seconds: 0.1,
+        }
+    };
+    let logs = [dir.path().join("samples-iter1.jsonl"), dir.path().join("samples-iter2.jsonl")];
+    SampleLog::open(&logs[0]).unwrap().append(vec![record(1, 1.0, &["7", "9"])]).unwrap();
+    SampleLog::open(&logs[1]).unwrap().append(vec![record(2, 0.6, &["13"])]).unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    let s = json_line(&run_ok(rlhf().args(["annotate", "export"]).args(&logs).arg("--out").arg(&pairs).args(["--per-prompt", "5"])));
+    assert_eq!((s["prompts"].as_u64(), s["pairs"].as_u64(), s["cross_model_pairs"].as_u64()), (Some(1), Some(2), Some(2)), "{s}");
+    let row: Value = serde_json::from_str(std::fs::read_to_string(&pairs).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(row["prompt"][0]["role"], "system");
+    assert_eq!(row["kind"], "helpfulness");
+    let models = [row["model_a"].as_str().unwrap(), row["model_b"].as_str().unwrap()];
+    assert!(models.contains(&"iter2@t0.6") && models.contains(&"iter1@t1"), "{models:?}");
+}
