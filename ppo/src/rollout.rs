@@ -6,7 +6,8 @@ use crate::math::{gae, kl_penalty, masked_mean, masked_whiten, token_rewards};
 use crate::models::{response_logprobs, response_values, Policy, ScalarModel, SeqBatch};
 use crate::reward::RewardSource;
 use datasets::PromptRecord;
-use llama::{generate, SamplingParams, Tokenizer};
+use llama::engine::{self, EngineConfig, Request, RowOutput};
+use llama::{SamplingParams, Tokenizer};
 use reward::combine::{logit, sigmoid, RewardScorer, ScoreOrder, ScorerSpec};
 use tch::{Device, Kind, Tensor};
 use training::TrainError;
@@ -43,7 +44,12 @@ pub struct RewardModels {
     pub safety: Option<ScalarModel>,
 }
 
-/// Samples responses to `prompts` (indices into `all`), `samples` each, in batches of `batch` prompts.
+/// Samples responses to `prompts` (indices into `all`), `samples` each, with the rollout engine:
+/// `batch` prompts' rows decode at once, and a slot whose row has ended takes the next prompt
+/// (continuous batching across the whole list). `seed()` is called once per `batch` prompts, in
+/// order, as when each batch was sampled on its own; prompt i of batch b draws from
+/// `engine::prompt_seed(seed_b, i)`, so a batch sampled alone (one rank of a distributed run)
+/// gives the same tokens. Samples come back in prompt order.
 pub fn sample(
     policy: &Policy,
     tok: &Tokenizer,
@@ -53,24 +59,34 @@ pub fn sample(
     batch: usize,
     mut seed: impl FnMut() -> u64,
 ) -> Result<Vec<Sample>> {
-    let mut out = Vec::with_capacity(prompts.len() * p.num_samples);
+    let k = p.num_samples.max(1);
+    let mut requests = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].ids.clone()).collect();
-        let g = generate(&policy.model, &ids, &SamplingParams { seed: seed(), ..p.clone() })?;
-        for (r, ((tokens, logprobs), finished)) in g.tokens.into_iter().zip(g.logprobs).zip(g.finished).enumerate() {
-            let text = tok.decode(&tokens)?;
-            out.push(Sample {
-                prompt: chunk[r / p.num_samples],
-                response: tokens,
-                text,
-                finished,
-                logprobs,
-                safety_raw: None,
-                helpfulness_raw: None,
-                score: 0.0,
-                source: RewardSource::Helpfulness,
-            });
+        let s = seed();
+        for (i, &pi) in chunk.iter().enumerate() {
+            requests.push(Request { prompt: &all[pi].ids, seed: engine::prompt_seed(s, i as u64), expected_new_tokens: None });
         }
+    }
+    let mut rows: Vec<Option<RowOutput>> = vec![None; requests.len() * k];
+    engine::run(&policy.model, &requests, p, &EngineConfig::continuous(batch.max(1) * k), |r: RowOutput| -> Result<()> {
+        let i = r.request * k + r.sample;
+        rows[i] = Some(r);
+        Ok(())
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        let r = r.ok_or_else(|| TrainError::Config(format!("the rollout engine returned no row {i}")))?;
+        out.push(Sample {
+            prompt: prompts[r.request],
+            text: tok.decode(&r.tokens)?,
+            response: r.tokens,
+            finished: r.finished,
+            logprobs: r.logprobs,
+            safety_raw: None,
+            helpfulness_raw: None,
+            score: 0.0,
+            source: RewardSource::Helpfulness,
+        });
     }
     Ok(out)
 }

@@ -1,11 +1,13 @@
-//! Best-of-K sampling and scoring of one prompt batch: each prompt is prefilled once and its KV
-//! cache expanded to K rows (`num_samples`), every reply is scored by the reward models, and the
+//! Best-of-K sampling and scoring of one prompt batch: the rollout engine (`llama::engine`)
+//! prefills each prompt once into the K slots of its samples and decodes the batch with
+//! continuous batching; every reply is scored by the reward models, and the
 //! samples are ranked by Llama 2's combined reward `R_c` (Section 3.2.3), as
 //! [`reward::combine::RewardScorer`] gives it (the scorer PPO uses too).
 use crate::error::Result;
 use crate::select::{best_index, prompt_key, PromptSamples, Sample};
 use datasets::PromptRecord;
-use llama::{generate, Llama, SamplingParams, Tokenizer};
+use llama::engine::{self, EngineConfig, Request, RowOutput};
+use llama::{Llama, SamplingParams, Tokenizer};
 use reward::combine::RewardScorer;
 use std::time::Instant;
 
@@ -51,10 +53,23 @@ pub fn sample_batch(
         num_samples: spec.k,
     };
     let t0 = Instant::now();
-    let out = generate(policy, &ids, &params)?;
-    let gen_seconds = t0.elapsed().as_secs_f64();
     let sampled: Vec<&PromptRecord> = prompts.iter().zip(&fits).filter(|(_, &f)| f).map(|(p, _)| *p).collect();
-    let texts = out.tokens.iter().map(|t| tok.decode(t).map(|s| s.trim().to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
+    // Each prompt's draws come from its own stream, keyed by the batch seed and the prompt itself:
+    // the samples do not depend on which other prompts of the batch are still to be sampled.
+    let requests: Vec<Request> = ids
+        .iter()
+        .zip(&sampled)
+        .map(|(x, p)| Request { prompt: x, seed: prompt_stream(spec.seed, &prompt_key(&p.prompt)), expected_new_tokens: None })
+        .collect();
+    let mut rows: Vec<Option<RowOutput>> = vec![None; requests.len() * spec.k];
+    engine::run(policy, &requests, &params, &EngineConfig::default(), |r: RowOutput| -> Result<()> {
+        let i = r.request * spec.k + r.sample;
+        rows[i] = Some(r);
+        Ok(())
+    })?;
+    let out: Vec<RowOutput> = rows.into_iter().flatten().collect();
+    let gen_seconds = t0.elapsed().as_secs_f64();
+    let texts = out.iter().map(|r| tok.decode(&r.tokens).map(|s| s.trim().to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
     let t1 = Instant::now();
     let items: Vec<(&PromptRecord, &str)> = texts.iter().enumerate().map(|(r, t)| (sampled[r / spec.k], t.as_str())).collect();
     let scores = scorer.score(tok, &items)?;
@@ -86,8 +101,8 @@ pub fn sample_batch(
             let s = scores[row];
             r.samples.push(Sample {
                 text: texts[row].clone(),
-                tokens: out.tokens[row].len(),
-                finished: out.finished[row],
+                tokens: out[row].tokens.len(),
+                finished: out[row].finished,
                 reward: s.rc,
                 helpfulness: s.helpfulness,
                 safety: s.safety,
@@ -100,6 +115,13 @@ pub fn sample_batch(
         results.push(r);
     }
     Ok(results)
+}
+
+/// The draw stream of a prompt of a batch seeded `batch_seed`, from the prompt's key.
+pub fn prompt_stream(batch_seed: u64, key: &str) -> u64 {
+    // FNV-1a of the key, mixed into the batch seed.
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    engine::prompt_seed(batch_seed, h)
 }
 
 /// A stream seed for (iteration, batch, temperature), so that each batch samples the same way
