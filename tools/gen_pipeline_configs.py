@@ -45,8 +45,8 @@ def sft(size):
 def ppo(size, policy, beta):
     subs = {'policy': f'"{policy}"', 'helpfulness_rm': '"${rm_helpfulness}"', 'safety_rm': '"${rm_safety}"', 'kl_beta': beta}
     if size == '13B':
-        # `rlhf plan --stage ppo --preset 13b`: 85.7 GB at generation batch 32 / micro-batch 8;
-        # generation batch 16 and micro-batches of 4 (still 64 per mini-batch) fit 80 GB.
+        # `rlhf plan --stage ppo --preset 13b`: 92.4 GB at generation batch 32 / micro-batch 8;
+        # generation batch 16 and micro-batches of 4 (still 64 per mini-batch): 82.9 GB of 85.9 (80 GiB).
         subs.update({'generation_batch_size': '16', 'micro_batch_size': '4', 'grad_accumulation': '16'})
     t = body('ppo-llama2-7b.toml', subs)
     return stage('ppo', 'ppo', t, f'PPO on top of the rejection-sampling policy (V5), Section 3.2.3: beta {beta}, lr 1e-6,\n512 prompts per iteration in mini-batches of 64.')
