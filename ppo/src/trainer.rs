@@ -246,13 +246,19 @@ impl<'a> PpoTrainer<'a> {
         }
         let mut raws: Vec<Vec<Option<f64>>> = Vec::with_capacity(2);
         for helpfulness in [true, false] {
-            let (keep, other) =
-                if helpfulness { (&mut self.rms.helpfulness, &mut self.rms.safety) } else { (&mut self.rms.safety, &mut self.rms.helpfulness) };
+            let (keep, other) = if helpfulness {
+                (&mut self.rms.helpfulness, &mut self.rms.safety)
+            } else {
+                (&mut self.rms.safety, &mut self.rms.helpfulness)
+            };
             let aside = other.take();
             place(keep.as_mut(), device);
             let r = score(&self.rms, self.tok, all, samples, cfg, device);
-            let (keep, other) =
-                if helpfulness { (&mut self.rms.helpfulness, &mut self.rms.safety) } else { (&mut self.rms.safety, &mut self.rms.helpfulness) };
+            let (keep, other) = if helpfulness {
+                (&mut self.rms.helpfulness, &mut self.rms.safety)
+            } else {
+                (&mut self.rms.safety, &mut self.rms.helpfulness)
+            };
             place(keep.as_mut(), Device::Cpu);
             *other = aside;
             r?;
@@ -261,7 +267,8 @@ impl<'a> PpoTrainer<'a> {
         for (i, s) in samples.iter_mut().enumerate() {
             s.helpfulness_raw = raws[0][i];
             s.safety_raw = raws[1][i];
-            let (l, source) = crate::reward::combined_logit(s.safety_raw, s.helpfulness_raw, all[s.prompt].record.is_safety, cfg.safety_threshold);
+            let (l, source) =
+                crate::reward::combined_logit(s.safety_raw, s.helpfulness_raw, all[s.prompt].record.is_safety, cfg.safety_threshold);
             s.score = l - if s.finished { 0.0 } else { cfg.missing_eos_penalty.unwrap_or(0.0) };
             s.source = source;
         }
