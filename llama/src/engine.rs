@@ -266,7 +266,13 @@ pub fn run<E: From<LlamaError>>(
     let total_rows = requests.len() * k;
     // Whole prompts only (their K rows share one prefill): a multiple of K, at least K.
     let slots = if ec.slots == 0 { total_rows } else { (ec.slots.max(k) / k * k).min(total_rows) };
-    let sync_every = if ec.sync_every > 0 { ec.sync_every } else if device.is_cuda() { 4 } else { 1 };
+    let sync_every = if ec.sync_every > 0 {
+        ec.sync_every
+    } else if device.is_cuda() {
+        4
+    } else {
+        1
+    };
     let capacity = (max_len + max_new) as i64;
     let eos = p.eos_token_id;
     let greedy = p.temperature <= 0.0;
@@ -344,12 +350,15 @@ pub fn run<E: From<LlamaError>>(
             since_sync = 0;
             stats.syncs += 1;
             let ended: Vec<bool> = Vec::try_from(s.ended.to_device(Device::Cpu)).map_err(LlamaError::from)?;
-            done = (0..s.rows.len()).filter(|&i| s.rows[i].is_some() && (ended[i] || s.rows[i].is_some_and(|r| r.steps >= max_new))).collect();
+            done =
+                (0..s.rows.len()).filter(|&i| s.rows[i].is_some() && (ended[i] || s.rows[i].is_some_and(|r| r.steps >= max_new))).collect();
         }
         if !done.is_empty() {
             let idx = index_tensor(&done, device);
-            let toks: Vec<i64> = Vec::try_from(s.out_tokens.index_select(0, &idx).to_device(Device::Cpu).reshape([-1])).map_err(LlamaError::from)?;
-            let lps: Vec<f32> = Vec::try_from(s.out_logprobs.index_select(0, &idx).to_device(Device::Cpu).reshape([-1])).map_err(LlamaError::from)?;
+            let toks: Vec<i64> =
+                Vec::try_from(s.out_tokens.index_select(0, &idx).to_device(Device::Cpu).reshape([-1])).map_err(LlamaError::from)?;
+            let lps: Vec<f32> =
+                Vec::try_from(s.out_logprobs.index_select(0, &idx).to_device(Device::Cpu).reshape([-1])).map_err(LlamaError::from)?;
             for (n, &slot) in done.iter().enumerate() {
                 let row = s.rows[slot].take().unwrap_or(Row { request: 0, sample: 0, steps: 0, pos: 0 });
                 let t = &toks[n * max_new..n * max_new + row.steps];
@@ -383,7 +392,11 @@ pub fn run<E: From<LlamaError>>(
         // 5. One decode step: every row feeds its token at its own position.
         let bsz = s.rows.len() as i64;
         let span = s.rows.iter().flatten().map(|r| r.pos).max().unwrap_or(0) + 1;
-        let tok = if bsz == tok.size()[0] { tok } else { s.out_tokens.gather(1, &s.step.clamp_max(max_new as i64 - 1).unsqueeze(1), false).squeeze_dim(1) };
+        let tok = if bsz == tok.size()[0] {
+            tok
+        } else {
+            s.out_tokens.gather(1, &s.step.clamp_max(max_new as i64 - 1).unsqueeze(1), false).squeeze_dim(1)
+        };
         s.cache.set_row_positions(&s.pos, span);
         let keys = Tensor::arange(span, (Kind::Int64, device)).view([1, 1, 1, span]);
         let mask = Mask::Explicit(keys.le_tensor(&s.pos.view([bsz, 1, 1, 1])));

@@ -66,8 +66,8 @@ impl GenerateOutput {
 /// Picks the next token of every row from last-position logits `[B, V]` (float32), drawing the
 /// uniforms from `rng`. Returns the tokens `[B]` (int64) and their log-probabilities `[B]` (float32).
 pub fn sample_next(logits: &Tensor, p: &SamplingParams, rng: &mut SplitMix64) -> (Tensor, Tensor) {
-    let u = (p.temperature > 0.0)
-        .then(|| Tensor::from_slice(&rng.uniforms(logits.size()[0] as usize)).unsqueeze(1).to_device(logits.device()));
+    let u =
+        (p.temperature > 0.0).then(|| Tensor::from_slice(&rng.uniforms(logits.size()[0] as usize)).unsqueeze(1).to_device(logits.device()));
     sample_with_uniforms(logits, p, u.as_ref())
 }
 

@@ -18,8 +18,8 @@ pub mod nll;
 
 pub use config::{Config, HfConfig};
 pub use device::{default_kind, parse_device, Compute, DeviceSpec, Dtype};
-pub use error::LlamaError;
 pub use engine::{EngineConfig, EngineStats, Request, RowOutput, Schedule};
+pub use error::LlamaError;
 pub use generate::{generate, generate_with, GenerateOutput, SamplingParams};
 pub use llama_text::{chat, rng, tokenizer, tokenizer_build};
 pub use llama_text::{encode_dialog, AssistantMask, ChatTokens, Message, Role, TextError, Tokenizer};

@@ -76,7 +76,8 @@ fn greedy_rows_equal_each_row_decoded_alone_under_every_batching() {
     let (unstopped, _, _) = run(&m, &reqs, &free, &EngineConfig::static_batches(0));
     let eos = eos_for(&unstopped);
     let p = SamplingParams { stop_at_eos: true, eos_token_id: eos as i64, ..free };
-    let alone: Vec<RowOutput> = reqs.iter().map(|r| run(&m, std::slice::from_ref(r), &p, &EngineConfig::static_batches(1)).0.remove(0)).collect();
+    let alone: Vec<RowOutput> =
+        reqs.iter().map(|r| run(&m, std::slice::from_ref(r), &p, &EngineConfig::static_batches(1)).0.remove(0)).collect();
     let lengths: std::collections::HashSet<usize> = alone.iter().map(|r| r.tokens.len()).collect();
     assert!(lengths.len() >= 3, "rows should end at different lengths: {lengths:?}");
     let mut worst = 0f32;
@@ -106,8 +107,17 @@ fn greedy_rows_equal_each_row_decoded_alone_under_every_batching() {
 fn sampled_rows_depend_only_on_their_own_stream() {
     let (_vs, m) = peaked_model();
     let ps = prompts();
-    let reqs: Vec<Request> = ps.iter().enumerate().map(|(i, x)| Request { prompt: x, seed: 1000 + i as u64, expected_new_tokens: None }).collect();
-    let free = SamplingParams { max_new_tokens: 16, temperature: 1.0, top_p: 0.95, top_k: 40, num_samples: 3, stop_at_eos: false, ..Default::default() };
+    let reqs: Vec<Request> =
+        ps.iter().enumerate().map(|(i, x)| Request { prompt: x, seed: 1000 + i as u64, expected_new_tokens: None }).collect();
+    let free = SamplingParams {
+        max_new_tokens: 16,
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 40,
+        num_samples: 3,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     let (unstopped, _, _) = run(&m, &reqs, &free, &EngineConfig::static_batches(0));
     // K samples of a prompt differ (their own streams) ...
     assert!(unstopped.chunks(3).all(|c| c[0].tokens != c[1].tokens || c[1].tokens != c[2].tokens));
@@ -140,7 +150,8 @@ fn sampled_rows_depend_only_on_their_own_stream() {
     }
     // `generate` gives prompt i the seed `prompt_seed(seed, i)`.
     let g = generate(&m, &ps, &SamplingParams { seed: 5, ..p.clone() }).unwrap();
-    let reqs5: Vec<Request> = ps.iter().enumerate().map(|(i, x)| Request { prompt: x, seed: prompt_seed(5, i as u64), expected_new_tokens: None }).collect();
+    let reqs5: Vec<Request> =
+        ps.iter().enumerate().map(|(i, x)| Request { prompt: x, seed: prompt_seed(5, i as u64), expected_new_tokens: None }).collect();
     let (rows, _, _) = run(&m, &reqs5, &p, &EngineConfig::continuous(4));
     assert_eq!(g.tokens, rows.iter().map(|r| r.tokens.clone()).collect::<Vec<_>>());
 }
