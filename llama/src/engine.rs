@@ -295,7 +295,12 @@ pub fn run<E: From<LlamaError>>(
     let mut since_sync = 0usize;
     loop {
         // 1. Admit pending prompts into free slots (static: only into an empty batch).
-        if !pending.is_empty() && (ec.refill || s.live() == 0) {
+        // A refill waits until a quarter of the slots (at least one prompt's K) are free, or the
+        // batch is idle: each admission is one prefill forward, which on a small model costs about
+        // a decode step whatever its size, so admitting one prompt per step would double the steps.
+        let free_now = s.rows.iter().filter(|r| r.is_none()).count();
+        let group = (s.rows.len() / 4).max(k).min(pending.len() * k);
+        if !pending.is_empty() && ((ec.refill && free_now >= group) || s.live() == 0) {
             let t0 = Instant::now();
             let mut admitted: Vec<(usize, Vec<usize>)> = Vec::new();
             let mut free: Vec<usize> = (0..s.rows.len()).filter(|&i| s.rows[i].is_none()).collect();
