@@ -5,7 +5,16 @@ use llama::checkpoint::{self as ck, SaveOptions};
 use llama::lora::{self, AdapterInfo, LoraConfig, SavedAdapter};
 use llama::model::Mask;
 use llama::{Config, Llama};
+use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
+
+/// torch's generator is one per process and the tests of this file run on parallel threads:
+/// each test holds this lock, so no other test draws between a test's seeding and its draws.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn base(dir: &std::path::Path) -> (nn::VarStore, Llama) {
     tch::manual_seed(5);
@@ -43,6 +52,7 @@ fn perturb(vs: &nn::VarStore) {
 
 #[test]
 fn a_fresh_adapter_leaves_the_model_unchanged_and_only_the_adapter_trains() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let (vs, mut m) = base(dir.path());
     let before = logits(&m);
@@ -68,6 +78,7 @@ fn a_fresh_adapter_leaves_the_model_unchanged_and_only_the_adapter_trains() {
 
 #[test]
 fn merging_equals_the_adapter_and_a_saved_adapter_loads_merged_and_unmerged() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let base_dir = dir.path().join("base");
     let (vs, mut m) = base(&base_dir);
@@ -152,6 +163,7 @@ fn adapter_settings_and_folders_are_checked() {
 
 #[test]
 fn dropout_acts_only_in_training_forwards() {
+    let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let (vs, mut m) = base(dir.path());
     m.add_lora(&vs.root(), &LoraConfig { dropout: 0.5, ..lora_cfg() });
