@@ -392,10 +392,7 @@ pub fn save_merged(vs: &nn::VarStore, scale: f64, cfg: &Config, dir: &Path, opts
             .map(|(n, w)| {
                 let stem = n.strip_suffix(".weight").unwrap_or(n);
                 let t = match (all.get(&format!("{stem}.lora_A.weight")), all.get(&format!("{stem}.lora_B.weight"))) {
-                    (Some(a), Some(b)) => {
-                        let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
-                        (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
-                    }
+                    (Some(a), Some(b)) => crate::lora::merged_weight(w, a, b, scale),
                     _ => w.shallow_clone(),
                 };
                 (n.clone(), t)

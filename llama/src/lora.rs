@@ -201,9 +201,7 @@ impl Llama {
                 for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
                 {
                     if let Some(l) = lin.lora.take() {
-                        let delta = l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scale;
-                        let merged = lin.weight.to_kind(Kind::Float) + delta;
-                        lin.weight.shallow_clone().copy_(&merged.to_kind(lin.weight.kind()));
+                        lin.weight.shallow_clone().copy_(&merged_weight(&lin.weight, &l.a, &l.b, l.scale));
                     }
                 }
             }
@@ -216,6 +214,13 @@ impl Llama {
 pub struct LoraRun {
     pub lora: LoraConfig,
     pub info: AdapterInfo,
+}
+
+/// `W + scale·B·A` in float32, returned in `w`'s dtype on `w`'s device: every merge of an
+/// adapter into its projection (in place, on save, on load) computes it here.
+pub fn merged_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Tensor {
+    let (a, b) = (a.to_kind(Kind::Float).to_device(w.device()), b.to_kind(Kind::Float).to_device(w.device()));
+    (w.to_kind(Kind::Float) + b.matmul(&a) * scale).to_kind(w.kind())
 }
 
 /// Whether `name` is an adapter variable.
@@ -397,17 +402,16 @@ impl SavedAdapter {
                         dir: self.dir.clone(),
                         msg: format!("adapter {n} targets {target}, which the model does not have"),
                     })?;
-                    let a = self.tensor(n)?.to_kind(Kind::Float).to_device(w.device());
-                    let b = self.tensor(&format!("{stem}.lora_B.weight"))?.to_kind(Kind::Float).to_device(w.device());
-                    let delta = b.f_matmul(&a)? * self.scale;
-                    if delta.size() != w.size() {
+                    let a = self.tensor(n)?;
+                    let b = self.tensor(&format!("{stem}.lora_B.weight"))?;
+                    let (sa, sb) = (a.size(), b.size());
+                    if sa.len() != 2 || sb.len() != 2 || sb[1] != sa[0] || vec![sb[0], sa[1]] != w.size() {
                         return Err(LlamaError::Checkpoint {
                             dir: self.dir.clone(),
-                            msg: format!("adapter for {target} has shape {:?}, the weight {:?}", delta.size(), w.size()),
+                            msg: format!("adapter for {target} has shapes A {sa:?} and B {sb:?}, the weight {:?}", w.size()),
                         });
                     }
-                    let merged = w.to_kind(Kind::Float) + delta;
-                    w.shallow_clone().f_copy_(&merged.to_kind(w.kind()))?;
+                    w.shallow_clone().f_copy_(&merged_weight(w, &a, &b, self.scale))?;
                     set.push(target);
                 } else if !is_lora(n) {
                     if let Some(var) = vars.get(n) {

@@ -281,7 +281,12 @@ pub enum Mask {
 /// Whether packed rows on `x`'s device and dtype go through variable-length FlashAttention:
 /// CUDA, fp16 or bf16, and not turned off with `RLHF_FLASH_VARLEN=0`.
 fn flash_varlen_eligible(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half) && std::env::var("RLHF_FLASH_VARLEN").as_deref() != Ok("0")
+    x.device().is_cuda() && matches!(x.kind(), Kind::BFloat16 | Kind::Half) && varlen_enabled()
+}
+
+/// Variable-length attention is on unless `RLHF_FLASH_VARLEN=0`.
+fn varlen_enabled() -> bool {
+    std::env::var("RLHF_FLASH_VARLEN").as_deref() != Ok("0")
 }
 
 /// The runs of equal segment id of each row of `segment_ids` `[B, T]` as cumulative lengths over
@@ -335,7 +340,7 @@ impl Mask {
         let causal = pos.unsqueeze(0).le_tensor(&pos.unsqueeze(1));
         let same = segment_ids.unsqueeze(2).eq_tensor(&segment_ids.unsqueeze(1));
         let dense = same.logical_and(&causal.unsqueeze(0)).unsqueeze(1);
-        if device.is_cuda() && std::env::var("RLHF_FLASH_VARLEN").as_deref() != Ok("0") {
+        if device.is_cuda() && varlen_enabled() {
             let (cu_seqlens, max_len) = cu_seqlens(segment_ids);
             return Mask::Varlen { cu_seqlens, max_len, dense };
         }
