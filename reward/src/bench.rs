@@ -50,6 +50,7 @@ pub fn throughput(b: &TrainBench) -> Result<serde_json::Value> {
         eval_data: vec![],
         margin: MarginKind::None,
         center_coef: 0.0,
+        safety_aux_loss_weight: 0.0,
         max_seq_len: b.seq_len,
         threshold: 0.5,
         save_dtype: llama::Dtype::Float32,

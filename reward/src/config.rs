@@ -25,6 +25,13 @@ pub struct RewardConfig {
     /// Reward-centering coefficient c of `c · mean((r_c + r_r)²)` (0 disables).
     #[serde(default)]
     pub center_coef: f64,
+    /// Weight of the safety RM's auxiliary loss (Table 29): binary cross-entropy of σ(r) against
+    /// `chosen_safe` / `rejected_safe`, averaged over the labelled responses of each step and added
+    /// to Eq. 2 (`reward::loss::safety_aux_loss_sum`). 0 (default) trains with Eq. 2 alone, as the
+    /// paper's helpfulness RM and the paper's stated loss; the paper gives neither the formula nor
+    /// the weight, so a safety RM opts in (e.g. 1.0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub safety_aux_loss_weight: f64,
     /// Longest prompt + response, in tokens (the prompt's start is cut first).
     #[serde(default = "default_max_len")]
     pub max_seq_len: usize,
@@ -47,6 +54,10 @@ pub struct RewardConfig {
     pub lora: Option<llama::LoraConfig>,
 }
 
+// Left out of the serialized config when 0, so runs from before the key keep their fingerprints.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
 fn default_max_len() -> usize {
     4096
 }
@@ -69,6 +80,9 @@ impl RewardConfig {
         }
         if self.max_seq_len < 4 {
             return Err("`max_seq_len` must be at least 4".into());
+        }
+        if !(self.safety_aux_loss_weight.is_finite() && self.safety_aux_loss_weight >= 0.0) {
+            return Err("`safety_aux_loss_weight` must be a finite number >= 0".into());
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return Err("`threshold` must be in [0, 1]".into());
@@ -98,6 +112,10 @@ mod tests {
         assert_eq!(t.micro_batch_size * t.grad_accumulation, 512, "512 pairs per step");
         assert_eq!((t.beta1, t.beta2, t.eps, t.weight_decay, t.grad_clip), (0.9, 0.95, 1e-5, 0.1, 1.0), "AdamW as the base model");
         assert_eq!(c.margin, MarginKind::Small, "Table 27's small margin");
+        assert_eq!(c.safety_aux_loss_weight, 0.0, "Eq. 2 alone unless a safety RM opts in");
+        assert!(!serde_json::to_string(&c).unwrap().contains("safety_aux"), "0 stays out of run fingerprints");
+        let bad = RewardConfig { safety_aux_loss_weight: -1.0, ..c.clone() };
+        assert!(bad.validate().unwrap_err().contains("safety_aux_loss_weight"));
         assert_eq!(rm_train_defaults(), c.train);
     }
 }

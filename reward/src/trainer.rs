@@ -1,9 +1,10 @@
 //! Reward-model training: pairs shuffled per epoch from (seed, epoch), the ranking loss averaged
-//! over the pairs of an optimizer step (accumulated micro-batches), the shared runner loop for
-//! checkpoints, resume and metrics.
+//! over the pairs of an optimizer step (accumulated micro-batches) plus, for a safety RM with
+//! `safety_aux_loss_weight > 0`, the auxiliary safe/unsafe term averaged over the step's labelled
+//! responses (Table 29), the shared runner loop for checkpoints, resume and metrics.
 use crate::config::RewardConfig;
 use crate::data::{collate, PairTokens};
-use crate::loss::{margin, ranking_loss};
+use crate::loss::{margin, ranking_loss, safety_aux_loss_sum};
 use crate::model::{RewardModel, ARCHITECTURE};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +39,40 @@ pub fn pair_scores(model: &RewardModel, pairs: &[&PairTokens], device: Device) -
 fn margins(cfg: &RewardConfig, pairs: &[&PairTokens], device: Device) -> Tensor {
     let m: Vec<f32> = pairs.iter().map(|p| margin(cfg.margin, p.rating) as f32).collect();
     Tensor::from_slice(&m).to_device(device)
+}
+
+/// Safety labels of a batch's responses as `[B, 2]` (chosen, rejected) tensors: `safe` (1 safe,
+/// 0 unsafe or unlabelled) and `labelled` (1 where the record has `chosen_safe` / `rejected_safe`).
+pub fn safety_labels(pairs: &[&PairTokens], device: Device) -> (Tensor, Tensor) {
+    let (mut safe, mut labelled) = (Vec::with_capacity(2 * pairs.len()), Vec::with_capacity(2 * pairs.len()));
+    for p in pairs {
+        for l in [p.chosen_safe, p.rejected_safe] {
+            safe.push(f32::from(u8::from(l == Some(true))));
+            labelled.push(f32::from(u8::from(l.is_some())));
+        }
+    }
+    let shape = [pairs.len() as i64, 2];
+    (Tensor::from_slice(&safe).view(shape).to_device(device), Tensor::from_slice(&labelled).view(shape).to_device(device))
+}
+
+/// Responses with a safety label among `pairs`.
+pub fn labelled_responses(pairs: &[&PairTokens]) -> usize {
+    pairs.iter().map(|p| p.chosen_safe.is_some() as usize + p.rejected_safe.is_some() as usize).sum()
+}
+
+/// The auxiliary term of one micro-batch: its share of the step's mean over labelled responses.
+struct AuxShare {
+    safe: Tensor,
+    labelled: Tensor,
+    /// Labelled responses of the whole optimizer step (all micro-batches, all ranks).
+    step_labelled: usize,
+}
+
+impl AuxShare {
+    /// `Σ BCE / step_labelled` over this micro-batch's labelled responses; `scores` is `[B, 2]`.
+    fn loss(&self, scores: &Tensor) -> Tensor {
+        safety_aux_loss_sum(scores, &self.safe, &self.labelled) / self.step_labelled as f64
+    }
 }
 
 impl<'a> RewardTrainer<'a> {
@@ -84,7 +119,11 @@ impl<'a> RewardTrainer<'a> {
             l.lora.seed_dropout(self.cfg.train.seed, step);
         }
         self.opt.zero_grad();
-        let (mut loss_sum, mut correct, mut tokens, mut gap) = (0f64, 0usize, 0usize, 0f64);
+        let (mut loss_sum, mut correct, mut tokens, mut gap, mut aux_sum) = (0f64, 0usize, 0usize, 0f64, 0f64);
+        // Table 29's auxiliary term, averaged over the labelled responses of the step: every rank
+        // sees the step's pairs, so each divides by the same count and the sums add up exactly.
+        let w = self.cfg.safety_aux_loss_weight;
+        let step_labelled = if w > 0.0 { labelled_responses(&pairs) } else { 0 };
         // Distributed: rank r takes micro-batches r, r + W, ...; the sums are reduced below.
         let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
         // More than one micro-batch here: sum their gradients in fp32 (bf16 models).
@@ -95,27 +134,45 @@ impl<'a> RewardTrainer<'a> {
             }
             let m = margins(self.cfg, chunk, self.device);
             let share = chunk.len() as f64 / n as f64;
-            let (c, r, loss) = if self.cfg.train.gradient_checkpointing {
+            let aux = (step_labelled > 0).then(|| {
+                let (safe, labelled) = safety_labels(chunk, self.device);
+                AuxShare { safe, labelled, step_labelled }
+            });
+            // Eq. 2 (its share of the step's mean over pairs) + w · the auxiliary term's share.
+            let objective = |s: &Tensor| -> (Tensor, Option<Tensor>) {
+                let (c, r) = (s.select(1, 0), s.select(1, 1));
+                let rank = ranking_loss(&c, &r, &m, self.cfg.center_coef) * share;
+                match &aux {
+                    Some(a) => {
+                        let t = a.loss(s);
+                        (rank + &t * w, Some(t.detach()))
+                    }
+                    None => (rank, None),
+                }
+            };
+            let (c, r, loss, aux_part) = if self.cfg.train.gradient_checkpointing {
                 // Layer-wise recomputation; the last layer, the head and the loss as usual.
                 let b = collate(chunk, self.device);
                 tokens += b.num_tokens;
                 let mut scores = None;
                 let loss = self.model.trunk.backward_checkpointed(&b.ids, &b.positions, &b.mask, Some(&b.read), |h| {
                     let s = self.model.score.forward(h).squeeze_dim(-1).to_kind(Kind::Float);
-                    let (c, r) = (s.select(1, 0), s.select(1, 1));
-                    let loss = ranking_loss(&c, &r, &m, self.cfg.center_coef) * share;
-                    scores = Some((c.detach(), r.detach()));
+                    let (loss, aux_part) = objective(&s);
+                    scores = Some((s.select(1, 0).detach(), s.select(1, 1).detach(), aux_part));
                     loss
                 });
-                let (c, r) = scores.expect("the head ran");
-                (c, r, loss)
+                let (c, r, aux_part) = scores.expect("the head ran");
+                (c, r, loss, aux_part)
             } else {
                 let (c, r, t) = pair_scores(&self.model, chunk, self.device);
                 tokens += t;
-                let loss = ranking_loss(&c, &r, &m, self.cfg.center_coef) * share;
+                let (loss, aux_part) = objective(&Tensor::stack(&[&c, &r], 1));
                 loss.backward();
-                (c, r, loss)
+                (c, r, loss, aux_part)
             };
+            if let Some(a) = aux_part {
+                aux_sum += f64::try_from(&a)?;
+            }
             if several {
                 self.opt.accumulate();
             }
@@ -124,9 +181,9 @@ impl<'a> RewardTrainer<'a> {
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;
             gap += f64::try_from(d.sum(Kind::Float))?;
         }
-        let mut sums = [loss_sum, correct as f64, tokens as f64, gap];
+        let mut sums = [loss_sum, correct as f64, tokens as f64, gap, aux_sum];
         training::dist::sum_over_ranks(&mut sums)?;
-        let [loss_sum, correct, tokens, gap] = sums;
+        let [loss_sum, correct, tokens, gap, aux_sum] = sums;
         let (correct, tokens) = (correct as usize, tokens as usize);
         let grad_norm = self.opt.clip_grad_norm(self.cfg.train.grad_clip)?;
         if !loss_sum.is_finite() {
@@ -147,11 +204,17 @@ impl<'a> RewardTrainer<'a> {
             if self.cfg.train.gradient_checkpointing {
                 rec["gradient_checkpointing"] = serde_json::json!(true);
             }
+            if step_labelled > 0 {
+                // `loss` = ranking_loss + w · safety_aux_loss.
+                rec["ranking_loss"] = serde_json::json!(loss_sum - w * aux_sum);
+                rec["safety_aux_loss"] = serde_json::json!(aux_sum);
+                rec["labelled_responses"] = serde_json::json!(step_labelled);
+            }
             rec
         })
     }
 
-    /// Mean ranking loss on the held-out pairs.
+    /// Mean ranking loss (Eq. 2 alone, comparable across `safety_aux_loss_weight`s) on the held-out pairs.
     pub fn evaluate(&mut self) -> Result<Option<f64>> {
         if self.eval_pairs.is_empty() {
             return Ok(None);
@@ -204,7 +267,11 @@ pub fn train(
         tch::set_num_threads(n as i32);
     }
     let mut run = RewardTrainer::prepare(cfg, pairs, eval_pairs)?;
-    crate::data::PairGaps::of(pairs).warn_training("training", cfg.margin, cfg.max_seq_len);
+    let gaps = crate::data::PairGaps::of(pairs);
+    gaps.warn_training("training", cfg.margin, cfg.max_seq_len);
+    if cfg.safety_aux_loss_weight > 0.0 && gaps.without_safety_labels == gaps.pairs {
+        tracing::warn!("safety_aux_loss_weight = {} but no training pair has a safety label: Eq. 2 alone", cfg.safety_aux_loss_weight);
+    }
     // Every saved model records its training max_seq_len (`reward eval` and `score` default to it);
     // staged in a folder of its own, so a refused start never rewrites what a model carries.
     let mut extra_files = extra_files.to_vec();
