@@ -26,6 +26,8 @@ enum Command {
     Reward(commands::reward::RewardCommand),
     /// Rejection sampling: best-of-K by reward, then SFT on the winners (Llama 2 Section 3.2.3).
     RejectionSampling(commands::stage::StageArgs),
+    /// Ghost Attention: multi-turn data with a first-turn instruction, fine-tune, adherence by turn (Llama 2 Section 3.3).
+    Gatt(commands::stage::StageArgs),
     /// The whole recipe from one config: run (or resume) it, or show its status.
     #[command(subcommand)]
     Pipeline(commands::pipeline::PipelineCommand),
@@ -80,6 +82,7 @@ fn main() {
         Command::Reward(c) => commands::reward::run(c),
         Command::Ppo(a) => a.run(ppo::PpoConfig::validate, ppo::run),
         Command::RejectionSampling(a) => a.run(rejection_sampling::RejectionSamplingConfig::validate, rejection_sampling::run),
+        Command::Gatt(a) => a.run(gatt::GattConfig::validate, gatt::run),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Plan(a) => commands::plan::run(a),

@@ -593,6 +593,8 @@ pub fn render_files(data: &DemoData) -> Result<Vec<(&'static str, Vec<u8>)>, Dem
 
 /// Generates the demo world and writes it into `out_dir` (created if missing): each file is
 /// written to a temporary name in the same folder and renamed into place, `manifest.json` last.
+/// The Ghost Attention files ([`crate::instructions`]: `sft_instructed.jsonl`, `gatt_dialogs.jsonl`,
+/// `gatt_eval.jsonl`) come from random streams of their own and are not in the manifest.
 /// Byte-identical for a given seed, sizes and shares.
 pub fn write_demo_with(out_dir: &Path, sizes: DemoSizes, shares: &DemoShares, seed: u64) -> Result<DemoManifest, DemoError> {
     let data = generate(sizes, shares, seed)?;
@@ -601,7 +603,12 @@ pub fn write_demo_with(out_dir: &Path, sizes: DemoSizes, shares: &DemoShares, se
         move |source| DemoError::Io { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    for (name, bytes) in render_files(&data)? {
+    // The GAtt files (their own random streams) go before `manifest.json`, which stays last.
+    let mut files = render_files(&data)?;
+    let manifest = files.pop();
+    files.extend(crate::instructions::render_gatt(&crate::instructions::generate_gatt(Default::default(), seed))?);
+    files.extend(manifest);
+    for (name, bytes) in files {
         let target = out_dir.join(name);
         let tmp = out_dir.join(format!(".{name}.tmp{}", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;

@@ -38,7 +38,10 @@
 //! `preference_train.jsonl` / `preference_test.jsonl` (helpfulness and safety comparisons; safety
 //! labels drawn 18/47/35% as chosen-safe-other-unsafe / both safe / both unsafe as in Llama 2
 //! Sec. 3.2.1, with pairs whose chosen response is unsafe and the other safe dropped),
-//! `prompts_train.jsonl` / `prompts_test.jsonl` and `manifest.json`.
+//! `prompts_train.jsonl` / `prompts_test.jsonl` and `manifest.json`; for Ghost Attention
+//! ([`instructions`], Llama 2 Section 3.3) `sft_instructed.jsonl` (single-turn demonstrations that
+//! obey an instruction), `gatt_dialogs.jsonl` (multi-turn dialogs of training prompts) and
+//! `gatt_eval.jsonl` (held-out dialogs with a first-turn instruction and its ground-truth checker).
 //!
 //! **Policy evaluation** ([`eval`]): the one way a policy is measured on the world: replies
 //! generated to held-out prompts and judged (`rlhf eval demo`, the pipeline report, rejection
@@ -51,6 +54,7 @@
 //! dataset needs; this crate depends on it for the record types and on `llama` for generation.
 pub mod eval;
 pub mod generate;
+pub mod instructions;
 pub mod judge;
 pub mod respond;
 pub mod scale;
@@ -64,6 +68,7 @@ pub use generate::{
     generate, keep_safety_pair, rating_for_gap, render_files, write_demo, write_demo_with, DemoData, DemoManifest, DemoShares, DemoSizes,
     PairTruth, SOURCE_HELPFUL, SOURCE_SAFETY,
 };
+pub use instructions::{default_instructions, generate_gatt, with_instruction, Constraint, GattDialog, GattSizes, Instruction};
 pub use judge::{aggregate, evaluate, is_refusal, judge, judge_messages, judge_prompt, DemoScores, FamilyScore, Judgement};
 pub use respond::{respond, Style};
 pub use world::{parse_prompt, universe, Category, DemoPrompt, Family};

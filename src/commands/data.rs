@@ -17,6 +17,8 @@ pub enum DataCommand {
     Cache(super::data_cache::CacheArgs),
     /// Write the demo world at benchmark scale (1.4M comparisons, ~300 tokens a reply).
     DemoScale(super::data_cache::DemoScaleArgs),
+    /// Ghost Attention data: sample multi-turn dialogs with an instruction on every user turn, keep it in the first only.
+    Gatt(super::data_gatt::GattArgs),
 }
 
 pub fn run(c: DataCommand) -> Result<()> {
@@ -27,5 +29,6 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Mix(a) => super::data_cache::run_mix(a),
         DataCommand::Cache(a) => super::data_cache::run_cache(a),
         DataCommand::DemoScale(a) => super::data_cache::run_demo_scale(a),
+        DataCommand::Gatt(a) => super::data_gatt::run(a),
     }
 }

@@ -1,4 +1,5 @@
-//! `rlhf eval lm|demo`: token-weighted mean NLL of a text set; ground truth of a demo policy.
+//! `rlhf eval lm|demo|gatt`: token-weighted mean NLL of a text set; ground truth of a demo policy;
+//! Ghost Attention adherence by turn.
 use super::ModelArgs;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
@@ -11,6 +12,27 @@ pub enum EvalCommand {
     Lm(EvalLmArgs),
     /// Ground-truth helpfulness, safety and false refusals of a policy on demo-world prompts.
     Demo(EvalDemoArgs),
+    /// Ghost Attention: the share of replies, by turn index, that obey the first turn's instruction (Llama 2 Fig. 9/28).
+    Gatt(EvalGattArgs),
+}
+
+#[derive(Args)]
+pub struct EvalGattArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    /// Dialogs with a checkable instruction (`rlhf data demo` writes gatt_eval.jsonl).
+    #[arg(long)]
+    pub dialogs: PathBuf,
+    /// Turns answered per dialog.
+    #[arg(long, default_value_t = 20)]
+    pub turns: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args)]
@@ -48,6 +70,7 @@ pub fn run(c: EvalCommand) -> Result<()> {
     match c {
         EvalCommand::Lm(a) => eval_lm(a),
         EvalCommand::Demo(a) => eval_demo(a),
+        EvalCommand::Gatt(a) => eval_gatt(a),
     }
 }
 
@@ -96,6 +119,18 @@ fn eval_demo(a: EvalDemoArgs) -> Result<()> {
     params.temperature = a.temperature;
     params.seed = a.seed;
     let ev = demo_world::evaluate_policy(&model, &tok, &prompts, &params, a.batch_size, a.samples)?;
+    println!("{}", serde_json::to_string(&ev)?);
+    Ok(())
+}
+
+fn eval_gatt(a: EvalGattArgs) -> Result<()> {
+    let dialogs = gatt::data::read_dialogs(&a.dialogs, true)?;
+    let tok = a.m.tokenizer()?;
+    let (_vs, model) = a.m.causal_lm()?;
+    let mut params = demo_world::greedy(a.max_new_tokens, model.cfg.eos_token_id);
+    params.temperature = a.temperature;
+    params.seed = a.seed;
+    let ev = gatt::evaluate(&model, &tok, &dialogs, a.turns, &params)?;
     println!("{}", serde_json::to_string(&ev)?);
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod data;
 pub mod data_cache;
 pub mod data_demo;
+pub mod data_gatt;
 pub mod data_validate;
 pub mod eval;
 pub mod generate;
