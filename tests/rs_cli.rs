@@ -1,8 +1,11 @@
 //! `rlhf rejection-sampling` end to end on micro models (a random policy; a reward model built
 //! from a causal LM, so its score head is random): two iterations of best-of-K, pooling and the
 //! SFT fine-tune; a run killed with SIGKILL (while sampling iteration 1, while fine-tuning, while
-//! sampling iteration 2) resumes without losing or repeating a sample and ends with the same
+//! sampling iteration 2, and with prompts generated and journaled but their prompt batch not yet
+//! scored) resumes without losing, regenerating or repeating a sample and ends with the same
 //! samples and pools, byte for byte, as an uninterrupted run; a second run into a held folder fails.
+//! Decode slots (12 rows: 3 prompts) do not line up with the prompt batches (8 prompts), so
+//! the engine refills across batches and prompts wait, generated, for their batch to be scored.
 mod common;
 use common::*;
 use serde_json::Value;
@@ -42,7 +45,8 @@ max_new_tokens = 8
 require_finished = false
 rm_max_seq_len = 64
 iterations = 2
-prompt_batch_size = 1
+prompt_batch_size = 8
+decode_slots = 12
 score_batch_size = 8
 eval_batch_size = 4
 eval_temperature = 0.7
@@ -85,6 +89,11 @@ fn samples_by_key(path: &Path) -> BTreeMap<String, Value> {
         assert!(m.insert(key, v).is_none(), "a prompt is logged twice in {}", path.display());
     }
     m
+}
+
+/// The `key` field of a sample-log or journal line.
+fn key_of(line: &str) -> Option<String> {
+    serde_json::from_str::<Value>(line).ok()?.get("key")?.as_str().map(String::from)
 }
 
 fn rs(cfg: &Path, out: &Path) -> std::process::Command {
@@ -158,19 +167,41 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
     let has_checkpoint =
         |d: &Path| std::fs::read_dir(d).map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false);
     type KillWhen<'a> = &'a dyn Fn(&Path) -> bool;
-    let points: [(&str, KillWhen); 3] = [
+    let journal = |cut: &Path| cut.join("samples-iter1.jsonl.gen");
+    let unscored = |cut: &Path| -> usize {
+        let logged: std::collections::HashSet<String> = std::fs::read_to_string(cut.join("samples-iter1.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .filter_map(|l| key_of(&l))
+            .collect();
+        std::fs::read_to_string(journal(cut)).unwrap_or_default().lines().filter_map(key_of).filter(|k| !logged.contains(k)).count()
+    };
+    let points: [(&str, KillWhen); 4] = [
         ("iteration 1 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter1.jsonl")) >= 2),
         ("iteration 1 fine-tune", &|cut: &Path| has_checkpoint(&cut.join("iter1/sft/checkpoints"))),
         ("iteration 2 sampling", &|cut: &Path| lines_in(&cut.join("samples-iter2.jsonl")) >= 2),
+        ("iteration 1 generated, not scored", &|cut: &Path| lines_in(&cut.join("samples-iter1.jsonl")) >= 8 && unscored(cut) > 0),
     ];
     for (n, (what, ready)) in points.iter().enumerate() {
         let cut = tmp.path().join(format!("cut{n}"));
-        kill_when(&mut rs(&cfg, &cut), || ready(&cut), Duration::from_secs(120), Duration::ZERO, what);
+        // The last point needs the kill to land while generated prompts wait for scoring
+        // (most of the time, not always): try again from scratch until it does.
+        for attempt in 0.. {
+            let _ = std::fs::remove_dir_all(&cut);
+            kill_when(&mut rs(&cfg, &cut), || ready(&cut), Duration::from_secs(120), Duration::ZERO, what);
+            if n != 3 || unscored(&cut) > 0 {
+                break;
+            }
+            assert!(attempt < 5, "{what}: no kill landed with generated prompts awaiting scoring");
+        }
         assert!(!cut.join("iter2/done.json").exists(), "{what}: the run finished before the kill");
         let log = cut.join(if n == 2 { "samples-iter2.jsonl" } else { "samples-iter1.jsonl" });
         let before = std::fs::read(&log).unwrap();
         // Lines logged before the kill, minus a possibly torn last line.
         let kept = before[..before.iter().rposition(|&c| c == b'\n').unwrap() + 1].to_vec();
+        let journaled = std::fs::read(journal(&cut)).unwrap_or_default();
+        let journaled = journaled[..journaled.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1)].to_vec();
         if n != 1 {
             assert!(lines_in(&log) < PROMPTS, "{what}: sampling was not interrupted");
         }
@@ -181,6 +212,12 @@ fn best_of_k_pools_fine_tunes_and_resumes_after_sigkill() {
         let resumed = json_line(&run_ok(rs(&cfg, &cut).arg("--resume")));
         assert_eq!(resumed["iterations"].as_u64(), Some(2), "{what}");
         assert!(std::fs::read(&log).unwrap().starts_with(&kept), "{what}: samples logged before the kill were lost or rewritten");
+        // Prompts generated before the kill were scored from the journal, not generated again.
+        let after = std::fs::read_to_string(journal(&cut)).unwrap();
+        assert!(after.as_bytes().starts_with(&journaled), "{what}: the generation journal was rewritten");
+        let keys: Vec<String> = after.lines().filter_map(key_of).collect();
+        assert_eq!(keys.len(), keys.iter().collect::<std::collections::HashSet<_>>().len(), "{what}: a prompt was generated twice");
+        assert_eq!(keys.len(), PROMPTS, "{what}: every prompt of iteration 1 is journaled once");
         // Same samples (each prompt once) and the same pools as the uninterrupted run.
         assert_eq!(samples_by_key(&cut.join("samples-iter1.jsonl")), s1, "{what}: iteration 1 samples");
         assert_eq!(samples_by_key(&cut.join("samples-iter2.jsonl")), s2, "{what}: iteration 2 samples");

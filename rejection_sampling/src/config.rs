@@ -37,8 +37,17 @@ pub struct RejectionSamplingConfig {
     /// RLHF proceeds; T in [1.2, 1.3] was best for 10 to 100 samples (Section 3.2.3, Figure 8).
     #[serde(default = "default_temperatures")]
     pub temperatures: Vec<f64>,
+    /// `"auto"`: each iteration first samples the `temperature_sweep` on the first `sweep_prompts`
+    /// prompts, then samples every prompt at the sweep temperature whose best-of-K curve is highest
+    /// at K = `best_of_k` (the mean over prompts of the expected max reward of K samples; ties go to
+    /// the lower temperature), and logs the choice. The paper re-tunes T progressively because the
+    /// best temperature moves as RLHF proceeds (Section 3.2.3, Figure 8); this makes the re-tuning
+    /// the rule it reads off its own Figure 8. Unset: `temperatures` is followed (NS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<TemperatureChoice>,
     /// Extra temperatures sampled on the first `sweep_prompts` prompts of each iteration, for the
-    /// report only (reward against K per temperature, as Figure 8); their samples are not pooled.
+    /// report (reward against K per temperature, as Figure 8) and, with `temperature = "auto"`, to
+    /// choose the iteration's temperature; their samples are not pooled.
     #[serde(default)]
     pub temperature_sweep: Vec<f64>,
     /// Prompts the temperature sweep samples.
@@ -67,10 +76,16 @@ pub struct RejectionSamplingConfig {
     /// latest model, pools, and fine-tunes.
     #[serde(default = "default_iterations")]
     pub iterations: usize,
-    /// Prompts per generation call (each expands to `best_of_k` rows after one prefill); also the
-    /// unit of the resumable sample log.
+    /// Prompts per prompt batch: the unit of scoring and of the resumable sample log (each batch
+    /// has its own seed), and with `best_of_k` the default decode slots. Generation runs
+    /// continuously across batches; each prompt is journaled as soon as its K rows end.
     #[serde(default = "default_prompt_batch")]
     pub prompt_batch_size: usize,
+    /// Rows the rollout engine decodes together (default `prompt_batch_size × best_of_k`; rounded
+    /// down to a multiple of K). A freed slot takes the next prompt, across prompt batches
+    /// (continuous batching, docs/rollout.md); the prompt batch stays the unit of scoring and logging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_slots: Option<usize>,
     /// Sequences per reward-model forward.
     #[serde(default = "default_score_batch")]
     pub score_batch_size: usize,
@@ -241,7 +256,20 @@ fn default_save_dtype() -> llama::Dtype {
     llama::Dtype::Float32
 }
 
+/// How an iteration's sampling temperature is chosen besides the `temperatures` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemperatureChoice {
+    /// The best sweep temperature at K (see `RejectionSamplingConfig::temperature`).
+    Auto,
+}
+
 impl RejectionSamplingConfig {
+    /// `temperature = "auto"` is set.
+    pub fn auto_temperature(&self) -> bool {
+        self.temperature == Some(TemperatureChoice::Auto)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.helpfulness_rm.is_none() && self.safety_rm.is_none() {
             return Err("set `helpfulness_rm` and/or `safety_rm`".into());
@@ -257,6 +285,11 @@ impl RejectionSamplingConfig {
         }
         if let Some(t) = self.temperatures.iter().chain(&self.temperature_sweep).find(|t| !(t.is_finite() && **t > 0.0)) {
             return Err(format!("temperature {t}: rejection sampling needs a positive temperature (0 is greedy: K identical samples)"));
+        }
+        if self.auto_temperature() && (self.temperature_sweep.is_empty() || self.sweep_prompts == 0) {
+            return Err(
+                "`temperature = \"auto\"` picks from the sweep: set `temperature_sweep` (the candidates) and `sweep_prompts` > 0".into()
+            );
         }
         let in_unit = |p: f64| p > 0.0 && p <= 1.0;
         if !in_unit(self.top_p) || !in_unit(self.eval_top_p) {
@@ -274,7 +307,7 @@ impl RejectionSamplingConfig {
         if self.iterations == 0 {
             return Err("`iterations` must be at least 1".into());
         }
-        if self.prompt_batch_size == 0 || self.score_batch_size == 0 || self.eval_batch_size == 0 {
+        if self.prompt_batch_size == 0 || self.score_batch_size == 0 || self.eval_batch_size == 0 || self.decode_slots == Some(0) {
             return Err("batch sizes must be at least 1".into());
         }
         if self.rm_max_seq_len < 2 || self.finetune.max_seq_len < 2 {
@@ -286,7 +319,8 @@ impl RejectionSamplingConfig {
         self.finetune.train.validate().map_err(|e| format!("finetune.train.{e}"))
     }
 
-    /// The temperature of iteration `it` (1-based); the last listed one repeats.
+    /// The temperature of iteration `it` (1-based); the last listed one repeats. With
+    /// `temperature = "auto"` the iteration uses the sweep's choice instead ([`choose_temperature`]).
     pub fn temperature(&self, it: usize) -> f64 {
         self.temperatures[(it.max(1) - 1).min(self.temperatures.len() - 1)]
     }
@@ -363,6 +397,23 @@ mod tests {
             let c: RejectionSamplingConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn auto_temperature_parses_and_needs_a_sweep() {
+        let mut c = minimal();
+        assert!(!c.auto_temperature());
+        let text =
+            "policy = \"p\"\nhelpfulness_rm = \"h\"\nprompts = [\"x.jsonl\"]\ntemperature = \"auto\"\ntemperature_sweep = [0.8, 1.2]\n";
+        let parsed: RejectionSamplingConfig = toml::from_str(text).unwrap();
+        assert!(parsed.auto_temperature());
+        parsed.validate().unwrap();
+        c.temperature = Some(TemperatureChoice::Auto);
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("temperature_sweep"), "{err}");
+        assert!(toml::from_str::<RejectionSamplingConfig>(&text.replace("\"auto\"", "\"best\"")).is_err());
+        // Unset, the field is not serialised: the config hash of existing runs does not change.
+        assert!(!serde_json::to_string(&minimal()).unwrap().contains("\"temperature\""));
     }
 
     #[test]

@@ -23,9 +23,9 @@ use crate::curve::BestOfKCurve;
 use crate::error::{Result, RsError};
 use crate::eval::{evaluate, EvalSpec, RmEval};
 use crate::report::{run_markdown, samples_markdown, IterationReport, PoolReport, SampleTruth, SweepPoint, Throughput};
-use crate::sampler::{batch_seed, sample_batch, SampleSpec};
+use crate::sampler::{batch_seed, sample_prompts, Job, SampleSpec};
 use crate::select::{prompt_key, Pool, PoolUpdate, PromptSamples};
-use crate::shard::{merge_rank_logs, pending_batches, rank_log_path, SampleLog};
+use crate::shard::{merge_rank_logs, pending_batches, rank_log_path, GenJournal, SampleLog};
 use datasets::{PromptRecord, SftRecord};
 use llama::checkpoint::write_atomic;
 use llama::{Llama, Tokenizer};
@@ -220,8 +220,9 @@ impl<'a> RejectionSampler<'a> {
         ScorerSpec { threshold: c.safety_threshold, max_len: c.rm_max_seq_len, batch: c.score_batch_size, order: ScoreOrder::ByLength }
     }
 
-    /// Samples each of the first `count` prompts not yet in `log`, a batch at a time, appending
-    /// every batch as soon as it is scored.
+    /// Samples each of the first `count` prompts not yet in `log` in one engine run (continuous
+    /// across prompt batches), journaling each prompt as it finishes and appending each prompt
+    /// batch to the log as soon as it is scored.
     fn sample_into(
         &self,
         log: &mut SampleLog,
@@ -240,7 +241,8 @@ impl<'a> RejectionSampler<'a> {
         if batches.is_empty() {
             return Ok(());
         }
-        if log.records().is_empty() {
+        let mut journal = GenJournal::open_for(log.path())?;
+        if log.records().is_empty() && journal.is_empty() {
             tracing::info!(
                 "iteration {it}: sampling K={} at T={temperature} for {count} prompts into {}",
                 self.cfg.best_of_k,
@@ -248,42 +250,54 @@ impl<'a> RejectionSampler<'a> {
             );
         } else {
             tracing::info!(
-                "iteration {it}: resuming {}: {} prompts done, {} batches left",
+                "iteration {it}: resuming {}: {} prompts logged, {} generated awaiting scoring, {} batches left",
                 log.path().display(),
                 log.records().len(),
+                journal.len().saturating_sub(log.records().len()),
                 batches.len()
             );
         }
         let t0 = Instant::now();
-        for (n, (b, idx)) in batches.iter().enumerate() {
-            let spec = self.batch_spec(it, *b, temperature);
-            let prompts: Vec<&PromptRecord> = idx.iter().map(|&i| &self.prompts[i]).collect();
-            let recs = sample_batch(policy, scorer, self.tok, &prompts, &spec)?;
+        let jobs = self.jobs(&batches, it, temperature);
+        let mut n = 0usize;
+        sample_prompts(policy, scorer, self.tok, &jobs, &self.sample_spec(it, temperature), &mut journal, |recs| {
             log.append(recs)?;
-            if (n + 1) % 10 == 0 || n + 1 == batches.len() {
+            n += 1;
+            if n.is_multiple_of(10) || n == batches.len() {
                 let el = t0.elapsed().as_secs_f64();
                 tracing::info!(
-                    "iteration {it} T={temperature}: batch {}/{total}, {:.1} s, eta {:.0} s",
-                    b + 1,
+                    "iteration {it} T={temperature}: {}/{total} prompt batches logged, {:.1} s, eta {:.0} s",
+                    total - batches.len() + n,
                     el,
-                    el / (n + 1) as f64 * (batches.len() - n - 1) as f64
+                    el / n as f64 * (batches.len() - n) as f64
                 );
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// The sampling of one prompt batch (its seed fixed by its position).
-    fn batch_spec(&self, it: usize, b: usize, temperature: f64) -> SampleSpec {
+    /// The prompts of `batches`, each with its batch's seed (fixed by the batch's position).
+    fn jobs(&self, batches: &[(usize, Vec<usize>)], it: usize, temperature: f64) -> Vec<Job<'_>> {
+        batches
+            .iter()
+            .flat_map(|(b, idx)| {
+                let seed = batch_seed(self.cfg.seed, it, *b, temperature);
+                idx.iter().map(move |&i| Job { batch: *b, batch_seed: seed, prompt: &self.prompts[i] })
+            })
+            .collect()
+    }
+
+    /// How to sample at `temperature`: `decode_slots` (default `prompt_batch_size × K`) rows at once.
+    fn sample_spec(&self, it: usize, temperature: f64) -> SampleSpec {
         SampleSpec {
             k: self.cfg.best_of_k,
             temperature,
             top_p: self.cfg.top_p,
             top_k: self.cfg.top_k,
             max_new_tokens: self.cfg.max_new_tokens,
-            seed: batch_seed(self.cfg.seed, it, b, temperature),
             iteration: it,
             require_finished: self.cfg.require_finished,
+            slots: self.cfg.decode_slots.unwrap_or(self.cfg.prompt_batch_size * self.cfg.best_of_k),
         }
     }
 
@@ -310,11 +324,12 @@ impl<'a> RejectionSampler<'a> {
             if rank == 0 && !batches.is_empty() {
                 tracing::info!("iteration {it}: sampling K={} at T={temperature} for {count} prompts on {world} ranks", self.cfg.best_of_k);
             }
-            for (b, idx) in &batches {
-                let prompts: Vec<&PromptRecord> = idx.iter().map(|&i| &self.prompts[i]).collect();
-                own.append(sample_batch(policy, scorer, self.tok, &prompts, &self.batch_spec(it, *b, temperature))?)?;
+            if batches.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            let mut journal = GenJournal::open_for(own.path())?;
+            let jobs = self.jobs(&batches, it, temperature);
+            sample_prompts(policy, scorer, self.tok, &jobs, &self.sample_spec(it, temperature), &mut journal, |recs| own.append(recs))
         })();
         training::dist::agree(sampled, "sample its prompt batches")?;
         let merged = if rank == 0 { merge_rank_logs(log, &self.keys) } else { Ok(()) };
@@ -326,12 +341,15 @@ impl<'a> RejectionSampler<'a> {
     }
 
     /// Verb 1: best-of-K samples of every prompt (and the temperature sweep), plus the
-    /// evaluation of the policy sampled from. Returns the iteration's records and sweep.
-    fn sample(&self, it: usize, policy_dir: &Path, eval_before: &Path) -> Result<(Vec<PromptSamples>, Vec<SweepPoint>, Throughput)> {
+    /// evaluation of the policy sampled from. Returns the iteration's records, sweep, throughput
+    /// and the temperature the records were sampled at (with `temperature = "auto"`, the sweep's
+    /// choice: the sweep is sampled first).
+    fn sample(&self, it: usize, policy_dir: &Path, eval_before: &Path) -> Result<(Vec<PromptSamples>, Vec<SweepPoint>, Throughput, f64)> {
         let cfg = self.cfg;
-        let t = cfg.temperature(it);
+        let auto = cfg.auto_temperature();
+        let mut t = cfg.temperature(it);
         let n_sweep = cfg.sweep_prompts.min(self.prompts.len());
-        let mut sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| x != t).collect();
+        let mut sweep_temps: Vec<f64> = cfg.temperature_sweep.iter().copied().filter(|&x| auto || x != t).collect();
         sweep_temps.sort_by(f64::total_cmp);
         sweep_temps.dedup();
         // Rank 0 (or the one process) first folds in what ranks of an interrupted distributed
@@ -351,26 +369,64 @@ impl<'a> RejectionSampler<'a> {
         })?;
         let need_sampling = log.records().len() < self.prompts.len() || sweep_logs.iter().any(|l| l.records().len() < n_sweep);
         let need_eval = !self.eval_prompts.is_empty() && !eval_before.exists() && distributed::is_main();
-        if need_sampling || need_eval {
-            let (_vs, policy) = load_policy(policy_dir, self.device, self.kind)?;
-            let rms = self.reward_models()?;
+        let loaded = if need_sampling || need_eval {
+            let (vs, policy) = load_policy(policy_dir, self.device, self.kind)?;
+            Some((vs, policy, self.reward_models()?))
+        } else {
+            None
+        };
+        if let Some((_, policy, rms)) = &loaded {
             let scorer = rms.scorer(self.scorer_spec());
-            self.sample_into(&mut log, &policy, &scorer, it, t, self.prompts.len())?;
             for (l, &x) in sweep_logs.iter_mut().zip(&sweep_temps) {
-                self.sample_into(l, &policy, &scorer, it, x, n_sweep)?;
+                self.sample_into(l, policy, &scorer, it, x, n_sweep)?;
             }
+        }
+        // Prompt batches are logged as they are scored, which need not be their order: everything
+        // downstream (curves, the temperature choice, reports, judged pairs) sees the records in
+        // prompt order, so a resumed run sums in the uninterrupted run's order.
+        let order: std::collections::HashMap<&str, usize> = self.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let in_order = |mut v: Vec<PromptSamples>| {
+            v.sort_by_key(|r| order.get(r.key.as_str()).copied().unwrap_or(usize::MAX));
+            v
+        };
+        if auto {
+            let points: Vec<SweepPoint> = sweep_logs
+                .iter()
+                .zip(&sweep_temps)
+                .map(|(l, &x)| {
+                    let rw: Vec<Vec<f64>> = in_order(l.records().to_vec()).iter().map(|r| r.rewards()).collect();
+                    SweepPoint { temperature: x, curve: BestOfKCurve::from_rewards(rw.iter().map(Vec::as_slice), cfg.best_of_k) }
+                })
+                .collect();
+            t = choose_temperature(&points, cfg.best_of_k).ok_or_else(|| {
+                RsError::Config(format!(
+                    "iteration {it}: temperature = \"auto\" found no sweep temperature with a best-of-{} reward",
+                    cfg.best_of_k
+                ))
+            })?;
+            let at_k = |p: &SweepPoint| p.curve.max.get(cfg.best_of_k.saturating_sub(1)).copied().unwrap_or(f64::NAN);
+            let table: Vec<String> = points.iter().map(|p| format!("T {}: {:.4}", p.temperature, at_k(p))).collect();
+            tracing::info!(
+                "iteration {it}: temperature = auto chose T = {t} (best-of-{} reward on {n_sweep} prompts: {})",
+                cfg.best_of_k,
+                table.join(", ")
+            );
+        }
+        if let Some((_, policy, rms)) = &loaded {
+            let scorer = rms.scorer(self.scorer_spec());
+            self.sample_into(&mut log, policy, &scorer, it, t, self.prompts.len())?;
             if need_eval {
-                let e = self.evaluate(policy_dir, &policy, &scorer)?;
+                let e = self.evaluate(policy_dir, policy, &scorer)?;
                 write_json(eval_before, &e)?;
             }
         }
-        let records = log.into_records();
+        let records = in_order(log.into_records());
         let mut throughput_recs: Vec<&PromptSamples> = records.iter().collect();
-        let sweep_sets: Vec<Vec<PromptSamples>> = sweep_logs.into_iter().map(SampleLog::into_records).collect();
+        let sweep_sets: Vec<Vec<PromptSamples>> = sweep_logs.into_iter().map(|l| in_order(l.into_records())).collect();
         throughput_recs.extend(sweep_sets.iter().flatten());
         let throughput = Throughput::of(throughput_recs);
         let mut sweep = Vec::new();
-        if !cfg.temperature_sweep.is_empty() {
+        if !cfg.temperature_sweep.is_empty() && !auto {
             let sweep_keys: HashSet<&String> = self.keys[..n_sweep].iter().collect();
             let main_rewards: Vec<Vec<f64>> = records.iter().filter(|r| sweep_keys.contains(&r.key)).map(|r| r.rewards()).collect();
             sweep.push(SweepPoint {
@@ -382,8 +438,13 @@ impl<'a> RejectionSampler<'a> {
                 sweep.push(SweepPoint { temperature: x, curve: BestOfKCurve::from_rewards(rw.iter().map(Vec::as_slice), cfg.best_of_k) });
             }
             sweep.sort_by(|a, b| a.temperature.total_cmp(&b.temperature));
+        } else if auto {
+            for (recs, &x) in sweep_sets.iter().zip(&sweep_temps) {
+                let rw: Vec<Vec<f64>> = recs.iter().map(|r| r.rewards()).collect();
+                sweep.push(SweepPoint { temperature: x, curve: BestOfKCurve::from_rewards(rw.iter().map(Vec::as_slice), cfg.best_of_k) });
+            }
         }
-        Ok((records, sweep, throughput))
+        Ok((records, sweep, throughput, t))
     }
 
     fn evaluate(&self, dir: &Path, policy: &Llama, scorer: &RewardScorer) -> Result<RmEval> {
@@ -480,7 +541,7 @@ impl<'a> RejectionSampler<'a> {
         if let Some(p) = prev_eval_after.filter(|p| p.exists() && !eval_before.exists() && distributed::is_main()) {
             std::fs::copy(p, &eval_before).map_err(|e| RsError::io(&eval_before, e))?;
         }
-        let (records, sweep, throughput) = self.sample(it, policy_dir, &eval_before)?;
+        let (records, sweep, throughput, temperature) = self.sample(it, policy_dir, &eval_before)?;
         let pool = self.pool(it, &records)?;
         let outcome = self.finetune(it, policy_dir, &pool.path)?;
         let eval_after = dir.join("eval-after.json");
@@ -504,7 +565,7 @@ impl<'a> RejectionSampler<'a> {
         let report = IterationReport {
             iteration: it,
             policy: policy_dir.to_path_buf(),
-            temperature: self.cfg.temperature(it),
+            temperature,
             best_of_k: self.cfg.best_of_k,
             prompts: sampled.len(),
             skipped_prompts: records.len() - sampled.len(),
@@ -619,6 +680,23 @@ impl<'a> RejectionSampler<'a> {
     }
 }
 
+/// `temperature = "auto"`: the sweep temperature whose best-of-K curve is highest at K = `k`
+/// (Figure 8 read at the configured K: the mean over prompts of the expected max reward of k
+/// samples); ties go to the lower temperature (less likely to drift from the policy). `None`
+/// when no point has a finite value at k (e.g. fewer than k samples per prompt).
+pub fn choose_temperature(points: &[SweepPoint], k: usize) -> Option<f64> {
+    let mut sorted: Vec<&SweepPoint> = points.iter().collect();
+    sorted.sort_by(|a, b| a.temperature.total_cmp(&b.temperature));
+    let mut best: Option<(f64, f64)> = None;
+    for p in sorted {
+        let Some(&v) = p.curve.k.iter().position(|&x| x == k).and_then(|i| p.curve.max.get(i)) else { continue };
+        if p.curve.prompts > 0 && v.is_finite() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((p.temperature, v));
+        }
+    }
+    best.map(|(t, _)| t)
+}
+
 /// Prepares and runs rejection sampling into `out` (see the module docs for the layout), as
 /// `rlhf rejection-sampling` and the pipeline call it; the tokenizer is the policy's (or `tokenizer`).
 pub fn run(cfg: &RejectionSamplingConfig, out: &Path, resume: bool) -> Result<RsOutcome> {
@@ -627,4 +705,32 @@ pub fn run(cfg: &RejectionSamplingConfig, out: &Path, resume: bool) -> Result<Rs
     }
     let (tok, tok_path) = llama::tokenizer::resolve(cfg.tokenizer.as_deref(), Some(&cfg.policy))?;
     RejectionSampler::prepare(cfg, &tok, out, resume, &training::stage::tokenizer_files(&tok_path))?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64, rewards: &[&[f64]]) -> SweepPoint {
+        SweepPoint { temperature: t, curve: BestOfKCurve::from_rewards(rewards.iter().copied(), rewards[0].len()) }
+    }
+
+    /// The choice is the best best-of-K reward at the configured K, not at k = 1 (where a low
+    /// temperature usually wins), and ties go to the lower temperature whatever the listing order.
+    #[test]
+    fn auto_temperature_is_the_best_at_k_and_ties_go_low() {
+        // T 0.7: steady samples (mean 0.5, best-of-2 0.55); T 1.2: spread ones (mean 0.45, best-of-2 0.8).
+        let low = point(0.7, &[&[0.5, 0.6], &[0.4, 0.5]]);
+        let high = point(1.2, &[&[0.1, 0.9], &[0.1, 0.7]]);
+        assert!(low.curve.max[0] > high.curve.max[0], "k = 1 favours the low temperature");
+        assert_eq!(choose_temperature(&[low, high], 2), Some(1.2));
+        let a = point(1.3, &[&[0.2, 0.6]]);
+        let b = point(0.9, &[&[0.6, 0.2]]);
+        assert_eq!(choose_temperature(&[a, b], 2), Some(0.9), "a tie goes to the lower temperature");
+        // A point without a full set of K samples cannot be chosen; none at all is None.
+        let empty = SweepPoint { temperature: 0.5, curve: BestOfKCurve::from_rewards(std::iter::empty(), 2) };
+        assert_eq!(choose_temperature(&[empty.clone(), point(1.0, &[&[0.1, 0.2]])], 2), Some(1.0));
+        assert_eq!(choose_temperature(&[empty], 2), None);
+        assert_eq!(choose_temperature(&[], 2), None);
+    }
 }

@@ -1,86 +1,169 @@
-//! Best-of-K sampling and scoring of one prompt batch: the rollout engine (`llama::engine`)
-//! prefills each prompt once into the K slots of its samples and decodes the batch with
-//! continuous batching; every reply is scored by the reward models, and the
-//! samples are ranked by Llama 2's combined reward `R_c` (Section 3.2.3), as
-//! [`reward::combine::RewardScorer`] gives it (the scorer PPO uses too).
+//! Best-of-K sampling and scoring: the rollout engine (`llama::engine`) decodes the whole prompt
+//! list with continuous batching over `prompt_batch_size × K` slots (a freed slot takes the next
+//! prompt, across prompt batches), prefilling each prompt once into the K slots of its samples.
+//! A prompt whose K rows have all ended is journaled at once ([`GenJournal`], fsync'd); when every
+//! prompt of a prompt batch is generated, the batch is scored by the reward models and ranked by
+//! Llama 2's combined reward `R_c` (Section 3.2.3), as [`reward::combine::RewardScorer`] gives it
+//! (the scorer PPO uses too), and handed to the caller to log.
+//!
+//! Scoring groups stay the positional prompt batches (not completion order): a reward-model forward
+//! rounds differently next to other rows, so a resumed run scores exactly the groups the
+//! uninterrupted run scored, and its scores are bit-identical.
 use crate::error::Result;
 use crate::select::{best_index, prompt_key, PromptSamples, Sample};
+use crate::shard::{GenJournal, GenRecord, GenSample};
 use datasets::PromptRecord;
 use llama::engine::{self, EngineConfig, Request, RowOutput};
 use llama::{Llama, SamplingParams, Tokenizer};
 use reward::combine::RewardScorer;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// What sampling a batch needs besides the prompts.
+/// What sampling needs besides the prompts (the seeds come with each [`Job`]).
 pub struct SampleSpec {
     pub k: usize,
     pub temperature: f64,
     pub top_p: f64,
     pub top_k: i64,
     pub max_new_tokens: usize,
-    pub seed: u64,
     pub iteration: usize,
     pub require_finished: bool,
+    /// Rows decoded together (the engine's slots; rounded down to a multiple of K).
+    pub slots: usize,
 }
 
-/// K samples of every prompt of the batch, scored and with the winner marked. Prompts whose
-/// encoding plus `max_new_tokens` exceeds the model's context come back skipped (no samples).
-pub fn sample_batch(
+/// One prompt to sample: its prompt batch (the scoring group) and that batch's seed
+/// ([`batch_seed`]); the prompt's own stream is [`prompt_stream`] of it.
+pub struct Job<'a> {
+    pub batch: usize,
+    pub batch_seed: u64,
+    pub prompt: &'a PromptRecord,
+}
+
+/// K samples of every job, continuous across prompt batches. Generated prompts go to `journal` as
+/// they finish (those already in it are not regenerated); each prompt batch, once all of its
+/// prompts are generated, is scored and passed to `emit` (its records in job order, the winner
+/// marked). Prompts whose encoding plus `max_new_tokens` exceeds the model's context come back
+/// skipped (no samples).
+pub fn sample_prompts(
     policy: &Llama,
     scorer: &RewardScorer,
     tok: &Tokenizer,
-    prompts: &[&PromptRecord],
+    jobs: &[Job],
     spec: &SampleSpec,
-) -> Result<Vec<PromptSamples>> {
+    journal: &mut GenJournal,
+    mut emit: impl FnMut(Vec<PromptSamples>) -> Result<()>,
+) -> Result<()> {
     let limit = policy.cfg.max_position_embeddings as usize;
-    let mut ids = Vec::with_capacity(prompts.len());
-    let mut fits = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let x = llama::chat::encode_prompt(tok, &p.prompt)?;
-        fits.push(x.len() + spec.max_new_tokens <= limit);
-        if x.len() + spec.max_new_tokens <= limit {
-            ids.push(x);
-        }
+    let k = spec.k;
+    let keys: Vec<String> = jobs.iter().map(|j| prompt_key(&j.prompt.prompt)).collect();
+    let mut ids: Vec<Option<Vec<u32>>> = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let x = llama::chat::encode_prompt(tok, &j.prompt.prompt)?;
+        ids.push((x.len() + spec.max_new_tokens <= limit).then_some(x));
+    }
+    // Scoring groups (prompt batches) in batch order, each with its jobs in order.
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        groups.entry(j.batch).or_default().push(i);
+    }
+    let mut gen: Vec<Option<GenRecord>> = keys.iter().map(|key| journal.get(key).cloned()).collect();
+    let mut left: BTreeMap<usize, usize> =
+        groups.iter().map(|(&b, idx)| (b, idx.iter().filter(|&&i| ids[i].is_some() && gen[i].is_none()).count())).collect();
+    let group = |b: usize, gen: &[Option<GenRecord>]| -> Result<Vec<PromptSamples>> {
+        score_group(scorer, tok, jobs, &keys, &groups[&b], gen, spec, limit)
+    };
+    // Groups generated before an interruption are scored first.
+    for (&b, _) in left.iter().filter(|(_, &n)| n == 0) {
+        emit(group(b, &gen)?)?;
+    }
+    let pending: Vec<usize> = (0..jobs.len()).filter(|&i| ids[i].is_some() && gen[i].is_none()).collect();
+    if pending.is_empty() {
+        return Ok(());
     }
     let params = SamplingParams {
         max_new_tokens: spec.max_new_tokens,
         temperature: spec.temperature,
         top_p: spec.top_p,
         top_k: spec.top_k,
-        seed: spec.seed,
+        seed: 0,
         stop_at_eos: true,
         eos_token_id: policy.cfg.eos_token_id,
-        num_samples: spec.k,
+        num_samples: k,
     };
-    let t0 = Instant::now();
-    let sampled: Vec<&PromptRecord> = prompts.iter().zip(&fits).filter(|(_, &f)| f).map(|(p, _)| *p).collect();
-    // Each prompt's draws come from its own stream, keyed by the batch seed and the prompt itself:
-    // the samples do not depend on which other prompts of the batch are still to be sampled.
-    let requests: Vec<Request> = ids
+    // Each prompt's draws come from its own stream, keyed by its batch's seed and the prompt
+    // itself: its samples depend neither on the other prompts in flight nor on an interruption.
+    let requests: Vec<Request> = pending
         .iter()
-        .zip(&sampled)
-        .map(|(x, p)| Request { prompt: x, seed: prompt_stream(spec.seed, &prompt_key(&p.prompt)), expected_new_tokens: None })
+        .map(|&i| Request {
+            prompt: ids[i].as_deref().unwrap_or_default(),
+            seed: prompt_stream(jobs[i].batch_seed, &keys[i]),
+            expected_new_tokens: None,
+        })
         .collect();
-    let mut rows: Vec<Option<RowOutput>> = vec![None; requests.len() * spec.k];
-    engine::run(policy, &requests, &params, &EngineConfig::default(), |r: RowOutput| -> Result<()> {
-        let i = r.request * spec.k + r.sample;
-        rows[i] = Some(r);
+    let mut rows: Vec<Vec<Option<RowOutput>>> = vec![vec![None; k]; pending.len()];
+    let mut arrived = vec![0usize; pending.len()];
+    let mut clock = Instant::now();
+    engine::run(policy, &requests, &params, &EngineConfig::continuous(spec.slots), |r: RowOutput| -> Result<()> {
+        let (q, j) = (r.request, r.sample);
+        rows[q][j] = Some(r);
+        arrived[q] += 1;
+        if arrived[q] < k {
+            return Ok(());
+        }
+        let i = pending[q];
+        let samples = std::mem::take(&mut rows[q])
+            .into_iter()
+            .flatten()
+            .map(|r| Ok(GenSample { text: tok.decode(&r.tokens)?.trim().to_string(), tokens: r.tokens.len(), finished: r.finished }))
+            .collect::<Result<Vec<_>>>()?;
+        let rec = GenRecord { key: keys[i].clone(), samples, generation_seconds: clock.elapsed().as_secs_f64() };
+        journal.append(rec.clone())?;
+        gen[i] = Some(rec);
+        let b = jobs[i].batch;
+        let n = left.get_mut(&b).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if n == Some(0) {
+            emit(group(b, &gen)?)?;
+        }
+        // Scoring and logging time is not generation time.
+        clock = Instant::now();
         Ok(())
     })?;
-    let out: Vec<RowOutput> = rows.into_iter().flatten().collect();
-    let gen_seconds = t0.elapsed().as_secs_f64();
-    let texts = out.iter().map(|r| tok.decode(&r.tokens).map(|s| s.trim().to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
-    let t1 = Instant::now();
-    let items: Vec<(&PromptRecord, &str)> = texts.iter().enumerate().map(|(r, t)| (sampled[r / spec.k], t.as_str())).collect();
-    let scores = scorer.score(tok, &items)?;
-    let score_seconds = t1.elapsed().as_secs_f64();
-    let share = 1.0 / sampled.len().max(1) as f64;
+    Ok(())
+}
 
-    let mut results = Vec::with_capacity(prompts.len());
+/// Scores one prompt batch's generated replies together (prompt order, sample order) and builds
+/// its records.
+#[allow(clippy::too_many_arguments)]
+fn score_group(
+    scorer: &RewardScorer,
+    tok: &Tokenizer,
+    jobs: &[Job],
+    keys: &[String],
+    idx: &[usize],
+    gen: &[Option<GenRecord>],
+    spec: &SampleSpec,
+    limit: usize,
+) -> Result<Vec<PromptSamples>> {
+    let t1 = Instant::now();
+    let mut items: Vec<(&PromptRecord, &str)> = Vec::new();
+    for &i in idx {
+        if let Some(g) = &gen[i] {
+            items.extend(g.samples.iter().map(|s| (jobs[i].prompt, s.text.as_str())));
+        }
+    }
+    let scores = scorer.score(tok, &items)?;
+    let scored = idx.iter().filter(|&&i| gen[i].is_some()).count();
+    let score_share = t1.elapsed().as_secs_f64() / scored.max(1) as f64;
+    let mut out = Vec::with_capacity(idx.len());
     let mut next = 0usize;
-    for (p, &fit) in prompts.iter().zip(&fits) {
+    for &i in idx {
+        let p = jobs[i].prompt;
         let mut r = PromptSamples {
-            key: prompt_key(&p.prompt),
+            key: keys[i].clone(),
             prompt: p.prompt.clone(),
             is_safety: p.is_safety,
             iteration: spec.iteration,
@@ -91,30 +174,29 @@ pub fn sample_batch(
             generation_seconds: 0.0,
             scoring_seconds: 0.0,
         };
-        if !fit {
+        let Some(g) = &gen[i] else {
             r.skipped = Some(format!("prompt + max_new_tokens exceeds the model's {limit} positions"));
-            results.push(r);
+            out.push(r);
             continue;
-        }
-        for j in 0..spec.k {
-            let row = next * spec.k + j;
-            let s = scores[row];
+        };
+        for s in &g.samples {
+            let sc = scores[next];
+            next += 1;
             r.samples.push(Sample {
-                text: texts[row].clone(),
-                tokens: out[row].tokens.len(),
-                finished: out[row].finished,
-                reward: s.rc,
-                helpfulness: s.helpfulness,
-                safety: s.safety,
+                text: s.text.clone(),
+                tokens: s.tokens,
+                finished: s.finished,
+                reward: sc.rc,
+                helpfulness: sc.helpfulness,
+                safety: sc.safety,
             });
         }
         r.best = best_index(&r.samples, spec.require_finished);
-        r.generation_seconds = gen_seconds * share;
-        r.scoring_seconds = score_seconds * share;
-        next += 1;
-        results.push(r);
+        r.generation_seconds = g.generation_seconds;
+        r.scoring_seconds = score_share;
+        out.push(r);
     }
-    Ok(results)
+    Ok(out)
 }
 
 /// The draw stream of a prompt of a batch seeded `batch_seed`, from the prompt's key.

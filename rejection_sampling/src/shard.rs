@@ -1,10 +1,14 @@
 //! The resumable sample log: one JSON line per prompt with all K samples and their scores,
-//! appended a prompt batch at a time and fsync'd, so a killed run loses at most the batch it was
-//! generating. Reopening drops a torn last line (a write cut by the kill) and reports which
-//! prompts are done; the sampler then skips them.
+//! appended a scoring group (prompt batch) at a time and fsync'd; beside it the generation
+//! journal ([`GenJournal`], `<log>.gen`): one line per prompt with its K generated replies,
+//! appended and fsync'd as soon as the prompt's last row leaves the rollout engine, before
+//! scoring. A killed run loses only the rows still being decoded. Reopening either file drops a
+//! torn last line (a write cut by the kill); the sampler then skips logged prompts and does not
+//! regenerate journaled ones.
 use crate::error::{Result, RsError};
 use crate::select::PromptSamples;
-use std::collections::HashSet;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,47 +25,7 @@ impl SampleLog {
     /// newline-terminated or not valid JSON is the tail of an interrupted write: it is cut off.
     /// A bad line anywhere else is an error.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |e| RsError::io(path, e);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| RsError::io(dir, e))?;
-        }
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(e)),
-        };
-        let mut records = Vec::new();
-        let mut good_len = 0usize;
-        let mut start = 0usize;
-        let mut line_no = 0usize;
-        while start < bytes.len() {
-            line_no += 1;
-            let end = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p);
-            let last = end.is_none_or(|e| e + 1 == bytes.len());
-            let line = &bytes[start..end.unwrap_or(bytes.len())];
-            match serde_json::from_slice::<PromptSamples>(line) {
-                Ok(r) if end.is_some() => {
-                    records.push(r);
-                    good_len = end.unwrap_or(0) + 1;
-                }
-                Ok(_) => {
-                    tracing::warn!("{}: line {line_no} was cut off by an interrupted write; dropped", path.display());
-                }
-                Err(e) if last => {
-                    tracing::warn!("{}: line {line_no} is incomplete ({e}); dropped (the run was interrupted)", path.display());
-                }
-                Err(e) => return Err(RsError::Shard { path: path.into(), line: line_no, msg: e.to_string() }),
-            }
-            match end {
-                Some(e) => start = e + 1,
-                None => break,
-            }
-        }
-        let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io)?;
-        if good_len < bytes.len() {
-            file.set_len(good_len as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
+        let (records, file) = read_jsonl::<PromptSamples>(path)?;
         let done = records.iter().map(|r| r.key.clone()).collect();
         Ok(SampleLog { path: path.into(), file, records, done })
     }
@@ -113,6 +77,134 @@ impl SampleLog {
             self.done.insert(r.key.clone());
             self.records.push(r);
         }
+        Ok(())
+    }
+}
+
+/// Reads a JSONL file of `T` records and opens it for appending. A last line that is not
+/// newline-terminated or not valid JSON is the tail of an interrupted write: it is cut off.
+/// A bad line anywhere else is an error.
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, File)> {
+    let io = |e| RsError::io(path, e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| RsError::io(dir, e))?;
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let mut records = Vec::new();
+    let mut good_len = 0usize;
+    let mut start = 0usize;
+    let mut line_no = 0usize;
+    while start < bytes.len() {
+        line_no += 1;
+        let end = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p);
+        let last = end.is_none_or(|e| e + 1 == bytes.len());
+        let line = &bytes[start..end.unwrap_or(bytes.len())];
+        match serde_json::from_slice::<T>(line) {
+            Ok(r) if end.is_some() => {
+                records.push(r);
+                good_len = end.unwrap_or(0) + 1;
+            }
+            Ok(_) => {
+                tracing::warn!("{}: line {line_no} was cut off by an interrupted write; dropped", path.display());
+            }
+            Err(e) if last => {
+                tracing::warn!("{}: line {line_no} is incomplete ({e}); dropped (the run was interrupted)", path.display());
+            }
+            Err(e) => return Err(RsError::Shard { path: path.into(), line: line_no, msg: e.to_string() }),
+        }
+        match end {
+            Some(e) => start = e + 1,
+            None => break,
+        }
+    }
+    let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io)?;
+    if good_len < bytes.len() {
+        file.set_len(good_len as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok((records, file))
+}
+
+/// One generated reply, before scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenSample {
+    pub text: String,
+    /// Generated tokens (EOS included when sampled).
+    pub tokens: usize,
+    /// Ended with EOS within `max_new_tokens`.
+    pub finished: bool,
+}
+
+/// A prompt's K generated replies: one line of the generation journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenRecord {
+    /// The pool key of the prompt.
+    pub key: String,
+    /// In sample order (sample j drew from stream j of the prompt).
+    pub samples: Vec<GenSample>,
+    /// Generation wall time charged to this prompt (decode time between completions, scoring excluded).
+    pub generation_seconds: f64,
+}
+
+/// The generation journal `<log>.gen`: the rows of every prompt whose K samples have left the
+/// engine, appended one prompt at a time (one write + fsync each) in completion order. A resumed
+/// run scores these instead of regenerating them.
+pub struct GenJournal {
+    path: PathBuf,
+    file: File,
+    records: HashMap<String, GenRecord>,
+}
+
+impl GenJournal {
+    /// The journal of the sample log at `log`.
+    pub fn path_for(log: &Path) -> PathBuf {
+        let mut s = log.as_os_str().to_owned();
+        s.push(".gen");
+        PathBuf::from(s)
+    }
+
+    /// Opens (or creates) the journal of the sample log at `log`, cutting a torn last line.
+    pub fn open_for(log: &Path) -> Result<Self> {
+        let path = Self::path_for(log);
+        let (records, file) = read_jsonl::<GenRecord>(&path)?;
+        let records = records.into_iter().map(|r| (r.key.clone(), r)).collect();
+        Ok(GenJournal { path, file, records })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, key: &str) -> Option<&GenRecord> {
+        self.records.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Appends one prompt's rows in one write and fsyncs them (a prompt already journaled is skipped).
+    pub fn append(&mut self, r: GenRecord) -> Result<()> {
+        if self.records.contains_key(&r.key) {
+            return Ok(());
+        }
+        let mut buf = serde_json::to_vec(&r).map_err(|e| RsError::Shard {
+            path: self.path.clone(),
+            line: self.records.len() + 1,
+            msg: e.to_string(),
+        })?;
+        buf.push(b'\n');
+        self.file.write_all(&buf).map_err(|e| RsError::io(&self.path, e))?;
+        self.file.sync_data().map_err(|e| RsError::io(&self.path, e))?;
+        self.records.insert(r.key.clone(), r);
         Ok(())
     }
 }
