@@ -266,3 +266,47 @@ fn bad_configs_fail_cleanly() {
     let err = run_err(&mut rs(&p, &tmp.path().join("o")));
     assert!(err.contains("best_k"), "{err}");
 }
+
+/// `temperature = "auto"`: the iteration samples the sweep first, then every prompt at the sweep
+/// temperature with the highest mean best-of-K reward (at K = 4 the mean over prompts of each
+/// prompt's best sample, recomputed here from the sweep logs), and logs and reports its choice.
+#[test]
+fn auto_temperature_samples_at_the_sweeps_best_at_k() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("iterations = 2", "iterations = 1")
+        .replace("temperature_sweep = [0.7, 1.0]", "temperature = \"auto\"\ntemperature_sweep = [0.4, 1.0, 2.5]");
+    std::fs::write(&cfg, text).unwrap();
+    let out = tmp.path().join("auto");
+    let mut cmd = rs(&cfg, &out);
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let best_of_k = |t: f64| -> f64 {
+        let v = lines(&out.join(format!("sweep-iter1-t{t}.jsonl")));
+        assert_eq!(v.len(), 6, "T {t}: the sweep samples sweep_prompts prompts");
+        v.iter()
+            .map(|r| r["samples"].as_array().unwrap().iter().map(|s| s["reward"].as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max))
+            .sum::<f64>()
+            / v.len() as f64
+    };
+    let temps = [0.4, 1.0, 2.5];
+    let values: Vec<f64> = temps.iter().map(|&t| best_of_k(t)).collect();
+    let mut want = 0;
+    for i in 1..temps.len() {
+        if values[i] > values[want] + 1e-12 {
+            want = i;
+        }
+    }
+    let chosen = temps[want];
+    let rep: Value = serde_json::from_str(&std::fs::read_to_string(out.join("iter1/report.json")).unwrap()).unwrap();
+    assert_eq!(rep["temperature"].as_f64(), Some(chosen), "best-of-4 per temperature {values:?}");
+    assert_eq!(rep["sweep"].as_array().unwrap().len(), 3);
+    let samples = lines(&out.join("samples-iter1.jsonl"));
+    assert_eq!(samples.len(), PROMPTS);
+    assert!(samples.iter().all(|r| r["temperature"].as_f64() == Some(chosen)), "every prompt is sampled at T = {chosen}");
+    assert!(lines(&out.join("pool.jsonl")).iter().all(|r| r["temperature"].as_f64() == Some(chosen)));
+    assert!(stderr.contains(&format!("chose T = {chosen}")), "the choice is logged: {stderr}");
+}
