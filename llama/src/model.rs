@@ -473,6 +473,21 @@ impl KvCache {
     }
 }
 
+/// Weight sharding over the ranks of a distributed run (ZeRO-3, `training::optim`): a decoder
+/// layer's weights are present only between [`ShardHooks::gather`] and [`ShardHooks::release`];
+/// after the layer's backward [`ShardHooks::reduce`] sums its gradients over the ranks into each
+/// rank's shard and frees them. Every rank must call the same hooks in the same order (they are
+/// collectives), so the model calls them for every layer whatever its inputs.
+pub trait ShardHooks: Send {
+    /// Layer `layer`'s full weights into its tensors.
+    fn gather(&self, layer: usize);
+    /// Frees layer `layer`'s full weights.
+    fn release(&self, layer: usize);
+    /// Layer `layer`'s gradients (zeros where it has none) summed over the ranks into this
+    /// rank's shard; its full gradients freed.
+    fn reduce(&self, layer: usize);
+}
+
 /// `LlamaForCausalLM`: `model.embed_tokens`, `model.layers.*`, `model.norm`, `lm_head`
 /// (absent when tied to the embeddings).
 #[derive(Debug)]
@@ -483,6 +498,16 @@ pub struct Llama {
     pub norm: RmsNorm,
     pub lm_head: Option<Linear>,
     rope: Rope,
+    shard: Option<Hooks>,
+}
+
+/// The model's [`ShardHooks`] (a `Debug` wrapper).
+struct Hooks(Box<dyn ShardHooks>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardHooks")
+    }
 }
 
 impl Llama {
@@ -503,7 +528,38 @@ impl Llama {
         let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&m / "layers" / i, cfg)).collect();
         let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
         let rope = Rope::new(cfg, root.device(), root.kind());
-        Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head: None, rope }
+        Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head: None, rope, shard: None }
+    }
+
+    /// Shards the decoder layers' weights (ZeRO-3): from now on every forward gathers each layer
+    /// just before it runs and frees it after, and [`Llama::backward_checkpointed`] reduces each
+    /// layer's gradients as soon as its backward is done. A plain `forward` with gradient cannot
+    /// back-propagate into freed weights: training must use the checkpointed backward.
+    pub fn set_shard_hooks(&mut self, hooks: Box<dyn ShardHooks>) {
+        self.shard = Some(Hooks(hooks));
+    }
+
+    /// Whether the layers are sharded ([`Llama::set_shard_hooks`]).
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    fn gather(&self, i: usize) {
+        if let Some(h) = &self.shard {
+            h.0.gather(i);
+        }
+    }
+
+    fn release(&self, i: usize) {
+        if let Some(h) = &self.shard {
+            h.0.release(i);
+        }
+    }
+
+    fn reduce(&self, i: usize) {
+        if let Some(h) = &self.shard {
+            h.0.reduce(i);
+        }
     }
 
     /// Hidden states after the final norm, `[B, T, D]`.
@@ -513,7 +569,9 @@ impl Llama {
         let (cos, sin) = self.rope.at(positions);
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            self.gather(i);
             x = layer.forward(&x, &cos, &sin, mask, lc);
+            self.release(i);
         }
         self.norm.forward(&x)
     }
@@ -526,11 +584,18 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rope.at(positions);
         let n = self.layers.len();
-        for layer in &self.layers[..n.saturating_sub(1)] {
+        for (i, layer) in self.layers[..n.saturating_sub(1)].iter().enumerate() {
+            self.gather(i);
             x = layer.forward(&x, &cos, &sin, mask, None);
+            self.release(i);
         }
         let x = match self.layers.last() {
-            Some(last) => last.forward_at(&x, &cos, &sin, mask, read),
+            Some(last) => {
+                self.gather(n - 1);
+                let y = last.forward_at(&x, &cos, &sin, mask, read);
+                self.release(n - 1);
+                y
+            }
             None => {
                 let (b, r, d) = (read.size()[0], read.size()[1], x.size()[2]);
                 x.gather(1, &read.unsqueeze(-1).expand([b, r, d], false), false)
@@ -561,11 +626,18 @@ impl Llama {
         let recomputed = if read.is_some() { n.saturating_sub(1) } else { n };
         let mut inputs = Vec::with_capacity(recomputed);
         let mut x = tch::no_grad(|| Tensor::embedding(&self.embed_tokens, ids, -1, false, false));
-        for layer in &self.layers[..recomputed] {
+        for (i, layer) in self.layers[..recomputed].iter().enumerate() {
+            self.gather(i);
             let y = tch::no_grad(|| layer.forward(&x, &cos, &sin, mask, None));
+            self.release(i);
             inputs.push(std::mem::replace(&mut x, y));
         }
         let top = x.detach().set_requires_grad(true);
+        // ZeRO-3 with `read`: the last layer runs in the head, gathered until the loss's backward.
+        let head_layer = (read.is_some() && n > 0).then(|| n - 1);
+        if let Some(i) = head_layer {
+            self.gather(i);
+        }
         let h = match (read, self.layers.last()) {
             (Some(r), Some(last)) => last.forward_at(&top, &cos, &sin, mask, r),
             (Some(r), None) => {
@@ -576,16 +648,31 @@ impl Llama {
         };
         let l = loss(&self.norm.forward(&h));
         l.backward();
+        drop(h);
+        if let Some(i) = head_layer {
+            self.reduce(i);
+            self.release(i);
+        }
         let mut g = top.grad();
-        for (layer, xin) in self.layers[..recomputed].iter().zip(inputs).rev() {
+        for (i, (layer, xin)) in self.layers[..recomputed].iter().zip(inputs).enumerate().rev() {
             if !g.defined() {
-                break;
+                if self.shard.is_none() {
+                    break;
+                }
+                // Sharded: every rank gathers and reduces every layer (zeros here).
+                self.gather(i);
+                self.reduce(i);
+                self.release(i);
+                continue;
             }
+            self.gather(i);
             let xin = xin.detach().set_requires_grad(true);
             let y = layer.forward(&xin, &cos, &sin, mask, None);
             // d/dy of sum(y * g) is g exactly: the layer's backward with the incoming gradient.
             (y * &g).sum(Kind::Float).backward();
             g = xin.grad();
+            self.reduce(i);
+            self.release(i);
         }
         if g.defined() && self.embed_tokens.requires_grad() {
             (Tensor::embedding(&self.embed_tokens, ids, -1, false, false) * &g).sum(Kind::Float).backward();

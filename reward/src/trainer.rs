@@ -99,7 +99,11 @@ impl<'a> RewardTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = cfg.train.optimizer(&vs)?;
+        let opt = cfg.train.optimizer_zero3(&vs)?;
+        // ZeRO-3: the trunk gathers each layer from the ranks' shards as it runs.
+        if let Some(hooks) = opt.shard_hooks() {
+            model.trunk.set_shard_hooks(hooks);
+        }
         Ok(RewardTrainer { cfg, vs, model, opt, pairs, eval_pairs, device, steps_per_epoch, total_steps, schedule, lora })
     }
 
@@ -180,6 +184,23 @@ impl<'a> RewardTrainer<'a> {
             let d = (&c - &r).detach();
             correct += i64::try_from(d.gt(0.0).sum(Kind::Int64))? as usize;
             gap += f64::try_from(d.sum(Kind::Float))?;
+        }
+        if self.model.trunk.is_sharded() {
+            // ZeRO-3: each backward gathers and reduces every layer with all ranks, so a rank
+            // with fewer micro-batches runs as many backward passes as the busiest, on the
+            // step's first micro-batch with weight 0 (gradient exactly zero, nothing counted).
+            let mb = self.cfg.train.micro_batch_size;
+            let n_chunks = pairs.len().div_ceil(mb);
+            let mine = (0..n_chunks).filter(|j| j % world == rank).count();
+            for _ in mine..n_chunks.div_ceil(world) {
+                let b = collate(&pairs[..mb.min(pairs.len())], self.device);
+                let _ = self.model.trunk.backward_checkpointed(&b.ids, &b.positions, &b.mask, Some(&b.read), |h| {
+                    self.model.score.forward(h).to_kind(Kind::Float).sum(Kind::Float) * 0.0
+                });
+                if several {
+                    self.opt.accumulate();
+                }
+            }
         }
         let mut sums = [loss_sum, correct as f64, tokens as f64, gap, aux_sum];
         training::dist::sum_over_ranks(&mut sums)?;

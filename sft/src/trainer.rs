@@ -89,7 +89,7 @@ impl<'a> SftTrainer<'a> {
     pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
         cfg.validate().map_err(TrainError::Config)?;
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let (vs, model, lora) = build_model(cfg, device, kind)?;
+        let (vs, mut model, lora) = build_model(cfg, device, kind)?;
         let truncated = train.iter().filter(|e| e.len() > cfg.max_seq_len).count();
         // Pack once in a seeded order; epochs then shuffle whole rows.
         let order = epoch_order(train.len(), cfg.train.seed, u64::MAX);
@@ -106,7 +106,11 @@ impl<'a> SftTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = cfg.train.optimizer(&vs)?;
+        let opt = cfg.train.optimizer_zero3(&vs)?;
+        // ZeRO-3: the model gathers each layer from the ranks' shards as it runs.
+        if let Some(hooks) = opt.shard_hooks() {
+            model.set_shard_hooks(hooks);
+        }
         Ok((SftTrainer { cfg, vs, model, opt, rows, eval_rows, device, steps_per_epoch, total_steps, schedule, lora }, truncated))
     }
 
@@ -155,6 +159,21 @@ impl<'a> SftTrainer<'a> {
                 self.opt.accumulate();
             }
             loss_sum += f64::try_from(&nll)?;
+        }
+        if self.model.is_sharded() {
+            // ZeRO-3: each backward gathers and reduces every layer with all ranks, so a rank
+            // with fewer micro-batches (the step's count is not a multiple of the ranks) runs
+            // as many backward passes as the busiest, on the step's first micro-batch with
+            // weight 0 (gradient exactly zero, loss not counted).
+            let n_chunks = rows.len().div_ceil(self.cfg.train.micro_batch_size);
+            let mine = (0..n_chunks).filter(|j| j % world == rank).count();
+            let first: Vec<&PackedRow> = rows.iter().take(self.cfg.train.micro_batch_size).copied().collect();
+            for _ in mine..n_chunks.div_ceil(world) {
+                let _ = sft_backward_checkpointed(&self.model, &collate(&first, self.device), f64::INFINITY);
+                if several {
+                    self.opt.accumulate();
+                }
+            }
         }
         let mut sums = [loss_sum, tokens as f64];
         training::dist::sum_over_ranks(&mut sums)?;

@@ -133,7 +133,7 @@ impl CheckpointManager {
                     p.save_weights(&tmp.join(p.name), tch::Kind::Float, extra_files)?;
                 }
                 let file = match p.opt.zero_layout() {
-                    Some([world, rank, ..]) => zero_file(p.name, rank, world),
+                    Some(l) => zero_file(p.name, l[1], l[0]),
                     None if main => optimizer_file(p.name),
                     None => continue,
                 };
@@ -236,8 +236,8 @@ pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW
     }
     let device = vs.device();
     let replicated = path.join(optimizer_file(name));
-    if let Some(layout @ [world, rank, ..]) = opt.zero_layout() {
-        let own = path.join(zero_file(name, rank, world));
+    if let Some(layout) = opt.zero_layout() {
+        let own = path.join(zero_file(name, layout[1], layout[0]));
         if own.exists() {
             let files = CheckpointFiles::open_file(&own)?;
             let saved = Vec::<i64>::try_from(files.tensor("zero.layout")?)?;
@@ -280,14 +280,16 @@ fn unshard_files(path: &Path, name: &str, opt: &AdamW) -> Result<std::collection
         }
         let files = CheckpointFiles::open_file(&file)?;
         let layout = Vec::<i64>::try_from(files.tensor("zero.layout")?)?;
-        if layout.len() != 4 || layout[0] != world || layout[1] != r || layout[3] != opt.num_parameters() {
+        // A fifth entry 3: ZeRO-3's layout, whose buckets end at each decoder layer's end.
+        let stage3 = layout.len() == 5 && layout[4] == 3;
+        if !(layout.len() == 4 || stage3) || layout[0] != world || layout[1] != r || layout[3] != opt.num_parameters() {
             return Err(bad(format!(
                 "{}: zero.layout {layout:?} does not fit rank {r} of {world} and {} parameters",
                 file.display(),
                 opt.num_parameters()
             )));
         }
-        bucket = Some(layout[2]);
+        bucket = Some((layout[2], if stage3 { 3 } else { 2 }));
         for (i, key) in ["zero.master", "zero.m", "zero.v"].iter().enumerate() {
             shards[i].push(files.tensor(key)?.to_kind(tch::Kind::Float));
         }
@@ -296,7 +298,8 @@ fn unshard_files(path: &Path, name: &str, opt: &AdamW) -> Result<std::collection
     let sizes: Vec<i64> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let mut out = std::collections::HashMap::new();
     for (i, what) in ["master", "m", "v"].iter().enumerate() {
-        let flat = crate::zero::unshard(&sizes, bucket.unwrap_or(crate::zero::DEFAULT_BUCKET), &shards[i]);
+        let (b, stage) = bucket.unwrap_or((crate::zero::DEFAULT_BUCKET, 2));
+        let flat = crate::zero::unshard_grouped(&sizes, &opt.zero_group_ends(stage), b, &shards[i]);
         let mut off = 0;
         for ((pname, shape), &n) in shapes.iter().zip(&sizes) {
             out.insert(format!("{what}.{pname}"), flat.narrow(0, off, n).reshape(shape.as_slice()));

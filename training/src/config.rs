@@ -61,8 +61,10 @@ pub struct TrainConfig {
     /// Evaluate on the held-out split every N optimizer steps (0: only at the end).
     pub eval_every: u64,
     /// Distributed runs: 0 replicates the optimizer state on every rank; 1 and 2 shard the fp32
-    /// masters and moments over the ranks (ZeRO; 2 reduce-scatters the gradients). Not
-    /// serialised at 0, so configs and fingerprints without it are unchanged.
+    /// masters and moments over the ranks (ZeRO; 2 reduce-scatters the gradients); 3 also shards
+    /// the decoder layers' weights, each gathered just before it runs and freed after (needs
+    /// `gradient_checkpointing`; SFT only so far, docs/distributed.md). Not serialised at 0, so
+    /// configs and fingerprints without it are unchanged.
     #[serde(skip_serializing_if = "is_zero")]
     pub zero_stage: u8,
     /// Activation checkpointing: layers are recomputed in the backward pass, so a micro-batch
@@ -153,7 +155,21 @@ impl TrainConfig {
     }
 
     /// AdamW over the trainable variables of `vs`, sharded by `zero_stage` in a distributed run.
+    /// ZeRO-3 needs a trainer that gathers the layers as they run ([`TrainConfig::optimizer_zero3`]):
+    /// refused here.
     pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
+        if self.zero_stage == 3 {
+            return Err(crate::TrainError::Config(
+                "zero_stage 3 is implemented for SFT and reward-model training only so far (docs/distributed.md): use zero_stage 2".into(),
+            ));
+        }
+        self.optimizer_zero3(vs)
+    }
+
+    /// [`TrainConfig::optimizer`] for a trainer that supports ZeRO-3: it must pass the
+    /// optimizer's [`crate::AdamW::shard_hooks`] to its model and run the same number of
+    /// backward passes on every rank.
+    pub fn optimizer_zero3(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
         let bucket = self.zero_bucket.map_or(crate::zero::DEFAULT_BUCKET, |b| b as i64);
         let offload = match self.optimizer_offload {
             Offload::None => None,
@@ -192,8 +208,13 @@ impl TrainConfig {
         if self.zero_bucket == Some(0) {
             return Err("zero_bucket must be at least 1".into());
         }
-        if self.zero_stage > 2 {
-            return Err(format!("zero_stage must be 0, 1 or 2, got {}", self.zero_stage));
+        if self.zero_stage > 3 {
+            return Err(format!("zero_stage must be 0, 1, 2 or 3, got {}", self.zero_stage));
+        }
+        if self.zero_stage == 3 && !self.gradient_checkpointing {
+            return Err("zero_stage 3 frees each decoder layer's weights after it runs, so the backward must recompute it: \
+                        set gradient_checkpointing = true"
+                .into());
         }
         if !(0.0..=1.0).contains(&self.lr_floor_ratio) {
             return Err("lr_floor_ratio must be in [0, 1]".into());

@@ -35,6 +35,8 @@ impl Default for AdamWConfig {
 struct Param {
     name: String,
     var: Tensor,
+    /// The variable's shape (under ZeRO-3 a decoder layer's variable is empty between uses).
+    shape: Vec<i64>,
     decay: bool,
     /// Per-parameter state; `None` when a ZeRO shard holds it.
     local: Option<Local>,
@@ -91,6 +93,215 @@ struct Sharded {
     grad: Tensor,
     /// Which parameters had a gradient in this step (the others are not updated).
     has_grad: Vec<bool>,
+    /// ZeRO-3: the decoder layers' weights, gathered and freed around their use.
+    zero3: Option<Zero3>,
+}
+
+/// The decoder layer a parameter belongs to (`...layers.{i}....`), if any.
+pub fn layer_of(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    while let Some(p) = parts.next() {
+        if p == "layers" {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// The groups of the ZeRO layout of parameters `names` (sorted): their ends and each one's
+/// decoder layer. One group at stages 1 and 2; at stage 3 each run of parameters of one decoder
+/// layer is a group (gathered and reduced together), and the runs between are groups of
+/// parameters kept whole on every rank (embeddings, final norm, LM or scalar head).
+pub fn groups_of(names: &[&str], zero_stage: u8) -> (Vec<usize>, Vec<Option<usize>>) {
+    if zero_stage < 3 || names.is_empty() {
+        return (vec![names.len()], vec![None]);
+    }
+    let (mut ends, mut keys) = (Vec::new(), vec![layer_of(names[0])]);
+    for (i, n) in names.iter().enumerate().skip(1) {
+        let k = layer_of(n);
+        if k != *keys.last().expect("one key per group") {
+            ends.push(i);
+            keys.push(k);
+        }
+    }
+    ends.push(names.len());
+    (ends, keys)
+}
+
+/// ZeRO-3 (the ZeRO paper's stage 3, PyTorch FSDP's full sharding): each rank keeps the fp32
+/// masters, moments and gradient of its shard only, and every decoder layer's weights are
+/// all-gathered from the ranks' shards (cast to the model's dtype) just before the layer runs,
+/// and freed after; its gradients are reduce-scattered into the ranks' fp32 gradient shards as
+/// soon as its backward is done ([`llama::Llama::backward_checkpointed`]), and freed. Parameters
+/// outside the layers stay whole on every rank and are reduced and gathered as in ZeRO-2.
+/// The tensors here share storage with [`Sharded`]'s (shallow clones): the updates are seen.
+struct Zero3 {
+    dist: &'static distributed::Dist,
+    layout: ZeroLayout,
+    /// The layout group of each decoder layer.
+    layer_group: Vec<usize>,
+    /// Each group's parameters (`params[range]`).
+    group_params: Vec<std::ops::Range<usize>>,
+    /// Every parameter's variable (shared with the model) and shape.
+    vars: Vec<(Tensor, Vec<i64>)>,
+    master: Tensor,
+    grad: Tensor,
+    kind: Kind,
+    /// The model's device (the fp32 state may be offloaded elsewhere).
+    device: Device,
+    /// Layer backward passes reduced since the last update (shared by every handle).
+    reduced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Zero3 {
+    fn new(dist: &'static distributed::Dist, layout: &ZeroLayout, params: &[Param], master: &Tensor, grad: &Tensor) -> Zero3 {
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let (ends, keys) = groups_of(&names, 3);
+        let mut group_params = Vec::new();
+        let mut start = 0;
+        for &e in &ends {
+            group_params.push(start..e);
+            start = e;
+        }
+        let layers = keys.iter().flatten().max().map_or(0, |m| m + 1);
+        let mut layer_group = vec![usize::MAX; layers];
+        for (g, k) in keys.iter().enumerate() {
+            if let Some(l) = k {
+                layer_group[*l] = g;
+            }
+        }
+        Zero3 {
+            dist,
+            layout: layout.clone(),
+            layer_group,
+            group_params,
+            vars: params.iter().map(|p| (p.var.shallow_clone(), p.shape.clone())).collect(),
+            master: master.shallow_clone(),
+            grad: grad.shallow_clone(),
+            kind: params.first().map_or(Kind::Float, |p| p.var.kind()),
+            device: params.first().map_or(Device::Cpu, |p| p.var.device()),
+            reduced: Default::default(),
+        }
+    }
+
+    /// Another handle on the same state (for the model).
+    fn handle(&self) -> Zero3 {
+        Zero3 {
+            dist: self.dist,
+            layout: self.layout.clone(),
+            layer_group: self.layer_group.clone(),
+            group_params: self.group_params.clone(),
+            vars: self.vars.iter().map(|(v, s)| (v.shallow_clone(), s.clone())).collect(),
+            master: self.master.shallow_clone(),
+            grad: self.grad.shallow_clone(),
+            kind: self.kind,
+            device: self.device,
+            reduced: self.reduced.clone(),
+        }
+    }
+
+    /// Whether parameter `i` lives in a decoder layer (sharded between uses).
+    fn is_layer_param(&self, i: usize) -> bool {
+        self.layer_group.iter().any(|&g| self.group_params[g].contains(&i))
+    }
+
+    fn group(&self, layer: usize) -> usize {
+        *self.layer_group.get(layer).unwrap_or_else(|| panic!("ZeRO-3: the model has a layer {layer} the optimizer does not"))
+    }
+
+    fn fail(&self, what: &str, e: distributed::DistError) -> ! {
+        panic!("ZeRO-3 {what} failed on rank {}: {e}", self.dist.rank)
+    }
+}
+
+impl Sharded {
+    /// The buckets of parameters every rank keeps whole: all of them below ZeRO-3.
+    fn whole_buckets(&self) -> Vec<crate::zero::Bucket> {
+        match &self.zero3 {
+            None => self.layout.buckets.clone(),
+            Some(z) => self
+                .layout
+                .group_buckets
+                .iter()
+                .enumerate()
+                .filter(|(g, _)| !z.layer_group.contains(g))
+                .flat_map(|(_, r)| self.layout.buckets[r.clone()].to_vec())
+                .collect(),
+        }
+    }
+
+    /// ZeRO-3: a new step's gradient shard starts at zero (layer backward passes add to it).
+    fn clear_zero3_grad(&mut self) {
+        if let Some(z) = &self.zero3 {
+            let _ = tch::no_grad(|| self.grad.zero_());
+            z.reduced.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl llama::model::ShardHooks for Zero3 {
+    fn gather(&self, layer: usize) {
+        let g = self.group(layer);
+        let buckets = &self.layout.buckets[self.layout.group_buckets[g].clone()];
+        let (Some(first), Some(_)) = (buckets.first(), buckets.last()) else { return };
+        let w = self.dist.world_size;
+        let len: i64 = buckets.iter().map(|b| b.padded).sum();
+        tch::no_grad(|| {
+            // Only a group's last bucket is padded, so its parameters lie end to end in `flat`.
+            let flat = Tensor::empty([len], (self.kind, self.device));
+            for b in buckets {
+                let part = b.padded / w;
+                let outs: Vec<Tensor> = (0..w).map(|r| flat.narrow(0, b.start - first.start + r * part, part)).collect();
+                let mine = self.master.narrow(0, b.shard_off, part).to_device(self.device).to_kind(self.kind).contiguous();
+                if let Err(e) = self.dist.all_gather(&outs, &mine) {
+                    self.fail("all-gather", e);
+                }
+            }
+            let offsets = self.layout.offsets();
+            for i in self.group_params[g].clone() {
+                let (var, shape) = &self.vars[i];
+                let n: i64 = shape.iter().product();
+                var.shallow_clone().set_data(&flat.narrow(0, offsets[i] - first.start, n).view(shape.as_slice()));
+            }
+        });
+    }
+
+    fn release(&self, layer: usize) {
+        let g = self.group(layer);
+        for i in self.group_params[g].clone() {
+            let var = &self.vars[i].0;
+            let _ = distributed::kernels::release_grad(var);
+            var.shallow_clone().set_data(&Tensor::empty([0], (self.kind, self.device)));
+        }
+    }
+
+    fn reduce(&self, layer: usize) {
+        let g = self.group(layer);
+        let w = self.dist.world_size;
+        let device = self.device;
+        tch::no_grad(|| {
+            for b in &self.layout.buckets[self.layout.group_buckets[g].clone()] {
+                let flat = Tensor::zeros([b.padded], (Kind::Float, device));
+                for (param, param_off, off, len) in self.layout.overlapping(b.start, b.start + b.len) {
+                    let gr = self.vars[param].0.grad();
+                    if gr.defined() {
+                        flat.narrow(0, off, len).copy_(&gr.reshape([-1]).narrow(0, param_off, len));
+                    }
+                }
+                let part = b.padded / w;
+                let inputs: Vec<Tensor> = (0..w).map(|r| flat.narrow(0, r * part, part)).collect();
+                let tmp = Tensor::zeros([part], (Kind::Float, device));
+                if let Err(e) = self.dist.reduce_scatter(&tmp, &inputs) {
+                    self.fail("reduce-scatter", e);
+                }
+                let _ = self.grad.narrow(0, b.shard_off, part).g_add_(&tmp.to_device(self.grad.device()));
+            }
+        });
+        for i in self.group_params[g].clone() {
+            let _ = distributed::kernels::release_grad(&self.vars[i].0);
+        }
+        self.reduced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub struct AdamW {
@@ -166,13 +377,18 @@ impl AdamW {
     /// and/or offloaded to another device.
     pub fn with_options(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, o: StateOptions) -> Result<Self> {
         let StateOptions { zero_stage, bucket, offload } = o;
-        if zero_stage > 2 {
-            return Err(TrainError::Config(format!("zero_stage must be 0, 1 or 2, got {zero_stage}")));
+        if zero_stage > 3 {
+            return Err(TrainError::Config(format!("zero_stage must be 0, 1, 2 or 3, got {zero_stage}")));
         }
         let dist = distributed::get().filter(|d| d.world_size > 1);
         let shard = zero_stage > 0 && dist.is_some();
         // Frozen variables (`VarStore::freeze`) do not require gradients.
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| filter(n) && t.requires_grad()).collect();
+        if zero_stage == 3 && shard && vars.len() != vs.variables().len() {
+            return Err(TrainError::Config(
+                "zero_stage 3 shards every weight of the model; frozen weights (LoRA's base, a partly trained model) are not supported: use zero_stage 2".into(),
+            ));
+        }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params: Vec<Param> = tch::no_grad(|| {
             vars.into_iter()
@@ -185,14 +401,16 @@ impl AdamW {
                         v: Tensor::zeros(var.size(), (Kind::Float, at)),
                     });
                     let decay = decays(&name, &var);
-                    Param { name, var, decay, local, acc: None }
+                    let shape = var.size();
+                    Param { name, var, shape, decay, local, acc: None }
                 })
                 .collect()
         });
         let sharded = match dist {
             Some(d) if shard => {
                 let sizes: Vec<i64> = params.iter().map(|p| p.var.numel() as i64).collect();
-                let layout = ZeroLayout::new(&sizes, d.world_size, d.rank, bucket);
+                let (ends, _) = groups_of(&params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), zero_stage);
+                let layout = ZeroLayout::grouped(&sizes, &ends, d.world_size, d.rank, bucket);
                 let pieces = layout.pieces();
                 let device = offload.or(params.first().map(|p| p.var.device())).unwrap_or(Device::Cpu);
                 let zeros = || Tensor::zeros([layout.shard_len], (Kind::Float, device));
@@ -204,16 +422,62 @@ impl AdamW {
                     }
                 });
                 let has_grad = vec![false; params.len()];
-                Some(Sharded { dist: d, stage: zero_stage, pieces, master, m: zeros(), v: zeros(), grad: zeros(), has_grad, layout })
+                let grad = zeros();
+                let zero3 = (zero_stage == 3).then(|| Zero3::new(d, &layout, &params, &master, &grad));
+                Some(Sharded { dist: d, stage: zero_stage, pieces, master, m: zeros(), v: zeros(), grad, has_grad, layout, zero3 })
             }
             _ => None,
         };
         let sums_on = if dist.is_none() { offload } else { None };
-        Ok(AdamW { cfg, params, step: 0, sharded, dist, unflushed: true, sums_on })
+        let opt = AdamW { cfg, params, step: 0, sharded, dist, unflushed: true, sums_on };
+        // ZeRO-3: from here on each rank holds its shard of the decoder layers only.
+        opt.release_weights();
+        Ok(opt)
     }
 
     pub fn num_parameters(&self) -> i64 {
-        self.params.iter().map(|p| p.var.numel() as i64).sum()
+        self.params.iter().map(|p| p.shape.iter().product::<i64>()).sum()
+    }
+
+    /// ZeRO-3: the hooks that gather, free and reduce the decoder layers' weights, for
+    /// [`llama::Llama::set_shard_hooks`] (`None` at other stages and in one process).
+    pub fn shard_hooks(&self) -> Option<Box<dyn llama::model::ShardHooks>> {
+        let z = self.sharded.as_ref()?.zero3.as_ref()?;
+        Some(Box::new(z.handle()))
+    }
+
+    /// ZeRO-3: every decoder layer's full weights gathered into the model (a collective: every
+    /// rank calls it), to save or evaluate the whole model; [`AdamW::release_weights`] frees them.
+    pub fn gather_weights(&self) {
+        if let Some(z) = self.sharded.as_ref().and_then(|s| s.zero3.as_ref()) {
+            for g in 0..z.layer_group.len() {
+                llama::model::ShardHooks::gather(z, g);
+            }
+        }
+    }
+
+    /// ZeRO-3: every decoder layer's variables at full size, zero-filled, on this rank alone
+    /// (no collective): a checkpoint's weights are then loaded into them.
+    pub fn allocate_weights(&self) {
+        if let Some(z) = self.sharded.as_ref().and_then(|s| s.zero3.as_ref()) {
+            tch::no_grad(|| {
+                for (var, shape) in &z.vars {
+                    let mut v = var.shallow_clone();
+                    if v.size() != *shape {
+                        v.set_data(&Tensor::zeros(shape.as_slice(), (var.kind(), var.device())));
+                    }
+                }
+            });
+        }
+    }
+
+    /// ZeRO-3: frees every decoder layer's full weights (each rank keeps its shard).
+    pub fn release_weights(&self) {
+        if let Some(z) = self.sharded.as_ref().and_then(|s| s.zero3.as_ref()) {
+            for g in 0..z.layer_group.len() {
+                llama::model::ShardHooks::release(z, g);
+            }
+        }
     }
 
     /// The ZeRO stage in effect (0 when the state is replicated, or in one process).
@@ -238,13 +502,16 @@ impl AdamW {
 
     /// Parameter names and shapes, in the optimizer's order.
     pub fn param_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        self.params.iter().map(|p| (p.name.clone(), p.var.size())).collect()
+        self.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect()
     }
 
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.var.zero_grad();
             p.acc = None;
+        }
+        if let Some(s) = &mut self.sharded {
+            s.clear_zero3_grad();
         }
         self.unflushed = true;
     }
@@ -314,10 +581,19 @@ impl AdamW {
         tch::no_grad(|| -> Result<()> {
             if let Some(s) = &mut self.sharded {
                 s.has_grad = has_grad;
+                if let Some(z) = &s.zero3 {
+                    // The layers' gradients were reduced as each layer's backward ended.
+                    let any = z.reduced.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                    for (i, h) in s.has_grad.iter_mut().enumerate() {
+                        if z.is_layer_param(i) {
+                            *h = any;
+                        }
+                    }
+                }
                 let device = s.grad.device();
-                for b in s.layout.buckets.clone() {
+                for b in s.whole_buckets() {
                     let flat = Tensor::zeros([b.padded], (Kind::Float, device));
-                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.padded) {
+                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.len) {
                         let g = self.params[param].grad();
                         if g.defined() {
                             flat.narrow(0, off, len).copy_(&g.reshape([-1]).narrow(0, param_off, len));
@@ -421,6 +697,9 @@ impl AdamW {
             p.acc = None;
             distributed::kernels::release_grad(&p.var).map_err(TrainError::Config)?;
         }
+        if let Some(s) = &mut self.sharded {
+            s.clear_zero3_grad();
+        }
         Ok(())
     }
 
@@ -443,15 +722,16 @@ impl AdamW {
                     let mut v = s.v.narrow(0, pc.shard_off, pc.len);
                     adamw_update(&cfg, &mut w, &g, &mut m, &mut v, params[pc.param].decay, lr, bc1, bc2_sqrt);
                 }
-                // Every rank's updated masters, bucket by bucket, into the model's weights.
+                // Every rank's updated masters, bucket by bucket, into the model's weights
+                // (ZeRO-3: those kept whole; the layers are gathered when they run).
                 let d = s.dist;
-                for b in &s.layout.buckets {
+                for b in &s.whole_buckets() {
                     let part = b.padded / d.world_size;
                     let flat = Tensor::zeros([b.padded], (Kind::Float, s.master.device()));
                     let outs: Vec<Tensor> = (0..d.world_size).map(|r| flat.narrow(0, r * part, part)).collect();
                     let mine = s.master.narrow(0, b.shard_off, part).contiguous();
                     d.all_gather(&outs, &mine).map_err(dist_err)?;
-                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.padded) {
+                    for (param, param_off, off, len) in s.layout.overlapping(b.start, b.start + b.len) {
                         if s.has_grad[param] {
                             params[param].var.reshape([-1]).narrow(0, param_off, len).copy_(&flat.narrow(0, off, len));
                         }
@@ -487,8 +767,7 @@ impl AdamW {
     /// `zero.layout` = [world, rank, bucket, parameters] (ZeRO).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         if let Some(s) = &self.sharded {
-            let l = &s.layout;
-            let layout = Tensor::from_slice(&[l.world, l.rank, l.bucket, self.num_parameters()]);
+            let layout = Tensor::from_slice(&self.zero_layout().expect("sharded"));
             return vec![
                 ("zero.layout".into(), layout),
                 ("zero.m".into(), s.m.shallow_clone()),
@@ -508,9 +787,23 @@ impl AdamW {
         out
     }
 
-    /// `zero.layout` of this rank's shard (ZeRO), to match a saved shard against.
-    pub fn zero_layout(&self) -> Option<[i64; 4]> {
-        self.sharded.as_ref().map(|s| [s.layout.world, s.layout.rank, s.layout.bucket, self.num_parameters()])
+    /// `zero.layout` of this rank's shard (ZeRO), to match a saved shard against: [world, rank,
+    /// bucket, parameters], and a fifth entry 3 under ZeRO-3 (whose buckets end at each decoder
+    /// layer's end, [`groups_of`]).
+    pub fn zero_layout(&self) -> Option<Vec<i64>> {
+        self.sharded.as_ref().map(|s| {
+            let mut l = vec![s.layout.world, s.layout.rank, s.layout.bucket, self.num_parameters()];
+            if s.zero3.is_some() {
+                l.push(3);
+            }
+            l
+        })
+    }
+
+    /// The ends of the groups of the ZeRO layout at `zero_stage` over this optimizer's
+    /// parameters ([`groups_of`]), to reassemble saved shards.
+    pub fn zero_group_ends(&self, zero_stage: u8) -> Vec<usize> {
+        groups_of(&self.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), zero_stage).0
     }
 
     /// Restores this rank's shard saved under the same layout (`zero.*` of [`AdamW::state_tensors`]).
@@ -551,8 +844,8 @@ impl AdamW {
                     if cached.as_ref().is_none_or(|c| c.0 != pc.param) {
                         let m = get(&format!("m.{}", p.name))?;
                         let v = get(&format!("v.{}", p.name))?;
-                        check(&format!("m.{}", p.name), &m, &p.var.size())?;
-                        check(&format!("v.{}", p.name), &v, &p.var.size())?;
+                        check(&format!("m.{}", p.name), &m, &p.shape)?;
+                        check(&format!("v.{}", p.name), &v, &p.shape)?;
                         let master = match p.var.kind() {
                             Kind::Float => p.var.shallow_clone(),
                             _ => get(&format!("master.{}", p.name))?,

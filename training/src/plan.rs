@@ -6,7 +6,9 @@
 //! state is offloaded, and both moments; divided by the world size under ZeRO, plus the fp32
 //! gradient shard; in host memory when offloaded), the activations of one micro-batch (with or
 //! without activation checkpointing) and the LM head's float32 logits at the loss positions. Per
-//! frozen model: its weights. Generation: the KV cache.
+//! frozen model: its weights. Generation: the KV cache. Under ZeRO-3 (`zero_stage = 3`) the
+//! decoder layers' weights are divided by the world size too, plus one gathered layer in flight
+//! (its weights, its gradients and the fp32 reduce-scatter bucket); embeddings and heads stay whole.
 //!
 //! The activation and logits terms are a model of this implementation, calibrated on CPU against
 //! peak RSS of the 20M bench model (docs/benchmarks.md, docs/memory.md): per layer and token,
@@ -23,6 +25,13 @@ pub const RUNTIME_OVERHEAD: f64 = 0.4e9;
 /// Parameters of the causal LM `cfg` (with its LM head unless tied).
 pub fn causal_lm_params(cfg: &Config) -> i64 {
     cfg.num_parameters()
+}
+
+/// Parameters of one decoder layer: q, k, v, o, the MLP's three matrices and two norm gains.
+pub fn layer_params(cfg: &Config) -> i64 {
+    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+    d * q + 2 * d * kv + q * d + 3 * d * i + 2 * d
 }
 
 /// Parameters of the trunk (`model.*`): the causal LM without its own LM head.
@@ -98,7 +107,18 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
     let tokens = (t.micro_batch * t.seq_len) as f64;
     let sharded = t.zero_stage > 0 && t.world_size > 1;
     let w = if sharded { t.world_size as f64 } else { 1.0 };
+    // ZeRO-3 (full fine-tuning): the decoder layers' weights are sharded too, one layer gathered
+    // at a time (its weights, then its gradients until they are reduce-scattered through an fp32
+    // bucket); the embeddings, final norm and head stay whole on every rank.
+    let zero3 = sharded && t.zero_stage == 3 && t.lora_params.is_none();
+    let layer = layer_params(cfg) as f64;
+    let whole_p = if zero3 { p - l * layer } else { p };
+    let in_flight_weights = if zero3 { layer * t.dtype_bytes } else { 0.0 };
+    let reduce_buffer = layer.min(crate::zero::DEFAULT_BUCKET as f64) * 4.0 * (1.0 + 1.0 / w);
+    let in_flight_grads = if zero3 { layer * t.dtype_bytes + reduce_buffer } else { 0.0 };
     let masters = if t.dtype_bytes != 4.0 || t.offload { 4.0 } else { 0.0 };
+    // ZeRO-3 keeps fp32 masters for every dtype: the layers are gathered from them.
+    let masters = if zero3 { 4.0 } else { masters };
     let state = (masters + 8.0) * p / w + if sharded { 4.0 * p / w } else { 0.0 };
     let sums = t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1;
     let per_layer = tokens * (10.0 * d + 4.0 * i) * t.dtype_bytes;
@@ -108,10 +128,17 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
     ModelBytes {
         role: role.into(),
         params,
-        weights: (base + if t.lora_params.is_some() { p } else { 0.0 }) * t.dtype_bytes,
-        gradients: p * t.dtype_bytes,
-        // With an offloaded optimizer in one process the sums live in host memory too.
-        fp32_gradient_sums: if sums && !(t.offload && t.world_size == 1) { 4.0 * p } else { 0.0 },
+        // ZeRO-3 holds no shard of the weights in the model's dtype: a layer is gathered from the
+        // ranks' fp32 masters (in `optimizer`, or on the host when offloaded).
+        weights: if zero3 {
+            whole_p * t.dtype_bytes + in_flight_weights
+        } else {
+            (base + if t.lora_params.is_some() { p } else { 0.0 }) * t.dtype_bytes
+        },
+        gradients: whole_p * t.dtype_bytes + in_flight_grads,
+        // With an offloaded optimizer in one process the sums live in host memory too. ZeRO-3
+        // sums the layers' gradients into the fp32 shard as each layer's backward ends.
+        fp32_gradient_sums: if sums && !(t.offload && t.world_size == 1) { 4.0 * whole_p } else { 0.0 },
         optimizer: if t.offload { 0.0 } else { state },
         activations: if t.gradient_checkpointing { checkpointed } else { plain },
         activations_without_checkpointing: plain,
@@ -265,6 +292,28 @@ mod tests {
         assert_eq!(acc.fp32_gradient_sums, 4.0 * p as f64);
         let off_acc = trained("policy", &cfg, p, true, &Training { micro_batches_per_rank: 4, offload: true, ..base.clone() });
         assert_eq!((off_acc.fp32_gradient_sums, off_acc.host), (0.0, 16.0 * p as f64), "offloaded: the sums live on the host too");
+    }
+
+    #[test]
+    fn zero3_shards_the_layers_weights_and_keeps_one_layer_in_flight() {
+        let cfg = Config::llama2_70b();
+        let p = causal_lm_params(&cfg);
+        let layer = layer_params(&cfg);
+        let whole = p - cfg.num_hidden_layers * layer;
+        assert_eq!(whole, 2 * 32000 * 8192 + 8192, "embeddings, LM head and the final norm");
+        let base = Training { dtype_bytes: 2.0, zero_stage: 3, world_size: 64, ..t(1, 4096, true) };
+        let z3 = trained("policy", &cfg, p, true, &base);
+        let sharded = (p - whole) as f64;
+        assert_eq!(z3.weights, whole as f64 * 2.0 + layer as f64 * 2.0, "the whole parameters and one gathered layer");
+        assert!(sharded > 0.98 * p as f64);
+        assert_eq!(z3.optimizer, 16.0 * p as f64 / 64.0, "fp32 masters, moments and gradient shard");
+        let reduce = (layer as f64).min(crate::zero::DEFAULT_BUCKET as f64) * 4.0 * (1.0 + 1.0 / 64.0);
+        assert_eq!(z3.gradients, whole as f64 * 2.0 + layer as f64 * 2.0 + reduce);
+        let z2 = trained("policy", &cfg, p, true, &Training { zero_stage: 2, ..base.clone() });
+        assert!(z3.device_total() < z2.device_total() / 4.0, "{} vs {}", z3.device_total(), z2.device_total());
+        // In one process the stage changes nothing.
+        let one = Training { world_size: 1, ..base };
+        assert_eq!(trained("p", &cfg, p, true, &one).weights, p as f64 * 2.0);
     }
 
     #[test]

@@ -181,7 +181,11 @@ fn load_checkpoint(stage: &mut impl Stage, path: &Path, config_hash: &str) -> Re
         .restore_extra(&state.extra)
         .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("trainer_state.json extra: {e}") })?;
     for p in stage.parts_mut() {
-        tck::load_part(path, p.name, p.vs, p.opt, p.opt_steps.unwrap_or(state.step))?;
+        // ZeRO-3: the layers' variables at full size to load the weights into, freed after.
+        p.opt.allocate_weights();
+        let loaded = tck::load_part(path, p.name, p.vs, p.opt, p.opt_steps.unwrap_or(state.step));
+        p.opt.release_weights();
+        loaded?;
     }
     Ok(state)
 }
@@ -359,14 +363,15 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
                 m.sync()?;
             }
             state.extra = stage.extra_state();
-            ckman.save(&stage.parts(), &o.extra_files, &state)?;
+            let saved = with_whole_weights(&*stage, || ckman.save(&stage.parts(), &o.extra_files, &state));
+            saved?;
         }
     }
     // Every rank holds the same weights: rank 0 writes the models, the others wait (and fail
     // with it).
     let final_model = o.run_dir.join("final");
     let best_model = state.best_step.filter(|&s| ckman.path_of(s).exists()).map(|_| o.run_dir.join("best"));
-    let written = if main { write_outputs(stage, o, &ckman, state.best_step) } else { Ok(()) };
+    let written = with_whole_weights(&*stage, || if main { write_outputs(&*stage, o, &ckman, state.best_step) } else { Ok(()) });
     if !crate::dist::all_ok(written.is_ok())? {
         written?;
         return Err(TrainError::Distributed(format!("rank 0 could not write the final models into {}", o.run_dir.display())));
@@ -390,6 +395,19 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
         ck::write_atomic(&o.run_dir.join("summary.json"), summary.as_bytes())?;
     }
     Ok(out)
+}
+
+/// Runs `f` with every part's whole weights in its variables: ZeRO-3 gathers the decoder layers
+/// (on every rank: a collective) and frees them after; nothing to do otherwise.
+fn with_whole_weights<T>(stage: &impl Stage, f: impl FnOnce() -> T) -> T {
+    for p in stage.parts() {
+        p.opt.gather_weights();
+    }
+    let out = f();
+    for p in stage.parts() {
+        p.opt.release_weights();
+    }
+    out
 }
 
 /// `final/` (and `final_<name>/`), `best/` and `curves.png`.

@@ -24,11 +24,12 @@ pub struct Piece {
     pub len: i64,
 }
 
-/// One bucket: its start in the flat space, its padded length, and this rank's part's offset in
-/// the shard.
+/// One bucket: its start in the flat space, its length, its padded length, and this rank's
+/// part's offset in the shard. The padding (`start + len .. start + padded`) holds no parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     pub start: i64,
+    pub len: i64,
     pub padded: i64,
     pub shard_off: i64,
 }
@@ -42,22 +43,41 @@ pub struct ZeroLayout {
     pub sizes: Vec<i64>,
     pub buckets: Vec<Bucket>,
     pub shard_len: i64,
+    /// ZeRO-3: the buckets of each group of parameters (`group_ends`), `buckets[range]`; one
+    /// group under [`ZeroLayout::new`].
+    pub group_buckets: Vec<std::ops::Range<usize>>,
 }
 
 impl ZeroLayout {
     pub fn new(sizes: &[i64], world: i64, rank: i64, bucket: i64) -> ZeroLayout {
-        let total: i64 = sizes.iter().sum();
+        Self::grouped(sizes, &[sizes.len()], world, rank, bucket)
+    }
+
+    /// As [`ZeroLayout::new`], with no bucket crossing the end of a group: group g is parameters
+    /// `group_ends[g-1]..group_ends[g]` (the last end is `sizes.len()`). ZeRO-3 gathers and
+    /// reduces one group (a decoder layer) at a time, so its collectives are its buckets. With a
+    /// single group this is exactly [`ZeroLayout::new`]'s layout.
+    pub fn grouped(sizes: &[i64], group_ends: &[usize], world: i64, rank: i64, bucket: i64) -> ZeroLayout {
         // Buckets a multiple of the world size, so every rank's part of a full one is equal.
         let bucket = (bucket.max(world) / world) * world;
         let (mut buckets, mut start, mut shard_off) = (Vec::new(), 0i64, 0i64);
-        while start < total {
-            let len = (total - start).min(bucket);
-            let padded = (len + world - 1) / world * world;
-            buckets.push(Bucket { start, padded, shard_off });
-            shard_off += padded / world;
-            start += len;
+        let mut group_buckets = Vec::with_capacity(group_ends.len());
+        let mut first = 0;
+        for &end in group_ends {
+            let group_end: i64 = sizes[..end.min(sizes.len())].iter().sum();
+            let b0 = buckets.len();
+            while start < group_end {
+                let len = (group_end - start).min(bucket);
+                let padded = (len + world - 1) / world * world;
+                buckets.push(Bucket { start, len, padded, shard_off });
+                shard_off += padded / world;
+                start += len;
+            }
+            group_buckets.push(b0..buckets.len());
+            first = end;
         }
-        ZeroLayout { world, rank, bucket, sizes: sizes.to_vec(), buckets, shard_len: shard_off }
+        debug_assert_eq!(first, sizes.len(), "the last group ends at the last parameter");
+        ZeroLayout { world, rank, bucket, sizes: sizes.to_vec(), buckets, shard_len: shard_off, group_buckets }
     }
 
     /// The flat offset of each parameter.
@@ -73,7 +93,8 @@ impl ZeroLayout {
             .collect()
     }
 
-    /// The flat range `[lo, hi)` this rank owns in `b`.
+    /// The flat range `[lo, hi)` this rank owns in `b` (part of it may be the bucket's padding:
+    /// clip at `b.start + b.len`).
     pub fn owned(&self, b: &Bucket) -> (i64, i64) {
         let part = b.padded / self.world;
         (b.start + self.rank * part, b.start + (self.rank + 1) * part)
@@ -85,6 +106,7 @@ impl ZeroLayout {
         let mut out = Vec::new();
         for b in &self.buckets {
             let (lo, hi) = self.owned(b);
+            let hi = hi.min(b.start + b.len);
             for (param, (&po, &n)) in offsets.iter().zip(&self.sizes).enumerate() {
                 let (a, z) = (lo.max(po), hi.min(po + n));
                 if a < z {
@@ -114,14 +136,19 @@ impl ZeroLayout {
 /// shard, written under a layout of `shards.len()` ranks and `bucket`): the flat fp32 vector of
 /// all parameters end to end.
 pub fn unshard(sizes: &[i64], bucket: i64, shards: &[Tensor]) -> Tensor {
+    unshard_grouped(sizes, &[sizes.len()], bucket, shards)
+}
+
+/// [`unshard`] of shards written under [`ZeroLayout::grouped`] with `group_ends` (ZeRO-3).
+pub fn unshard_grouped(sizes: &[i64], group_ends: &[usize], bucket: i64, shards: &[Tensor]) -> Tensor {
     let world = shards.len() as i64;
     let total: i64 = sizes.iter().sum();
     let flat = Tensor::zeros([total], (Kind::Float, Device::Cpu));
     for (r, shard) in shards.iter().enumerate() {
-        let layout = ZeroLayout::new(sizes, world, r as i64, bucket);
+        let layout = ZeroLayout::grouped(sizes, group_ends, world, r as i64, bucket);
         for b in &layout.buckets {
             let (lo, hi) = layout.owned(b);
-            let hi = hi.min(total);
+            let hi = hi.min(total).min(b.start + b.len);
             if lo < hi {
                 flat.narrow(0, lo, hi - lo).copy_(&shard.narrow(0, b.shard_off, hi - lo));
             }
@@ -160,6 +187,49 @@ mod tests {
                 assert!(shard_total - total < world * l_buckets(&sizes, world, bucket), "padding per bucket < world");
             }
         }
+    }
+
+    /// ZeRO-3's bookkeeping: uneven parameter sizes, groups of one or several parameters, any
+    /// world and bucket size. Every element is owned once, no bucket crosses a group's end, each
+    /// group's buckets cover exactly its parameters, and unsharding inverts the sharding.
+    #[test]
+    fn grouped_layouts_cut_buckets_at_group_ends_and_unshard_exactly() {
+        let sizes = [7i64, 1, 12, 5, 3, 9, 2];
+        let ends = [1usize, 3, 4, 7];
+        let total: i64 = sizes.iter().sum();
+        let flat = Tensor::arange(total, (Kind::Float, Device::Cpu));
+        let starts: Vec<i64> = std::iter::once(0).chain(ends.iter().map(|&e| sizes[..e].iter().sum())).collect();
+        for world in 1..=4 {
+            for bucket in [1, 3, 4, 6, 1000] {
+                let mut seen = vec![0; total as usize];
+                let mut shards = Vec::new();
+                for rank in 0..world {
+                    let l = ZeroLayout::grouped(&sizes, &ends, world, rank, bucket);
+                    assert_eq!(l.group_buckets.len(), ends.len());
+                    for (g, range) in l.group_buckets.iter().enumerate() {
+                        let bs = &l.buckets[range.clone()];
+                        assert_eq!(bs.first().unwrap().start, starts[g], "group {g} starts its first bucket");
+                        let last = bs.last().unwrap();
+                        assert!(bs.iter().all(|b| (starts[g]..starts[g + 1]).contains(&b.start)), "no bucket crosses a group end");
+                        // The unpadded lengths of the group's buckets add up to the group.
+                        let lens: i64 = bs.windows(2).map(|w| w[1].start - w[0].start).sum::<i64>() + (starts[g + 1] - last.start);
+                        assert_eq!(lens, starts[g + 1] - starts[g], "world {world} bucket {bucket} group {g}");
+                    }
+                    let offsets = l.offsets();
+                    let s = Tensor::full([l.shard_len], -1.0, (Kind::Float, Device::Cpu));
+                    for p in l.pieces() {
+                        for i in 0..p.len {
+                            seen[(offsets[p.param] + p.param_off + i) as usize] += 1;
+                        }
+                        s.narrow(0, p.shard_off, p.len).copy_(&flat.narrow(0, offsets[p.param] + p.param_off, p.len));
+                    }
+                    shards.push(s);
+                }
+                assert!(seen.iter().all(|&c| c == 1), "world {world} bucket {bucket}: {seen:?}");
+                assert!(unshard_grouped(&sizes, &ends, bucket, &shards).equal(&flat), "world {world} bucket {bucket}");
+            }
+        }
+        assert_eq!(ZeroLayout::grouped(&sizes, &[7], 3, 1, 4), ZeroLayout::new(&sizes, 3, 1, 4), "one group is the plain layout");
     }
 
     fn l_buckets(sizes: &[i64], world: i64, bucket: i64) -> i64 {
