@@ -3,6 +3,7 @@
 use crate::error::{PipelineError, Result};
 use llama::device::DeviceSpec;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,8 +65,52 @@ pub struct StageSpec {
     pub name: String,
     /// One of [`crate::plan::StageKind`]'s names.
     pub kind: String,
+    /// The stage's own config, in its kind's format; may name earlier stages (`${name}`).
     #[serde(default = "empty_table")]
     pub config: toml::Value,
+    /// `kind = "rounds"` only: how many rounds the template runs (RLHF-V1 ... V`rounds`).
+    #[serde(default)]
+    pub rounds: Option<usize>,
+    /// `kind = "rounds"` only: the stages of one round (see [`crate::rounds`]).
+    #[serde(default)]
+    pub template: Vec<TemplateStage>,
+    /// `kind = "rounds"` only: the stage that `${x@prev}` names in round 1 (and `${x}` before
+    /// `x`'s first round), per template stage `x` (default: the plain stage named `x`).
+    #[serde(default)]
+    pub initial: BTreeMap<String, String>,
+    /// The round a stage of an expanded rounds block belongs to (set by the expansion).
+    #[serde(skip)]
+    pub round: Option<RoundOf>,
+}
+
+/// A stage of a rounds block's template: stage `name` of round `r` is `{name}_v{r}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateStage {
+    /// The template name (`${name}`, `${name@prev}`, `${name@all}` in the template).
+    pub name: String,
+    /// One of [`crate::plan::StageKind`]'s names.
+    pub kind: String,
+    /// The first round the stage runs in (default 1).
+    #[serde(default = "first_round")]
+    pub from_round: usize,
+    /// The last round the stage runs in (default: every round).
+    #[serde(default)]
+    pub until_round: Option<usize>,
+    /// The stage's config, with the template's references (`${round}`, `@prev`, `@all`).
+    #[serde(default = "empty_table")]
+    pub config: toml::Value,
+}
+
+fn first_round() -> usize {
+    1
+}
+
+/// Which round of which rounds block an expanded stage is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RoundOf {
+    pub block: String,
+    pub round: usize,
 }
 
 fn empty_table() -> toml::Value {

@@ -14,13 +14,16 @@
 //! folder and each stage folder are locked ([`training::lock::RunLock`]) while in use; manifests
 //! and the report name paths relative to the run folder, so a copied folder is a pipeline of its
 //! own.
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod ground_truth;
 pub mod manifest;
+pub mod pairs;
 pub mod plan;
 pub mod refs;
 pub mod report;
+pub mod rounds;
 pub mod run;
 pub mod stages;
 pub mod status;

@@ -23,6 +23,9 @@ pub struct Manifest {
     pub metrics: serde_json::Value,
     pub ground_truth: Option<serde_json::Value>,
     pub wall_seconds: f64,
+    /// The round of a rounds block the stage belongs to ([`crate::rounds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<crate::config::RoundOf>,
 }
 
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -102,6 +105,7 @@ mod tests {
             metrics: serde_json::json!({}),
             ground_truth: None,
             wall_seconds: 1.0,
+            round: None,
         };
         assert_eq!(m.output, Path::new("sft/final"));
         std::fs::create_dir_all(tmp.path().join("copy/sft")).unwrap();

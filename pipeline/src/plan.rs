@@ -18,10 +18,12 @@ pub enum StageKind {
     Reward,
     RejectionSampling,
     Ppo,
+    SamplePairs,
+    Annotate,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 7] = [
+    pub const ALL: [StageKind; 9] = [
         StageKind::DemoData,
         StageKind::Mix,
         StageKind::Init,
@@ -29,6 +31,8 @@ impl StageKind {
         StageKind::Reward,
         StageKind::RejectionSampling,
         StageKind::Ppo,
+        StageKind::SamplePairs,
+        StageKind::Annotate,
     ];
 
     /// The name in a config's `kind`.
@@ -41,6 +45,8 @@ impl StageKind {
             StageKind::Reward => "reward",
             StageKind::RejectionSampling => "rejection_sampling",
             StageKind::Ppo => "ppo",
+            StageKind::SamplePairs => "sample_pairs",
+            StageKind::Annotate => "annotate",
         }
     }
 
@@ -131,6 +137,8 @@ pub enum StageConfig {
     Reward(reward::RewardConfig),
     RejectionSampling(rejection_sampling::RejectionSamplingConfig),
     Ppo(ppo::PpoConfig),
+    SamplePairs(crate::pairs::SamplePairsConfig),
+    Annotate(crate::pairs::AnnotateConfig),
 }
 
 impl StageConfig {
@@ -148,6 +156,8 @@ impl StageConfig {
             StageKind::Reward => StageConfig::Reward(typed(v)?),
             StageKind::RejectionSampling => StageConfig::RejectionSampling(typed(v)?),
             StageKind::Ppo => StageConfig::Ppo(typed(v)?),
+            StageKind::SamplePairs => StageConfig::SamplePairs(typed(v)?),
+            StageKind::Annotate => StageConfig::Annotate(typed(v)?),
         };
         c.validate()?;
         Ok(c)
@@ -162,6 +172,8 @@ impl StageConfig {
             StageConfig::Reward(c) => c.validate().map_err(|e| e.to_string()),
             StageConfig::RejectionSampling(c) => c.validate().map_err(|e| e.to_string()),
             StageConfig::Ppo(c) => c.validate().map_err(|e| e.to_string()),
+            StageConfig::SamplePairs(c) => c.validate(),
+            StageConfig::Annotate(c) => c.validate(),
         }
     }
 }
@@ -173,6 +185,8 @@ pub struct PlannedStage {
     pub name: String,
     pub kind: StageKind,
     pub config: toml::Value,
+    /// The round of a rounds block it was expanded from ([`crate::rounds`]).
+    pub round: Option<crate::config::RoundOf>,
 }
 
 /// A pipeline checked whole: nothing in it fails for a reason its config shows.
@@ -186,9 +200,10 @@ impl Plan {
     /// Resolves and validates every stage of `cfg` (read from `path`, named in errors).
     pub fn new(cfg: &PipelineConfig, path: &Path) -> Result<Plan> {
         let stage_err = |stage: &str, msg: String| PipelineError::Stage { path: path.to_path_buf(), stage: stage.to_string(), msg };
-        let names: Vec<&str> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
+        let specs = crate::rounds::expand(&cfg.stages).map_err(|(stage, msg)| stage_err(&stage, msg))?;
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let mut stages = Vec::new();
-        for (i, spec) in cfg.stages.iter().enumerate() {
+        for (i, spec) in specs.iter().enumerate() {
             check_name(&spec.name).map_err(|m| stage_err(&spec.name, m))?;
             if names[..i].contains(&spec.name.as_str()) {
                 return Err(stage_err(&spec.name, "two stages have this name".into()));
@@ -203,7 +218,7 @@ impl Plan {
             let mut resolved = spec.config.clone();
             substitute(&mut resolved, &placeholder).map_err(|m| stage_err(&spec.name, m))?;
             StageConfig::parse(kind, resolved).map_err(|m| stage_err(&spec.name, format!("{} config: {m}", kind.name())))?;
-            stages.push(PlannedStage { name: spec.name.clone(), kind, config: spec.config.clone() });
+            stages.push(PlannedStage { name: spec.name.clone(), kind, config: spec.config.clone(), round: spec.round.clone() });
         }
         check_section(&cfg.pipeline, &stages).map_err(|msg| PipelineError::Config { path: path.to_path_buf(), msg })?;
         Ok(Plan { section: cfg.pipeline.clone(), stages })

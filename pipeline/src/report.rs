@@ -89,6 +89,71 @@ fn rs_report(out: &Path, m: &Manifest) -> Option<serde_json::Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// A policy stage's win rate against the baseline (SFT), `0.543 [0.512, 0.574]`.
+fn win_rate(m: &Manifest) -> Option<String> {
+    let w = &m.ground_truth.as_ref()?["win_vs_baseline"]["result"];
+    let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.3}"));
+    Some(format!("{} [{}, {}]", f(&w["win_rate"])?, f(&w["win_rate_ci"]["lo"])?, f(&w["win_rate_ci"]["hi"])?))
+}
+
+/// Accuracy of a reward stage's evaluation on one source of its test data.
+fn source_accuracy(m: &Manifest, source: &str) -> Option<(f64, u64)> {
+    let a = &m.metrics["eval"]["by_source"][source];
+    Some((a["accuracy"].as_f64()?, a["n"].as_u64()?))
+}
+
+/// The rounds of every rounds block (Llama 2's RLHF-V1 ... V5): per round, the new comparisons
+/// (annotate stages), the reward models it used with their held-out accuracy overall and on the
+/// round's fresh comparisons, and each policy's win rate against SFT.
+fn rounds_section(manifests: &[Manifest]) -> String {
+    let mut rounds: Vec<(String, usize)> = manifests.iter().filter_map(|m| m.round.as_ref().map(|r| (r.block.clone(), r.round))).collect();
+    rounds.dedup();
+    if rounds.is_empty() {
+        return String::new();
+    }
+    let by_output = |path: &str| manifests.iter().find(|m| m.output.display().to_string() == path && m.kind == "reward");
+    let pct = |x: Option<(f64, u64)>| x.map(|(a, n)| format!("{:.1} (n={n})", 100.0 * a)).unwrap_or_else(|| "–".into());
+    let mut md = String::from(
+        "
+## RLHF rounds
+
+Each round: new comparisons on the latest policy's samples (annotated), reward models retrained on every comparison so far,          then the policy. RM accuracy on the round's fresh comparisons: the held-out share of that round's batch (`prefs_test.jsonl`), by source.
+
+         | round | new comparisons (train/test) | reward models used: accuracy on the original test set / on this round's fresh comparisons | policy | win rate vs SFT [95% CI] |
+|---|---|---|---|---|
+",
+    );
+    for (block, r) in rounds {
+        let in_round: Vec<&Manifest> =
+            manifests.iter().filter(|m| m.round.as_ref().is_some_and(|x| x.block == block && x.round == r)).collect();
+        let ann = in_round.iter().find(|m| m.kind == "annotate");
+        let fresh = ann.and_then(|a| a.metrics["source"].as_str().map(String::from));
+        let batch = ann
+            .map(|a| format!("{} / {} ({})", a.metrics["train"], a.metrics["test"], fresh.as_deref().unwrap_or("?")))
+            .unwrap_or_else(|| "– (the reward models from before)".into());
+        for p in in_round.iter().filter(|m| m.ground_truth.is_some()) {
+            let rms: Vec<String> = ["helpfulness_rm", "safety_rm"]
+                .iter()
+                .filter_map(|k| by_output(p.config[*k].as_str()?))
+                .map(|rm| {
+                    let overall =
+                        rm.metrics["eval"]["overall"]["accuracy"].as_f64().map(|a| format!("{:.1}", 100.0 * a)).unwrap_or_default();
+                    let f = fresh.as_deref().map(|s| pct(source_accuracy(rm, s))).unwrap_or_else(|| "–".into());
+                    format!("`{}` {overall} / {f}", rm.name)
+                })
+                .collect();
+            md += &format!(
+                "| {block} #{r} | {batch} | {} | `{}` | {} |
+",
+                rms.join("; "),
+                p.name,
+                win_rate(p).unwrap_or_else(|| "–".into())
+            );
+        }
+    }
+    md
+}
+
 /// Writes `report.json`, `report.md` and `ground_truth.png` into the run folder `out`.
 pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     let rs_reports: BTreeMap<&str, serde_json::Value> =
@@ -99,7 +164,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         .map(|m| {
             serde_json::json!({
                 "name": m.name, "kind": m.kind, "output": m.output, "wall_seconds": m.wall_seconds, "tokens_per_s": throughput(out, m, rs_of(m)),
-                "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint,
+                "ground_truth": m.ground_truth, "metrics": m.metrics, "fingerprint": m.fingerprint, "round": m.round,
             })
         })
         .collect();
@@ -107,7 +172,8 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     let mut md = String::from(
         "# Pipeline report\n\n## Ground truth on held-out demo prompts\n\nSampled: the pooled rates of several sampled replies per prompt (temperature and count in \
-         report.json); greedy: one greedy reply per prompt.\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | wall s | tokens/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         report.json); greedy: one greedy reply per prompt. Win rate vs SFT: the sampled replies against SFT's with the same seeds, judged by the demo \
+         judges, (wins + ties / 2) / n with its 95% interval (Llama 2 Figure 11's view).\n\n| stage | kind | helpful | safe | false refusal | greedy helpful | greedy safe | greedy false refusal | win rate vs SFT [95% CI] | wall s | tokens/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let (mut groups, mut h, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for m in manifests {
@@ -115,7 +181,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         let fmt = |x: Option<f64>| x.map(|v| format!("{:.3}", v)).unwrap_or_else(|| "–".into());
         let gg = |k: &str| m.ground_truth.as_ref().and_then(|g| g["greedy"][k].as_f64());
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
             m.name,
             m.kind,
             fmt(gt("helpful")),
@@ -124,6 +190,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             fmt(gg("helpful")),
             fmt(gg("safe")),
             fmt(gg("false_refusal")),
+            win_rate(m).unwrap_or_else(|| "–".into()),
             m.wall_seconds,
             throughput(out, m, rs_of(m)).unwrap_or_else(|| "–".into())
         );
@@ -186,6 +253,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         md += "\n## Reward-model scores of the held-out replies, start → end of each policy stage\n\n| stage | replies | combined | helpfulness RM (sigmoid) | safety RM (sigmoid) |\n|---|---|---|---|---|\n";
         md += &rm_rows;
     }
+    md += &rounds_section(manifests);
     let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
     if !ppo.is_empty() {
         md += "\n## PPO: held-out reward and KL (the stage's own evaluation)\n\n| stage | iterations | eval reward LOGIT(Rc) start → end | KL to π_0 (nats/reply) at the end | curves |\n|---|---|---|---|---|\n";
@@ -237,6 +305,7 @@ mod tests {
             metrics,
             ground_truth,
             wall_seconds: 2.0,
+            round: None,
         }
     }
 

@@ -18,13 +18,34 @@ use training::lock::{RunLock, LOCK_FILE};
 use training::runner::fnv1a;
 use training::tensorboard::EventWriter;
 
-/// What `rlhf pipeline run` prints when every stage is done.
+/// What `rlhf pipeline run` prints when every stage is done, or when it stopped at a stage that
+/// waits for people (`waiting`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub out: PathBuf,
     pub report: PathBuf,
     pub seconds: f64,
+    /// Stages done (run or skipped).
     pub stages: usize,
+    /// The stage the run stopped at, when one waits (e.g. for annotations).
+    pub waiting: Option<WaitingStage>,
+}
+
+/// A stage that waits: its name, the file it waits for and what to do.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WaitingStage {
+    pub stage: String,
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// Beside a waiting stage's files: what it waits for (`rlhf pipeline status` shows it).
+pub const WAITING_FILE: &str = "waiting.json";
+
+/// What became of a stage.
+enum Outcome {
+    Done(Box<Manifest>),
+    Waiting(WaitingStage),
 }
 
 /// A finished (or skipped) stage, as later stages see it.
@@ -45,18 +66,39 @@ pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSu
     // The pipeline's TensorBoard events, one step per stage (rewritten on every run: a skipped
     // stage's come from its manifest).
     let mut events = EventWriter::open(out, None)?;
+    // The baseline of the win rates: the first SFT stage.
+    let baseline = plan.stages.iter().find(|s| s.kind == crate::plan::StageKind::Sft).map(|s| s.name.clone());
     for (i, stage) in plan.stages.iter().enumerate() {
-        let m = run_or_skip(&plan, stage, out, &done)?;
+        let m = match run_or_skip(&plan, stage, out, &done, baseline.as_deref())? {
+            Outcome::Done(m) => *m,
+            Outcome::Waiting(w) => {
+                tracing::warn!("pipeline: stage {} waits: {}", w.stage, w.message);
+                write_report(out, &manifests)?;
+                return Ok(RunSummary {
+                    out: out.to_path_buf(),
+                    report: out.join("report.md"),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    stages: manifests.len(),
+                    waiting: Some(w),
+                });
+            }
+        };
         write_stage_events(&mut events, out, i as u64 + 1, &m)?;
         done.insert(stage.name.clone(), Done { output: m.output_in(out), fingerprint: m.fingerprint.clone() });
         manifests.push(m);
     }
     write_report(out, &manifests)?;
-    Ok(RunSummary { out: out.to_path_buf(), report: out.join("report.md"), seconds: t0.elapsed().as_secs_f64(), stages: manifests.len() })
+    Ok(RunSummary {
+        out: out.to_path_buf(),
+        report: out.join("report.md"),
+        seconds: t0.elapsed().as_secs_f64(),
+        stages: manifests.len(),
+        waiting: None,
+    })
 }
 
 /// The manifest of `stage`: its folder's when up to date, else that of a fresh (or resumed) run.
-fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<String, Done>) -> Result<Manifest> {
+fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<String, Done>, baseline: Option<&str>) -> Result<Outcome> {
     let err = |msg: String| PipelineError::Stage { path: out.to_path_buf(), stage: stage.name.clone(), msg };
     let dir = out.join(&stage.name);
     // The plan checked that every reference names an earlier stage.
@@ -74,21 +116,31 @@ fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<St
     let _lock = RunLock::acquire(&dir)?;
     if let Some(m) = Manifest::read(&dir).filter(|m| m.fingerprint == fingerprint && m.output_in(out).exists()) {
         tracing::info!("pipeline: {} is up to date, skipped", stage.name);
-        return Ok(m);
+        return Ok(Outcome::Done(Box::new(m)));
     }
     prepare_dir(&dir, &fingerprint)?;
     tracing::info!("pipeline: running {} ({})", stage.name, stage.kind.name());
     let start = Instant::now();
     let typed = StageConfig::parse(stage.kind, resolved).map_err(|m| err(format!("{} config: {m}", stage.kind.name())))?;
-    let result = run_stage(&typed, &dir).map_err(|source| PipelineError::Run {
-        stage: stage.name.clone(),
-        kind: stage.kind.name().to_string(),
-        source,
-    })?;
+    let result = match run_stage(&typed, &dir) {
+        Ok(r) => r,
+        Err(source) => match source.downcast::<crate::pairs::Waiting>() {
+            Ok(w) => {
+                let w = WaitingStage { stage: stage.name.clone(), file: w.file, message: w.message };
+                llama::checkpoint::write_atomic(&dir.join(WAITING_FILE), serde_json::to_string_pretty(&w)?.as_bytes())?;
+                return Ok(Outcome::Waiting(w));
+            }
+            Err(source) => return Err(PipelineError::Run { stage: stage.name.clone(), kind: stage.kind.name().to_string(), source }),
+        },
+    };
+    let _ = std::fs::remove_file(dir.join(WAITING_FILE));
     let ground_truth = match (&plan.section.eval_prompts, stage.kind.is_policy()) {
         (Some(p), true) => {
             let prompts = substitute_str(p, &path_of).map_err(err)?;
-            let gt = ground_truth(&result.output, &prompts, &plan.section);
+            // The win rate against the baseline (SFT) from its saved judgements, same seeds.
+            let base = baseline.filter(|b| *b != stage.name && done.contains_key(*b)).map(|b| (b, out.join(b), done[b].output.clone()));
+            let base = base.as_ref().map(|(name, dir, model)| crate::ground_truth::Baseline { name, dir, model });
+            let gt = ground_truth(&result.output, &prompts, &plan.section, &dir, base);
             Some(gt.map_err(|source| PipelineError::GroundTruth { stage: stage.name.clone(), source })?)
         }
         _ => None,
@@ -105,9 +157,10 @@ fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<St
         metrics,
         ground_truth,
         wall_seconds: start.elapsed().as_secs_f64(),
+        round: stage.round.clone(),
     };
     m.write(&dir)?;
-    Ok(m)
+    Ok(Outcome::Done(Box::new(m)))
 }
 
 /// A stage folder holds the work of one fingerprint: a folder left by another config is cleared

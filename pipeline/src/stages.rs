@@ -52,5 +52,13 @@ pub fn run_stage(cfg: &StageConfig, dir: &Path) -> Result<StageOutput, StageFail
             let o = ppo::run(c, dir, true)?;
             done(o.final_model.clone(), serde_json::to_value(&o)?)
         }
+        StageConfig::SamplePairs(c) => {
+            let (out, m) = crate::pairs::sample_pairs(c, dir)?;
+            done(out, m)
+        }
+        StageConfig::Annotate(c) => {
+            let (out, m) = crate::pairs::annotate_stage(c, dir)?;
+            done(out, m)
+        }
     }
 }

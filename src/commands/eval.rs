@@ -12,6 +12,9 @@ pub enum EvalCommand {
     Lm(EvalLmArgs),
     /// Ground-truth helpfulness, safety and false refusals of a policy on demo-world prompts.
     Demo(EvalDemoArgs),
+    /// Win / tie / loss of model A against model B (same prompts, same seeds), judged by reward models and, on demo prompts,
+    /// by the demo judges, with 95% intervals (Llama 2 Figure 11).
+    Compare(EvalCompareArgs),
     /// Ghost Attention: the share of replies, by turn index, that obey the first turn's instruction (Llama 2 Fig. 9/28).
     Gatt(EvalGattArgs),
 }
@@ -57,6 +60,45 @@ pub struct EvalDemoArgs {
 }
 
 #[derive(Args)]
+pub struct EvalCompareArgs {
+    /// Model A (the one whose win rate is reported).
+    #[arg(long)]
+    pub a: PathBuf,
+    /// Model B (the reference, e.g. the SFT model).
+    #[arg(long)]
+    pub b: PathBuf,
+    /// Prompt records (`rlhf data demo` writes prompts_test.jsonl).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Reward-model folders that judge (one or more); the demo judges join on demo prompts.
+    #[arg(long = "judge", num_args = 1..)]
+    pub judges: Vec<PathBuf>,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy (one reply per prompt).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Replies per prompt and model when sampling; reply i of A meets reply i of B (same seed).
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Reward-model scores (raw, before the sigmoid) within this of each other are a tie.
+    #[arg(long, default_value_t = 0.05)]
+    pub tie_tolerance: f64,
+    /// Longest prompt + reply a reward model reads (the prompt's start is cut first).
+    #[arg(long, default_value_t = 256)]
+    pub rm_max_len: usize,
+    #[command(flatten)]
+    pub on: super::DeviceArgs,
+    /// Print the JSON report only (default: the table, then the JSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct EvalLmArgs {
     #[command(flatten)]
     pub m: ModelArgs,
@@ -70,6 +112,7 @@ pub fn run(c: EvalCommand) -> Result<()> {
     match c {
         EvalCommand::Lm(a) => eval_lm(a),
         EvalCommand::Demo(a) => eval_demo(a),
+        EvalCommand::Compare(a) => eval_compare(a),
         EvalCommand::Gatt(a) => eval_gatt(a),
     }
 }
@@ -108,6 +151,31 @@ fn eval_lm(a: EvalLmArgs) -> Result<()> {
         "seconds": start.elapsed().as_secs_f64(),
     });
     println!("{out}");
+    Ok(())
+}
+
+fn eval_compare(a: EvalCompareArgs) -> Result<()> {
+    super::set_threads(a.on.threads);
+    let o = pipeline::compare::CompareOptions {
+        judges: a.judges.clone(),
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        samples: a.samples,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        tolerance: a.tie_tolerance,
+        rm_max_len: a.rm_max_len,
+        device: a.on.device,
+        dtype: a.on.dtype,
+    };
+    let r = pipeline::compare::compare(&a.a, &a.b, &a.prompts, &o).map_err(|e| anyhow::anyhow!(e))?;
+    if r.judges.is_empty() {
+        bail!("no judge: give --judge RM_DIR (the prompts of {} are not the demo world's)", a.prompts.display());
+    }
+    if !a.json {
+        eprint!("{}", pipeline::compare::table(&r));
+    }
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

@@ -36,7 +36,11 @@ pub fn run(c: PipelineCommand) -> Result<()> {
                 super::config::apply_set(target, &set)?;
             }
             let cfg = pipeline::PipelineConfig::from_toml(value, &a.config)?;
-            println!("{}", serde_json::to_string(&pipeline::run(&cfg, &a.config, &a.out)?)?);
+            let summary = pipeline::run(&cfg, &a.config, &a.out)?;
+            if let Some(w) = &summary.waiting {
+                eprintln!("pipeline: stopped at stage {}: {}", w.stage, w.message);
+            }
+            println!("{}", serde_json::to_string(&summary)?);
         }
         PipelineCommand::Status(a) => print!("{}", pipeline::status(&a.dir)?),
     }

@@ -1,0 +1,355 @@
+//! A new batch of comparisons, Llama 2 Section 3.2.1: "we sample two responses from two
+//! different model variants, and varying the temperature hyper-parameter", on the latest models,
+//! then annotators choose the better one, say by how much and put the pair in a safety bin.
+//!
+//! * `sample_pairs`: one reply from each of two variants (two checkpoints, two temperatures, or
+//!   both) per prompt and pair, with the rollout engine ([`llama::engine`]), written as the
+//!   annotate crate's pair file (`pairs.jsonl`).
+//! * `annotate`: the ratings of those pairs as preference records. `annotator = "demo_judge"`:
+//!   the demo world's ground-truth judges play the annotator (ties, which it cannot tell apart,
+//!   are skipped); `annotator = "external"`: the pairs are exported for people (`pairs.jsonl`,
+//!   `pairs.csv`) and the stage waits ([`Waiting`]) until `rlhf annotate import` (or `serve`) has
+//!   written `annotated.jsonl` into its folder; the next `rlhf pipeline run` goes on from there.
+//!   Either way the records are split by prompt into `prefs.jsonl` (the stage's output, for the
+//!   next reward models) and `prefs_test.jsonl` (held out: the round's fresh test comparisons).
+use crate::compare::truth_score;
+use crate::error::StageFailure;
+use annotate::{Annotated, PairRecord, RatingRow, SafetyBin, Side};
+use datasets::{PreferenceKind, PreferenceRecord, PromptRecord};
+use llama::device::DeviceSpec;
+use llama::engine::{self, EngineConfig, Request, RowOutput};
+use llama::SamplingParams;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// `sample_pairs`: two model variants' replies to the same prompts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplePairsConfig {
+    /// One or two policy checkpoints (the latest models; two: e.g. RLHF-V(n) and V(n-1)).
+    pub policies: Vec<PathBuf>,
+    /// One or two sampling temperatures. The two variants are (policy, temperature) 1 and 2;
+    /// one policy with two temperatures, two policies with one, or two of each in order.
+    pub temperatures: Vec<f64>,
+    /// Prompt files (`PromptRecord` JSONL/Parquet).
+    pub prompts: Vec<PathBuf>,
+    /// Use only the first this many prompts (all when unset).
+    #[serde(default)]
+    pub max_prompts: Option<usize>,
+    /// Pairs per prompt (reply i of variant 1 against reply i of variant 2).
+    #[serde(default = "one")]
+    pub pairs_per_prompt: usize,
+    /// Nucleus sampling of both variants.
+    #[serde(default = "one_f")]
+    pub top_p: f64,
+    #[serde(default = "d_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// The pairs' `source` (copied to the preference records; the report groups by it).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn d_tokens() -> usize {
+    48
+}
+
+impl SamplePairsConfig {
+    /// The two variants, (policy, temperature).
+    pub fn variants(&self) -> Result<[(PathBuf, f64); 2], String> {
+        let (p, t) = (&self.policies, &self.temperatures);
+        let v = match (p.len(), t.len()) {
+            (1, 2) => [(p[0].clone(), t[0]), (p[0].clone(), t[1])],
+            (2, 1) => [(p[0].clone(), t[0]), (p[1].clone(), t[0])],
+            (2, 2) => [(p[0].clone(), t[0]), (p[1].clone(), t[1])],
+            _ => return Err(format!("{} policies and {} temperatures: give one or two of each, two variants in all", p.len(), t.len())),
+        };
+        if v[0] == v[1] {
+            return Err("the two variants (policy, temperature) are the same".into());
+        }
+        Ok(v)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.variants()?;
+        if let Some(t) = self.temperatures.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+            return Err(format!("temperature {t}: must be > 0 (two greedy replies of one model are the same)"));
+        }
+        if self.prompts.is_empty() {
+            return Err("`prompts` lists no file".into());
+        }
+        if self.pairs_per_prompt == 0 || self.max_new_tokens == 0 || self.max_prompts == Some(0) {
+            return Err("pairs_per_prompt, max_new_tokens and max_prompts must be at least 1".into());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p {} must be in (0, 1]", self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// Who rates the pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Annotator {
+    /// The demo world's ground-truth judges (the simulated annotators).
+    DemoJudge,
+    /// People, through `rlhf annotate serve` or the exported sheet and `rlhf annotate import`.
+    External,
+}
+
+/// `annotate`: ratings of a pair file as preference records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    /// The pair file (a `sample_pairs` stage's output, or `rlhf annotate export`'s).
+    pub pairs: PathBuf,
+    pub annotator: Annotator,
+    /// Share of the prompts whose comparisons are held out as this batch's test set
+    /// (`prefs_test.jsonl`), drawn by a hash of the prompt.
+    #[serde(default = "d_test_fraction")]
+    pub test_fraction: f64,
+}
+
+fn d_test_fraction() -> f64 {
+    0.2
+}
+
+impl AnnotateConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            return Err(format!("test_fraction {} must be in [0, 1)", self.test_fraction));
+        }
+        Ok(())
+    }
+}
+
+/// A stage that cannot go on before someone acts: the pipeline stops cleanly at it (nothing
+/// after it runs) and a later `rlhf pipeline run` resumes there.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Waiting {
+    /// The file whose appearance lets the stage go on.
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// The file a waiting `annotate` stage needs: the import's output, in its folder.
+pub const ANNOTATED_FILE: &str = "annotated.jsonl";
+
+/// Samples the pairs into `dir/pairs.jsonl`; returns the output and its summary.
+pub fn sample_pairs(c: &SamplePairsConfig, dir: &Path) -> Result<(PathBuf, serde_json::Value), StageFailure> {
+    let start = std::time::Instant::now();
+    let variants = c.variants()?;
+    let (tok, _) = llama::tokenizer::resolve(None, Some(&variants[0].0))?;
+    let mut prompts: Vec<PromptRecord> = Vec::new();
+    for f in &c.prompts {
+        prompts.extend(datasets::io::read_all::<PromptRecord>(f)?);
+    }
+    prompts.truncate(c.max_prompts.unwrap_or(usize::MAX));
+    let comp = c.device.compute(None)?;
+    let k = c.pairs_per_prompt;
+    // texts[v][prompt][sample]; None: the prompt does not fit that model's positions.
+    let mut texts: Vec<Vec<Option<Vec<String>>>> = Vec::new();
+    let mut tokens = 0usize;
+    for (policy, temperature) in &variants {
+        let (_vs, m) = llama::checkpoint::load_causal_lm(policy, comp.device, comp.kind)?;
+        let limit = m.cfg.max_position_embeddings as usize;
+        let mut ids = Vec::new();
+        let mut fit = Vec::new();
+        for p in &prompts {
+            let x = llama::chat::encode_prompt(&tok, &p.prompt)?;
+            fit.push(x.len() + c.max_new_tokens <= limit);
+            if x.len() + c.max_new_tokens <= limit {
+                ids.push(x);
+            }
+        }
+        let kept: Vec<usize> = (0..prompts.len()).filter(|&i| fit[i]).collect();
+        let params = SamplingParams {
+            max_new_tokens: c.max_new_tokens,
+            temperature: *temperature,
+            top_p: c.top_p,
+            top_k: 0,
+            seed: c.seed,
+            stop_at_eos: true,
+            eos_token_id: m.cfg.eos_token_id,
+            num_samples: k,
+        };
+        // The same prompt draws from the same stream in both variants (common random numbers).
+        let requests: Vec<Request> = ids
+            .iter()
+            .zip(&kept)
+            .map(|(x, &i)| Request {
+                prompt: x,
+                seed: rejection_sampling::sampler::prompt_stream(c.seed, &rejection_sampling::select::prompt_key(&prompts[i].prompt)),
+                expected_new_tokens: None,
+            })
+            .collect();
+        let mut rows: Vec<Vec<String>> = vec![vec![String::new(); k]; requests.len()];
+        let mut decode_err = None;
+        engine::run(&m, &requests, &params, &EngineConfig::default(), |r: RowOutput| -> Result<(), llama::LlamaError> {
+            tokens += r.tokens.len();
+            match tok.decode(&r.tokens) {
+                Ok(t) => rows[r.request][r.sample] = t.trim().to_string(),
+                Err(e) => decode_err = Some(e),
+            }
+            Ok(())
+        })?;
+        if let Some(e) = decode_err {
+            return Err(e.into());
+        }
+        let mut per_prompt: Vec<Option<Vec<String>>> = vec![None; prompts.len()];
+        for (i, r) in kept.into_iter().zip(rows) {
+            per_prompt[i] = Some(r);
+        }
+        texts.push(per_prompt);
+    }
+    let label = |(p, t): &(PathBuf, f64)| {
+        let name = if p.file_name().is_some_and(|n| n == "final") { p.parent().unwrap_or(p) } else { p };
+        format!("{}@t{t}", name.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+    };
+    let (la, lb) = (label(&variants[0]), label(&variants[1]));
+    let source = c.source.clone().unwrap_or_else(|| "sample_pairs".into());
+    let (mut pairs, mut seen) = (Vec::new(), HashSet::new());
+    let (mut skipped_long, mut same_or_empty) = (0usize, 0usize);
+    for (i, p) in prompts.iter().enumerate() {
+        let (Some(a), Some(b)) = (&texts[0][i], &texts[1][i]) else {
+            skipped_long += 1;
+            continue;
+        };
+        for (x, y) in a.iter().zip(b) {
+            if x.is_empty() || y.is_empty() || x == y {
+                same_or_empty += 1;
+                continue;
+            }
+            let id = annotate::export::pair_id(&p.prompt, x, y);
+            if !seen.insert(id.clone()) {
+                same_or_empty += 1;
+                continue;
+            }
+            // Which variant is `a` is drawn from the id, so that position says nothing.
+            let swap = u64::from_str_radix(&id[id.len() - 2..], 16).unwrap_or(0) % 2 == 1;
+            let ((ra, ma), (rb, mb)) = if swap { ((y, &lb), (x, &la)) } else { ((x, &la), (y, &lb)) };
+            pairs.push(PairRecord {
+                id,
+                prompt: p.prompt.clone(),
+                reply_a: ra.clone(),
+                reply_b: rb.clone(),
+                model_a: Some(ma.clone()),
+                model_b: Some(mb.clone()),
+                kind: Some(if p.is_safety { PreferenceKind::Safety } else { PreferenceKind::Helpfulness }),
+                source: Some(source.clone()),
+            });
+        }
+    }
+    if pairs.is_empty() {
+        return Err(format!("no pair: every reply pair was identical or empty, or no prompt fits ({} prompts)", prompts.len()).into());
+    }
+    let out = dir.join("pairs.jsonl");
+    annotate::write_pairs(&out, &pairs)?;
+    let metrics = serde_json::json!({
+        "prompts": prompts.len(), "pairs": pairs.len(), "variants": [la, lb], "skipped_long_prompts": skipped_long,
+        "dropped_identical_or_empty": same_or_empty, "generated_tokens": tokens, "seconds": start.elapsed().as_secs_f64(),
+    });
+    Ok((out, metrics))
+}
+
+/// The demo judges' rating of a pair, as an annotator would give it: the reply the judges score
+/// higher, the strength from the score gap (the demo world's own rating scale), the safety bin
+/// from both replies' safety. `None` when they cannot tell the replies apart (equal scores), the
+/// prompt is not the demo world's, or the chosen reply is the unsafe one of an unsafe / safe pair
+/// (Llama 2 drops those).
+pub fn demo_rating(p: &PairRecord) -> Option<RatingRow> {
+    let (sa, sb) = (truth_score(&p.prompt, &p.reply_a)?, truth_score(&p.prompt, &p.reply_b)?);
+    if sa == sb {
+        return None;
+    }
+    let (choice, chosen, rejected) = if sa > sb { (Side::A, &p.reply_a, &p.reply_b) } else { (Side::B, &p.reply_b, &p.reply_a) };
+    let safe = |r: &str| demo_world::judge_messages(&p.prompt, r).safe;
+    let safety = match (safe(chosen), safe(rejected)) {
+        (true, false) => SafetyBin::OnlyChosenSafe,
+        (true, true) => SafetyBin::BothSafe,
+        (false, false) => SafetyBin::BothUnsafe,
+        (false, true) => return None,
+    };
+    Some(RatingRow {
+        pair_id: p.id.clone(),
+        choice,
+        strength: demo_world::rating_for_gap((sa - sb).abs()),
+        safety: Some(safety),
+        annotator: Some("demo_judge".into()),
+    })
+}
+
+/// Runs an `annotate` stage in `dir`: the records (`prefs.jsonl`, the output, and the held-out
+/// `prefs_test.jsonl`) and a summary, or [`Waiting`] for people's ratings.
+pub fn annotate_stage(c: &AnnotateConfig, dir: &Path) -> Result<(PathBuf, serde_json::Value), StageFailure> {
+    let pairs = annotate::read_pairs(&c.pairs)?;
+    let annotated = dir.join(ANNOTATED_FILE);
+    let mut summary = serde_json::json!({"pairs": pairs.len()});
+    match c.annotator {
+        Annotator::DemoJudge => {
+            let records: Vec<Annotated> = pairs.iter().filter_map(|p| Some(Annotated::of(p, &demo_rating(p)?))).collect();
+            summary["skipped_ties_or_unjudgeable"] = (pairs.len() - records.len()).into();
+            annotate::merge::write_records(&annotated, &records)?;
+        }
+        Annotator::External if !annotated.exists() => {
+            let (jsonl, csv) = (dir.join("pairs.jsonl"), dir.join("pairs.csv"));
+            annotate::write_pairs(&jsonl, &pairs)?;
+            annotate::write_pairs_csv(&csv, &pairs)?;
+            let message = format!(
+                "waiting for annotations: rate the {} pairs of {csv} (columns choice, strength, safety; or in the browser: `rlhf annotate serve --pairs {jsonl} --out {ann}`), \
+                 then `rlhf annotate import --pairs {jsonl} --ratings {csv} --out {ann}` and run the pipeline again: it goes on once {ann} exists",
+                pairs.len(),
+                csv = csv.display(),
+                jsonl = jsonl.display(),
+                ann = annotated.display()
+            );
+            return Err(Box::new(Waiting { file: annotated, message }));
+        }
+        Annotator::External => {}
+    }
+    // Read back through the preference reader: a hand-edited file fails here with file, line, field.
+    let records: Vec<PreferenceRecord> = datasets::io::read_all(&annotated)?;
+    if records.is_empty() {
+        return Err(format!("{}: no preference record (no pair rated)", annotated.display()).into());
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for r in records {
+        let key = serde_json::to_string(&r.prompt)?;
+        let h = u64::from_str_radix(&training::runner::fnv1a(key.as_bytes())[..8], 16).unwrap_or(0);
+        if (h as f64 / u32::MAX as f64) < c.test_fraction {
+            test.push(r);
+        } else {
+            train.push(r);
+        }
+    }
+    let count = |rs: &[PreferenceRecord]| {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for r in rs {
+            *by.entry(r.rating.map(|x| x.as_str().to_string()).unwrap_or_else(|| "none".into())).or_default() += 1;
+            let kind = r.kind.map(|k| k.as_str()).unwrap_or("unknown");
+            *by.entry(format!("kind:{kind}")).or_default() += 1;
+        }
+        by
+    };
+    summary["records"] = (train.len() + test.len()).into();
+    summary["train"] = train.len().into();
+    summary["test"] = test.len().into();
+    summary["by_rating_and_kind"] = serde_json::to_value(count(&train.iter().chain(&test).cloned().collect::<Vec<_>>()))?;
+    summary["source"] = train.iter().chain(&test).find_map(|r| r.source.clone()).into();
+    let out = dir.join("prefs.jsonl");
+    datasets::write_all(&dir.join("prefs_test.jsonl"), &test)?;
+    datasets::write_all(&out, &train)?;
+    Ok((out, summary))
+}
