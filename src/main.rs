@@ -28,6 +28,8 @@ enum Command {
     RejectionSampling(commands::stage::StageArgs),
     /// Ghost Attention: multi-turn data with a first-turn instruction, fine-tune, adherence by turn (Llama 2 Section 3.3).
     Gatt(commands::stage::StageArgs),
+    /// Safety context distillation: replies with a safety preprompt kept where the safety RM prefers them, then SFT without it (Llama 2 Section 4.2.4).
+    ContextDistillation(commands::stage::StageArgs),
     /// The whole recipe from one config: run (or resume) it, or show its status.
     #[command(subcommand)]
     Pipeline(commands::pipeline::PipelineCommand),
@@ -83,6 +85,7 @@ fn main() {
         Command::Ppo(a) => a.run(ppo::PpoConfig::validate, ppo::run),
         Command::RejectionSampling(a) => a.run(rejection_sampling::RejectionSamplingConfig::validate, rejection_sampling::run),
         Command::Gatt(a) => a.run(gatt::GattConfig::validate, gatt::run),
+        Command::ContextDistillation(a) => a.run(context_distillation::ContextDistillationConfig::validate, context_distillation::run),
         Command::Bench(c) => commands::bench::run(c),
         Command::Init(a) => commands::init::run(a),
         Command::Plan(a) => commands::plan::run(a),
