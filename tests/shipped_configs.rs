@@ -1,13 +1,21 @@
 //! Every shipped Llama-2 7B and 13B config, and every training stage of the 7B and 13B pipeline
-//! configs, passes `rlhf plan` for one 80 GiB GPU (their stated hardware); the 70B pipeline's
-//! stages are reported as not fitting one such GPU (their weights alone are 138 GB in bf16 and
-//! ZeRO-1/2 does not shard weights), which its header says.
+//! configs, passes `rlhf plan` for one 80 GiB GPU (their stated hardware); the 70B pipeline's SFT
+//! and reward-model stages (ZeRO-3) pass it on 16 such GPUs, its stated hardware, and not on one;
+//! its PPO stage does not fit (no ZeRO-3 for PPO yet), which its header says.
 mod common;
 use common::*;
 use std::path::Path;
 
 fn plan(stage: &str, config: &Path, preset: &str) -> serde_json::Value {
-    let out = run_ok(rlhf().args(["plan", "--stage", stage, "--gpu-memory", "80GiB", "--preset", preset, "--config"]).arg(config));
+    plan_on(stage, config, preset, 1)
+}
+
+fn plan_on(stage: &str, config: &Path, preset: &str, world: i64) -> serde_json::Value {
+    let out = run_ok(
+        rlhf()
+            .args(["plan", "--stage", stage, "--gpu-memory", "80GiB", "--preset", preset, "--world-size", &world.to_string(), "--config"])
+            .arg(config),
+    );
     json_line(out.lines().last().unwrap_or_default())
 }
 
@@ -56,13 +64,23 @@ fn the_7b_and_13b_configs_fit_one_80gb_gpu() {
 }
 
 #[test]
-fn the_70b_pipeline_does_not_claim_one_80gb_gpu() {
+fn the_70b_sft_and_reward_stages_fit_16_80gb_gpus_with_zero3_and_ppo_does_not_claim_to() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root.join("configs/pipeline-llama2-70b.toml")).unwrap();
-    assert!(text.contains("does not fit"), "the 70B header states its hardware");
-    for (name, stage, path) in stages(&root.join("configs/pipeline-llama2-70b.toml"), tmp.path()) {
-        let p = plan(stage, &path, "70b");
-        assert_eq!(p["fits"], false, "70B stage {name} unexpectedly fits: {p}");
+    assert!(text.contains("16 x 80 GB GPUs") && text.contains("--world-size 16"), "the 70B header states its hardware");
+    assert!(text.contains("PPO's five 70B models do not fit"), "and what does not fit yet");
+    let found = stages(&root.join("configs/pipeline-llama2-70b.toml"), tmp.path());
+    assert_eq!(found.iter().map(|f| f.1).collect::<Vec<_>>(), ["sft", "reward", "reward", "ppo"]);
+    for (name, stage, path) in found {
+        let on16 = plan_on(stage, &path, "70b", 16);
+        if stage == "ppo" {
+            assert_eq!(on16["fits"], false, "70B PPO unexpectedly fits: {on16}");
+            continue;
+        }
+        assert_eq!(on16["fits"], true, "70B stage {name} on 16 GPUs: peak {} bytes", on16["device_peak_bytes"]);
+        assert_eq!(on16["plan"]["models"][0]["params"].as_f64().map(|p| p > 68e9), Some(true), "{name} is planned at 70B");
+        let on1 = plan_on(stage, &path, "70b", 1);
+        assert_eq!(on1["fits"], false, "70B stage {name} fits one GPU: {on1}");
     }
 }

@@ -4,8 +4,10 @@ pipeline configs carry exactly their hyperparameters. Run after changing a per-s
 import re, pathlib
 C = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 
-def body(name, subs, drop_comments=True):
-    """Per-stage config file -> the text under [stages.config], tables renamed."""
+def body(name, subs, drop_comments=True, after=None):
+    """Per-stage config file -> the text under [stages.config], tables renamed; `after` maps a
+    key to lines added after its line."""
+    after = after or {}
     out = []
     for line in (C / name).read_text().splitlines():
         if line.startswith('#') and drop_comments:
@@ -21,6 +23,8 @@ def body(name, subs, drop_comments=True):
                 continue
             line = f'{k} = {v}'
         out.append(line)
+        if k in after:
+            out.extend(after[k])
     while out and out[-1] == '':
         out.pop()
     return '\n'.join(out)
@@ -33,13 +37,19 @@ def mix(name, target):
     return stage(name, 'mix', f'target = "{target}"\ndata = ["data/preference_train.jsonl"]',
                  f'The Llama 2 {target} RM mixture of all comparisons (`kind` tags each row).')
 
+# 70B training stages shard the weights too (ZeRO-3, docs/distributed.md): with checkpointing and
+# the optimizer offloaded, each of WORLD_70B ranks holds 1/WORLD_70B of the fp32 state in host memory.
+ZERO3 = {'gradient_checkpointing': ['zero_stage = 3']}
+WORLD_70B = 16
+
 def rm(name, target, size, lr):
     t = body(f'reward-llama2-7b-{target}.toml', {'model': '"${sft}"', 'train_data': f'["${{{target}_mix}}"]', 'lr': lr,
-             'eval_data': '["data/preference_test.jsonl"]'})
+             'eval_data': '["data/preference_test.jsonl"]'}, after=ZERO3 if size == '70B' else None)
     return stage(name, 'reward', t, f'{target} RM from the SFT model, Section 3.2.2 (peak lr {lr}).')
 
 def sft(size):
-    return stage('sft', 'sft', body('sft-llama2-7b.toml', {'model': f'"checkpoints/Llama-2-{size.lower()}-hf"'}),
+    return stage('sft', 'sft', body('sft-llama2-7b.toml', {'model': f'"checkpoints/Llama-2-{size.lower()}-hf"'},
+                                    after=ZERO3 if size == '70B' else None),
                  'SFT, Section 3.1 (lr 2e-5 cosine, 64 x 4096 packed tokens, 2 epochs, answer tokens only).')
 
 def ppo(size, policy, beta):
@@ -63,9 +73,14 @@ head = '''# Llama-2-{S} end to end as the paper runs it, one stage after the oth
 HARDWARE = {
     '7B': '# Hardware: every training stage fits one 80 GB GPU (`rlhf plan`; tests/shipped_configs.rs).\n',
     '13B': '# Hardware: every training stage fits one 80 GB GPU (`rlhf plan`; tests/shipped_configs.rs).\n',
-    '70B': '# Hardware: a 70B stage does not fit one 80 GB GPU: its bf16 weights alone are 138 GB, and\n'
-           '# ZeRO-1/2 (zero_stage) shards the optimizer state, not the weights. It needs weight sharding\n'
-           '# (ZeRO-3/FSDP) or tensor parallelism, which rlhf does not have yet (`rlhf plan` says so).\n',
+    '70B': '# Hardware: the bf16 weights alone are 138 GB, so 70B training shards them (zero_stage = 3, ZeRO-3,\n'
+           f'# docs/distributed.md). SFT and both reward models run on {WORLD_70B} x 80 GB GPUs (2 nodes of 8; torchrun\n'
+           f'# --nnodes 2 --nproc-per-node 8) with >= 600 GB of host memory per node (each rank keeps 1/{WORLD_70B}\n'
+           f'# of the fp32 optimizer state there): `rlhf plan --world-size {WORLD_70B}` (tests/shipped_configs.rs).\n'
+           '# Not yet: loading builds the whole model on each GPU before sharding it (138 GB: shard-on-load is\n'
+           '# missing), and PPO\'s five 70B models do not fit (its trainer has no ZeRO-3, and the reference and\n'
+           '# reward models are held whole). The paper trained with FSDP (Section 3.2.3, PPO) and reports no\n'
+           '# GPU counts for fine-tuning.\n',
 }
 
 def write(size, note, stages):

@@ -116,9 +116,8 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
     let in_flight_weights = if zero3 { layer * t.dtype_bytes } else { 0.0 };
     let reduce_buffer = layer.min(crate::zero::DEFAULT_BUCKET as f64) * 4.0 * (1.0 + 1.0 / w);
     let in_flight_grads = if zero3 { layer * t.dtype_bytes + reduce_buffer } else { 0.0 };
-    let masters = if t.dtype_bytes != 4.0 || t.offload { 4.0 } else { 0.0 };
-    // ZeRO-3 keeps fp32 masters for every dtype: the layers are gathered from them.
-    let masters = if zero3 { 4.0 } else { masters };
+    // A ZeRO shard always has its own fp32 masters (ZeRO-3 gathers the layers from them).
+    let masters = if t.dtype_bytes != 4.0 || t.offload || sharded { 4.0 } else { 0.0 };
     let state = (masters + 8.0) * p / w + if sharded { 4.0 * p / w } else { 0.0 };
     let sums = t.dtype_bytes != 4.0 && t.micro_batches_per_rank > 1;
     let per_layer = tokens * (10.0 * d + 4.0 * i) * t.dtype_bytes;
