@@ -81,7 +81,18 @@ pub struct EngineConfig {
     pub compact: bool,
     /// Read the EOS flags every this many steps; 0 = 1 on CPU, 4 on CUDA.
     pub sync_every: usize,
+    /// libtorch intra-op threads while the engine runs on CPU; 0 = auto: one thread when a decode
+    /// step is small (under [`SMALL_STEP_FLOPS`]), else the process's setting. A small step is a few
+    /// hundred tiny ops, each too small to split: every parallel region only adds an OpenMP
+    /// barrier, and on a loaded machine a barrier waits for the other thread to be scheduled
+    /// (stories260K on the shared 2-core CPU: ~5 ms a step on one thread, 60-110 ms on two).
+    /// The caller's setting is restored when the call returns.
+    pub decode_threads: usize,
 }
+
+/// A decode step of fewer multiply-adds than this (2 · parameters · slots) runs on one thread
+/// on CPU ([`EngineConfig::decode_threads`] = 0): about 10 ms of one core's fp32 matmul.
+pub const SMALL_STEP_FLOPS: f64 = 5e8;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -92,7 +103,15 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Continuous batching with compaction over `slots` slots (0 = all rows).
     pub fn continuous(slots: usize) -> Self {
-        EngineConfig { slots, max_tokens_in_flight: 0, schedule: Schedule::InOrder, refill: true, compact: true, sync_every: 0 }
+        EngineConfig {
+            slots,
+            max_tokens_in_flight: 0,
+            schedule: Schedule::InOrder,
+            refill: true,
+            compact: true,
+            sync_every: 0,
+            decode_threads: 0,
+        }
     }
 
     /// Static batches of `slots` rows (the pre-engine `generate`): no refill, no compaction.
@@ -273,6 +292,7 @@ pub fn run<E: From<LlamaError>>(
     } else {
         1
     };
+    let threads = ThreadScope::enter(decode_threads(model, slots, ec.decode_threads));
     let capacity = (max_len + max_new) as i64;
     let eos = p.eos_token_id;
     let greedy = p.temperature <= 0.0;
@@ -371,13 +391,14 @@ pub fn run<E: From<LlamaError>>(
                 let len = end.unwrap_or(t.len());
                 stats.new_tokens += len;
                 in_flight -= requests[row.request].prompt.len() + max_new;
-                on_row(RowOutput {
+                let out = RowOutput {
                     request: row.request,
                     sample: row.sample,
                     tokens: t[..len].iter().map(|&x| x as u32).collect(),
                     logprobs: lps[n * max_new..n * max_new + len].to_vec(),
                     finished: end.is_some(),
-                })?;
+                };
+                threads.outside(|| on_row(out))?;
             }
         }
         let live = s.live();
@@ -420,6 +441,58 @@ pub fn run<E: From<LlamaError>>(
     }
     stats.decode_seconds = (start.elapsed().as_secs_f64() - stats.prefill_seconds).max(0.0);
     Ok(stats)
+}
+
+/// The intra-op threads a call decodes with (`None`: leave the setting alone; CUDA always).
+fn decode_threads(model: &Llama, slots: usize, asked: usize) -> Option<usize> {
+    if model.device().is_cuda() {
+        return None;
+    }
+    if asked > 0 {
+        return Some(asked);
+    }
+    let c = &model.cfg;
+    let (d, hd) = (c.hidden_size as f64, c.head_dim as f64);
+    let per_layer =
+        d * hd * (2.0 * c.num_attention_heads as f64 + 2.0 * c.num_key_value_heads as f64) + 3.0 * d * c.intermediate_size as f64;
+    let params = c.num_hidden_layers as f64 * per_layer + c.vocab_size as f64 * d;
+    (2.0 * params * (slots as f64) < SMALL_STEP_FLOPS).then_some(1)
+}
+
+/// Sets libtorch's intra-op threads for the engine's call and restores the caller's on drop.
+struct ThreadScope(Option<i32>);
+
+impl ThreadScope {
+    fn enter(threads: Option<usize>) -> Self {
+        let before = tch::get_num_threads();
+        match threads {
+            Some(n) if n as i32 != before => {
+                tch::set_num_threads(n as i32);
+                ThreadScope(Some(before))
+            }
+            _ => ThreadScope(None),
+        }
+    }
+}
+
+impl ThreadScope {
+    /// Runs `f` (the caller's callback) with the caller's own thread setting.
+    fn outside<R>(&self, f: impl FnOnce() -> R) -> R {
+        let Some(before) = self.0 else { return f() };
+        let inside = tch::get_num_threads();
+        tch::set_num_threads(before);
+        let r = f();
+        tch::set_num_threads(inside);
+        r
+    }
+}
+
+impl Drop for ThreadScope {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            tch::set_num_threads(n);
+        }
+    }
 }
 
 /// Admission order of the requests.

@@ -204,3 +204,26 @@ fn k_samples_share_one_prefill_and_bad_inputs_are_refused() {
     let out = generate_with(&m, &ps, &SamplingParams { max_new_tokens: 0, ..p }, &EngineConfig::continuous(2)).unwrap();
     assert!(out.tokens.len() == 32 && out.tokens.iter().all(Vec::is_empty));
 }
+
+/// A small model decodes on one intra-op thread (auto) or on the threads asked for; the caller's
+/// callback runs with the caller's setting, and the setting is back when the call returns.
+#[test]
+fn decode_threads_are_scoped_to_the_call() {
+    let (_vs, m) = model();
+    let before = tch::get_num_threads();
+    let ps = prompts();
+    let reqs: Vec<Request> = ps.iter().take(2).map(|x| Request { prompt: x.as_slice(), seed: 1, expected_new_tokens: None }).collect();
+    let p = SamplingParams { max_new_tokens: 3, temperature: 1.0, top_p: 1.0, num_samples: 2, ..Default::default() };
+    tch::set_num_threads(2);
+    for ec in [EngineConfig::continuous(4), EngineConfig { decode_threads: 1, ..EngineConfig::continuous(4) }] {
+        let mut seen = Vec::new();
+        engine::run(&m, &reqs, &p, &ec, |_r: RowOutput| -> Result<(), llama::LlamaError> {
+            seen.push(tch::get_num_threads());
+            Ok(())
+        })
+        .unwrap();
+        assert!(!seen.is_empty() && seen.iter().all(|&n| n == 2), "callbacks see the caller's threads: {seen:?}");
+        assert_eq!(tch::get_num_threads(), 2, "the caller's setting is restored");
+    }
+    tch::set_num_threads(before);
+}
