@@ -229,7 +229,8 @@ pub struct GattDialog {
 /// How many GAtt records the demo world writes (fixed: the `demo_data` stage's sizes stay as they were).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GattSizes {
-    /// Single-turn SFT demonstrations that obey an instruction (`sft_instructed.jsonl`).
+    /// SFT demonstrations that obey an instruction given in the message they answer
+    /// (`sft_instructed.jsonl`): half single-turn, half 2-4 turns with it on every user turn.
     pub instructed_sft: usize,
     /// Multi-turn dialogs of training prompts for `rlhf data gatt` (`gatt_dialogs.jsonl`).
     pub dialogs: usize,
@@ -241,7 +242,7 @@ pub struct GattSizes {
 
 impl Default for GattSizes {
     fn default() -> Self {
-        GattSizes { instructed_sft: 600, dialogs: 64, dialog_turns: 6, eval_dialogs: 32, eval_turns: 20 }
+        GattSizes { instructed_sft: 400, dialogs: 64, dialog_turns: 6, eval_dialogs: 32, eval_turns: 20 }
     }
 }
 
@@ -268,10 +269,18 @@ pub fn generate_gatt(sizes: GattSizes, seed: u64) -> GattData {
     let instructed_sft = (0..sizes.instructed_sft)
         .map(|_| {
             let inst = &list[below(&mut rng, list.len())];
-            let p = train[below(&mut rng, train.len())];
-            let variant = below(&mut rng, 2);
-            let reply = respond(p, Style::Correct, variant, &mut rng).unwrap_or_default();
-            SftRecord { messages: vec![Message::user(with_instruction(&inst.text, &p.text)), Message::assistant(inst.obey(&reply))] }
+            // Half single-turn, half 2-4 turns with the instruction on every user turn: the model
+            // learns to obey the instruction of the message it answers, in a dialog too.
+            let turns = if below(&mut rng, 2) == 0 { 1 } else { 2 + below(&mut rng, 3) };
+            let mut messages = Vec::with_capacity(2 * turns);
+            for _ in 0..turns {
+                let p = train[below(&mut rng, train.len())];
+                let variant = below(&mut rng, 2);
+                let reply = respond(p, Style::Correct, variant, &mut rng).unwrap_or_default();
+                messages.push(Message::user(with_instruction(&inst.text, &p.text)));
+                messages.push(Message::assistant(inst.obey(&reply)));
+            }
+            SftRecord { messages }
         })
         .collect();
     let dialogs_of = |n: usize, turns: usize, pool: &[&DemoPrompt], instructed: bool, rng: &mut SplitMix64| -> Vec<GattDialog> {
@@ -379,10 +388,14 @@ mod tests {
         assert_ne!(render_gatt(&a).unwrap(), render_gatt(&generate_gatt(sizes, 4)).unwrap());
         let list = default_instructions();
         for r in &a.instructed_sft {
-            let user = &r.messages[0].content;
-            let i = list.iter().find(|i| user.starts_with(&format!("{} ", i.text))).expect("an instruction in front of the prompt");
-            assert_eq!(i.check(&r.messages[1].content), Some(true), "{user} -> {}", r.messages[1].content);
+            let first = &r.messages[0].content;
+            let i = list.iter().find(|i| first.starts_with(&format!("{} ", i.text))).expect("an instruction in front of the prompt");
+            for pair in r.messages.chunks(2) {
+                assert!(pair[0].content.starts_with(&format!("{} ", i.text)), "the instruction on every user turn");
+                assert_eq!(i.check(&pair[1].content), Some(true), "{} -> {}", pair[0].content, pair[1].content);
+            }
         }
+        assert!(a.instructed_sft.iter().any(|r| r.messages.len() == 2) && a.instructed_sft.iter().any(|r| r.messages.len() > 2));
         assert!(a.dialogs.iter().all(|d| d.instruction.is_none() && d.turns.len() == 4));
         assert!(a.eval_dialogs.iter().all(|d| d.instruction.as_ref().is_some_and(Instruction::checkable) && d.turns.len() == 7));
         let held_out: std::collections::HashSet<&str> = universe().iter().filter(|p| p.held_out).map(|p| p.text.as_str()).collect();

@@ -35,14 +35,12 @@ pub struct SampledDialog {
     pub stopped: Option<String>,
 }
 
+/// The K samples of one prompt: (text, ended with EOS).
+pub type Samples = Vec<(String, bool)>;
+
 /// K replies (text, finished) to each prompt; `None` where the prompt plus the reply budget does
 /// not fit the model's positions. One engine call; sample j of prompt i draws from its own stream.
-pub fn replies_to(
-    model: &Llama,
-    tok: &Tokenizer,
-    prompts: &[Vec<Message>],
-    params: &SamplingParams,
-) -> Result<Vec<Option<Vec<(String, bool)>>>> {
+pub fn replies_to(model: &Llama, tok: &Tokenizer, prompts: &[Vec<Message>], params: &SamplingParams) -> Result<Vec<Option<Samples>>> {
     let limit = model.cfg.max_position_embeddings as usize;
     let mut ids = Vec::new();
     let mut fits = Vec::with_capacity(prompts.len());
