@@ -20,10 +20,11 @@ pub enum StageKind {
     Ppo,
     SamplePairs,
     Annotate,
+    Gatt,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 9] = [
+    pub const ALL: [StageKind; 10] = [
         StageKind::DemoData,
         StageKind::Mix,
         StageKind::Init,
@@ -33,6 +34,7 @@ impl StageKind {
         StageKind::Ppo,
         StageKind::SamplePairs,
         StageKind::Annotate,
+        StageKind::Gatt,
     ];
 
     /// The name in a config's `kind`.
@@ -47,6 +49,7 @@ impl StageKind {
             StageKind::Ppo => "ppo",
             StageKind::SamplePairs => "sample_pairs",
             StageKind::Annotate => "annotate",
+            StageKind::Gatt => "gatt",
         }
     }
 
@@ -56,7 +59,7 @@ impl StageKind {
 
     /// A stage whose output is a policy (judged by the ground-truth evaluation).
     pub fn is_policy(self) -> bool {
-        matches!(self, StageKind::Init | StageKind::Sft | StageKind::RejectionSampling | StageKind::Ppo)
+        matches!(self, StageKind::Init | StageKind::Sft | StageKind::RejectionSampling | StageKind::Ppo | StageKind::Gatt)
     }
 }
 
@@ -139,6 +142,8 @@ pub enum StageConfig {
     Ppo(ppo::PpoConfig),
     SamplePairs(crate::pairs::SamplePairsConfig),
     Annotate(crate::pairs::AnnotateConfig),
+    /// Ghost Attention (Llama 2 Section 3.3): `rlhf gatt`.
+    Gatt(gatt::GattConfig),
 }
 
 impl StageConfig {
@@ -158,6 +163,7 @@ impl StageConfig {
             StageKind::Ppo => StageConfig::Ppo(typed(v)?),
             StageKind::SamplePairs => StageConfig::SamplePairs(typed(v)?),
             StageKind::Annotate => StageConfig::Annotate(typed(v)?),
+            StageKind::Gatt => StageConfig::Gatt(typed(v)?),
         };
         c.validate()?;
         Ok(c)
@@ -174,6 +180,7 @@ impl StageConfig {
             StageConfig::Ppo(c) => c.validate().map_err(|e| e.to_string()),
             StageConfig::SamplePairs(c) => c.validate(),
             StageConfig::Annotate(c) => c.validate(),
+            StageConfig::Gatt(c) => c.validate(),
         }
     }
 }
@@ -389,6 +396,7 @@ mod tests {
                     "reward" => StageKind::Reward,
                     "rs" => StageKind::RejectionSampling,
                     "ppo" => StageKind::Ppo,
+                    "gatt" => StageKind::Gatt,
                     other => panic!("{name}: no stage kind for prefix {other:?}"),
                 };
                 StageConfig::parse(kind, value).unwrap_or_else(|e| panic!("{name}: {e}"));

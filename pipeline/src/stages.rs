@@ -60,5 +60,9 @@ pub fn run_stage(cfg: &StageConfig, dir: &Path) -> Result<StageOutput, StageFail
             let (out, m) = crate::pairs::annotate_stage(c, dir)?;
             done(out, m)
         }
+        StageConfig::Gatt(c) => {
+            let o = gatt::run(c, dir, true)?;
+            done(o.final_model.clone(), serde_json::to_value(&o)?)
+        }
     }
 }
