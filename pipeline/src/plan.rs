@@ -21,10 +21,11 @@ pub enum StageKind {
     SamplePairs,
     Annotate,
     Gatt,
+    ContextDistillation,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 10] = [
+    pub const ALL: [StageKind; 11] = [
         StageKind::DemoData,
         StageKind::Mix,
         StageKind::Init,
@@ -35,6 +36,7 @@ impl StageKind {
         StageKind::SamplePairs,
         StageKind::Annotate,
         StageKind::Gatt,
+        StageKind::ContextDistillation,
     ];
 
     /// The name in a config's `kind`.
@@ -50,6 +52,7 @@ impl StageKind {
             StageKind::SamplePairs => "sample_pairs",
             StageKind::Annotate => "annotate",
             StageKind::Gatt => "gatt",
+            StageKind::ContextDistillation => "context_distillation",
         }
     }
 
@@ -59,7 +62,7 @@ impl StageKind {
 
     /// A stage whose output is a policy (judged by the ground-truth evaluation).
     pub fn is_policy(self) -> bool {
-        matches!(self, StageKind::Init | StageKind::Sft | StageKind::RejectionSampling | StageKind::Ppo | StageKind::Gatt)
+        matches!(self, StageKind::Init | StageKind::Sft | StageKind::RejectionSampling | StageKind::Ppo | StageKind::Gatt | StageKind::ContextDistillation)
     }
 }
 
@@ -144,6 +147,8 @@ pub enum StageConfig {
     Annotate(crate::pairs::AnnotateConfig),
     /// Ghost Attention (Llama 2 Section 3.3): `rlhf gatt`.
     Gatt(gatt::GattConfig),
+    /// Safety context distillation (Llama 2 Section 4.2.4): `rlhf context-distillation`.
+    ContextDistillation(context_distillation::ContextDistillationConfig),
 }
 
 impl StageConfig {
@@ -164,6 +169,7 @@ impl StageConfig {
             StageKind::SamplePairs => StageConfig::SamplePairs(typed(v)?),
             StageKind::Annotate => StageConfig::Annotate(typed(v)?),
             StageKind::Gatt => StageConfig::Gatt(typed(v)?),
+            StageKind::ContextDistillation => StageConfig::ContextDistillation(typed(v)?),
         };
         c.validate()?;
         Ok(c)
@@ -181,6 +187,7 @@ impl StageConfig {
             StageConfig::SamplePairs(c) => c.validate(),
             StageConfig::Annotate(c) => c.validate(),
             StageConfig::Gatt(c) => c.validate(),
+            StageConfig::ContextDistillation(c) => c.validate(),
         }
     }
 }
@@ -397,6 +404,7 @@ mod tests {
                     "rs" => StageKind::RejectionSampling,
                     "ppo" => StageKind::Ppo,
                     "gatt" => StageKind::Gatt,
+                    "cd" => StageKind::ContextDistillation,
                     other => panic!("{name}: no stage kind for prefix {other:?}"),
                 };
                 StageConfig::parse(kind, value).unwrap_or_else(|e| panic!("{name}: {e}"));

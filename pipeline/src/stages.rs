@@ -64,5 +64,9 @@ pub fn run_stage(cfg: &StageConfig, dir: &Path) -> Result<StageOutput, StageFail
             let o = gatt::run(c, dir, true)?;
             done(o.final_model.clone(), serde_json::to_value(&o)?)
         }
+        StageConfig::ContextDistillation(c) => {
+            let o = context_distillation::run(c, dir, true)?;
+            done(o.final_model.clone(), serde_json::to_value(&o)?)
+        }
     }
 }
