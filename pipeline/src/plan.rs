@@ -62,7 +62,15 @@ impl StageKind {
 
     /// A stage whose output is a policy (judged by the ground-truth evaluation).
     pub fn is_policy(self) -> bool {
-        matches!(self, StageKind::Init | StageKind::Sft | StageKind::RejectionSampling | StageKind::Ppo | StageKind::Gatt | StageKind::ContextDistillation)
+        matches!(
+            self,
+            StageKind::Init
+                | StageKind::Sft
+                | StageKind::RejectionSampling
+                | StageKind::Ppo
+                | StageKind::Gatt
+                | StageKind::ContextDistillation
+        )
     }
 }
 
