@@ -314,6 +314,38 @@ mod tests {
     }
 
     #[test]
+    fn the_rounds_table_shows_each_round_s_fresh_rm_accuracy_and_win_rate() {
+        use crate::config::RoundOf;
+        let round = |r: usize| Some(RoundOf { block: "rlhf".into(), round: r });
+        let acc = |a: f64, n: u64| json!({"accuracy": a, "n": n});
+        let rm_v1 = manifest("rm_h", "reward", json!({"eval": {"overall": acc(0.79, 100), "by_source": {"demo": acc(0.79, 100)}}}), None);
+        let rm_v2 = manifest(
+            "rm_h_v2",
+            "reward",
+            json!({"eval": {"overall": acc(0.8, 120), "by_source": {"demo": acc(0.79, 100), "round2": acc(0.9, 20)}}}),
+            None,
+        );
+        let win = |w: f64| json!({"helpful": 0.3, "win_vs_baseline": {"result": {"win_rate": w, "win_rate_ci": {"lo": w - 0.05, "hi": w + 0.05}}}});
+        let mut p1 = manifest("rlhf_v1", "rejection_sampling", json!({}), Some(win(0.55)));
+        p1.config = json!({"helpfulness_rm": "rm_h/final"});
+        p1.round = round(1);
+        let mut ann = manifest("prefs_v2", "annotate", json!({"train": 80, "test": 20, "source": "round2"}), None);
+        ann.round = round(2);
+        let mut rm2 = rm_v2;
+        rm2.round = round(2);
+        let mut p2 = manifest("rlhf_v2", "rejection_sampling", json!({}), Some(win(0.6)));
+        p2.config = json!({"helpfulness_rm": "rm_h_v2/final"});
+        p2.round = round(2);
+        let md = rounds_section(&[rm_v1, p1, ann, rm2, p2]);
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| rlhf #")).collect();
+        assert_eq!(rows.len(), 2, "{md}");
+        assert!(rows[0].contains("`rm_h` 79.0 / –") && rows[0].contains("`rlhf_v1`") && rows[0].contains("0.550 [0.500, 0.600]"), "{md}");
+        assert!(rows[1].contains("80 / 20 (round2)") && rows[1].contains("`rm_h_v2` 80.0 / 90.0 (n=20)"), "{md}");
+        assert!(rows[1].contains("0.600 [0.550, 0.650]"), "{md}");
+        assert!(rounds_section(&[manifest("sft", "sft", json!({}), None)]).is_empty());
+    }
+
+    #[test]
     fn stage_events_carry_the_ground_truth_per_stage_and_rm_accuracy_per_rating_bin() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path();
