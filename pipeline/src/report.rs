@@ -155,6 +155,20 @@ Each round: new comparisons on the latest policy's samples (annotated), reward m
 }
 
 /// Writes `report.json`, `report.md` and `ground_truth.png` into the run folder `out`.
+/// Ghost Attention stages (Llama 2 Section 3.3): adherence to the first turn's instruction by turn
+/// index, before and after (the view of Figures 9 and 28).
+fn gatt_section(manifests: &[Manifest]) -> String {
+    let mut md = String::new();
+    for m in manifests.iter().filter(|m| m.kind == "gatt") {
+        let eval = |k: &str| serde_json::from_value::<gatt::GattEval>(m.metrics[k].clone()).ok();
+        if let Some(after) = eval("after") {
+            md += &format!("\n## Ghost Attention `{}`: replies that obey the first turn's instruction, by turn\n\n", m.name);
+            md += &gatt::eval::markdown(eval("before").as_ref(), &after);
+        }
+    }
+    md
+}
+
 pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     let rs_reports: BTreeMap<&str, serde_json::Value> =
         manifests.iter().filter(|m| m.kind == "rejection_sampling").filter_map(|m| Some((m.name.as_str(), rs_report(out, m)?))).collect();
@@ -254,6 +268,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         md += &rm_rows;
     }
     md += &rounds_section(manifests);
+    md += &gatt_section(manifests);
     let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
     if !ppo.is_empty() {
         md += "\n## PPO: held-out reward and KL (the stage's own evaluation)\n\n| stage | iterations | eval reward LOGIT(Rc) start → end | KL to π_0 (nats/reply) at the end | curves |\n|---|---|---|---|---|\n";
@@ -377,5 +392,21 @@ mod tests {
         assert_eq!(get(&ev, "reward_eval/accuracy/overall"), [(7, &ValueData::Scalar(0.75))]);
         assert_eq!(get(&ev, "reward_eval/accuracy_by_source/demo"), [(7, &ValueData::Scalar(0.75))]);
         assert!(get(&ev, "reward_eval/accuracy/negligibly_better___unsure").is_empty(), "an empty bin has no accuracy");
+    }
+
+    #[test]
+    fn gatt_section_shows_adherence_by_turn_before_and_after() {
+        let ev = |rates: &[f64]| {
+            let by_turn: Vec<_> = rates
+                .iter()
+                .enumerate()
+                .map(|(i, r)| json!({"turn": i + 1, "dialogs": 4, "obeyed": (r * 4.0) as usize, "rate": r}))
+                .collect();
+            json!({"by_turn": by_turn, "overall": 0.5, "after_first": 0.25, "turns_5_10": null, "samples": [], "skipped_turns": 0, "seconds": 1.0})
+        };
+        let m = manifest("gatt", "gatt", json!({"before": ev(&[1.0, 0.0]), "after": ev(&[1.0, 0.75])}), None);
+        let md = gatt_section(&[m]);
+        assert!(md.contains("Ghost Attention `gatt`") && md.contains("| 2 | 0.00 | 0.75 |"), "{md}");
+        assert!(gatt_section(&[manifest("sft", "sft", json!({}), None)]).is_empty());
     }
 }
