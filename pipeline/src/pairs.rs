@@ -214,10 +214,8 @@ pub fn sample_pairs(c: &SamplePairsConfig, dir: &Path) -> Result<(PathBuf, serde
         }
         texts.push(per_prompt);
     }
-    let label = |(p, t): &(PathBuf, f64)| {
-        let name = if p.file_name().is_some_and(|n| n == "final") { p.parent().unwrap_or(p) } else { p };
-        format!("{}@t{t}", name.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
-    };
+    // The checkpoint's path (a stage's output may lie deep in its folder, e.g. `rlhf_v1/iter1/sft/final`).
+    let label = |(p, t): &(PathBuf, f64)| format!("{}@t{t}", p.display());
     let (la, lb) = (label(&variants[0]), label(&variants[1]));
     let source = c.source.clone().unwrap_or_else(|| "sample_pairs".into());
     let (mut pairs, mut seen) = (Vec::new(), HashSet::new());
