@@ -884,3 +884,27 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ZeRO-3's groups over sorted names: one per decoder layer (`layers.1.` before `layers.10.`),
+    /// and the runs between kept whole; stages 1 and 2 have a single group.
+    #[test]
+    fn zero3_groups_are_the_layers_and_the_runs_between() {
+        let mut names = vec!["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight", "score.weight"];
+        for i in [0, 1, 2, 10, 11] {
+            for p in ["input_layernorm.weight", "mlp.up_proj.weight", "self_attn.q_proj.weight"] {
+                names.push(Box::leak(format!("model.layers.{i}.{p}").into_boxed_str()));
+            }
+        }
+        names.sort();
+        let (ends, keys) = groups_of(&names, 3);
+        assert_eq!(keys, [None, Some(0), Some(1), Some(10), Some(11), Some(2), None]);
+        assert_eq!(ends, [2, 5, 8, 11, 14, 17, 19]);
+        assert_eq!(groups_of(&names, 2), (vec![names.len()], vec![None]));
+        assert_eq!(layer_of("model.layers.7.mlp.down_proj.lora_A.weight"), Some(7));
+        assert_eq!(layer_of("model.norm.weight"), None);
+    }
+}
