@@ -229,7 +229,7 @@ pub fn rank_log_path(main: &Path, rank: usize, world: usize) -> PathBuf {
 }
 
 /// Appends the records of every rank log beside `log` (of any world size) to it, in prompt
-/// order (the order one process logs them), then removes the rank logs. Records already in the
+/// order, then removes the rank logs and their generation journals. Records already in the
 /// main log are skipped, so a merge cut short is finished by the next one.
 pub fn merge_rank_logs(log: &mut SampleLog, keys: &[String]) -> Result<()> {
     let stem = log.path().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
@@ -257,6 +257,12 @@ pub fn merge_rank_logs(log: &mut SampleLog, keys: &[String]) -> Result<()> {
     log.append(records)?;
     for f in &files {
         std::fs::remove_file(f).map_err(|e| RsError::io(f, e))?;
+        // The rank's generation journal goes with it: its scored prompts are merged, and a
+        // prompt it generated but did not score is sampled again (same seeds) by whoever resumes.
+        let journal = GenJournal::path_for(f);
+        if journal.exists() {
+            std::fs::remove_file(&journal).map_err(|e| RsError::io(&journal, e))?;
+        }
     }
     Ok(())
 }
@@ -295,6 +301,7 @@ mod tests {
         SampleLog::open(&rank_log_path(&main, 0, 2)).unwrap().append(vec![rec("e"), rec("a")]).unwrap();
         SampleLog::open(&rank_log_path(&main, 2, 3)).unwrap().append(vec![rec("c")]).unwrap();
         std::fs::write(dir.path().join("sweep-iter1-t0.7.rank0-of-2.jsonl"), "").unwrap();
+        std::fs::write(GenJournal::path_for(&rank_log_path(&main, 1, 2)), "").unwrap();
         let mut log = SampleLog::open(&main).unwrap();
         merge_rank_logs(&mut log, &keys).unwrap();
         let texts: Vec<&str> = log.records().iter().map(|r| r.prompt[0].content.as_str()).collect();
