@@ -154,7 +154,6 @@ Each round: new comparisons on the latest policy's samples (annotated), reward m
     md
 }
 
-/// Writes `report.json`, `report.md` and `ground_truth.png` into the run folder `out`.
 /// Ghost Attention stages (Llama 2 Section 3.3): adherence to the first turn's instruction by turn
 /// index, before and after (the view of Figures 9 and 28).
 fn gatt_section(manifests: &[Manifest]) -> String {
@@ -169,6 +168,7 @@ fn gatt_section(manifests: &[Manifest]) -> String {
     md
 }
 
+/// Writes `report.json`, `report.md` and `ground_truth.png` into the run folder `out`.
 pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
     let rs_reports: BTreeMap<&str, serde_json::Value> =
         manifests.iter().filter(|m| m.kind == "rejection_sampling").filter_map(|m| Some((m.name.as_str(), rs_report(out, m)?))).collect();
