@@ -117,9 +117,9 @@ fn rounds_section(manifests: &[Manifest]) -> String {
         "
 ## RLHF rounds
 
-Each round: new comparisons on the latest policy's samples (annotated), reward models retrained on every comparison so far,          then the policy. RM accuracy on the round's fresh comparisons: the held-out share of that round's batch (`prefs_test.jsonl`), by source.
+Each round: new comparisons on the latest policy's samples (annotated), reward models retrained on every comparison so far, then the policy. RM accuracy on the round's fresh comparisons: the held-out share of that round's batch (`prefs_test.jsonl`), by source.
 
-         | round | new comparisons (train/test) | reward models used: accuracy on the original test set / on this round's fresh comparisons | policy | win rate vs SFT [95% CI] |
+| round | new comparisons (train/test) | reward models used: accuracy on the original test set / on this round's fresh comparisons | policy | win rate vs SFT [95% CI] |
 |---|---|---|---|---|
 ",
     );
