@@ -513,7 +513,16 @@ impl std::fmt::Debug for Hooks {
 impl Llama {
     /// Builds the causal LM under `root` (the VarStore root). The trunk lives under `model.`.
     pub fn new(root: &nn::Path, cfg: &Config) -> Self {
-        let mut llama = Self::trunk(root, cfg);
+        Self::new_with(root, cfg, &mut |_| {})
+    }
+
+    /// As [`Llama::new`], calling `built(i)` as soon as decoder layer `i`'s variables exist (in
+    /// the VarStore, initialised), before the next layer's are made: ZeRO-3's shard-on-load keeps
+    /// its shard of each layer and empties the variables there, so no more than one layer is
+    /// ever whole. The variables are made in the same order, from the same RNG draws, as by
+    /// [`Llama::new`].
+    pub fn new_with(root: &nn::Path, cfg: &Config, built: &mut dyn FnMut(usize)) -> Self {
+        let mut llama = Self::trunk_with(root, cfg, built);
         if !cfg.tie_word_embeddings {
             llama.lm_head = Some(Linear::new(root / "lm_head", cfg.hidden_size, cfg.vocab_size));
         }
@@ -522,10 +531,21 @@ impl Llama {
 
     /// Builds only the trunk (`model.*`), for models with their own head (reward, value).
     pub fn trunk(root: &nn::Path, cfg: &Config) -> Self {
+        Self::trunk_with(root, cfg, &mut |_| {})
+    }
+
+    /// [`Llama::trunk`] with [`Llama::new_with`]'s `built` callback.
+    pub fn trunk_with(root: &nn::Path, cfg: &Config, built: &mut dyn FnMut(usize)) -> Self {
         let m = root / "model";
         let embed_tokens =
             (&m / "embed_tokens").var("weight", &[cfg.vocab_size, cfg.hidden_size], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
-        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&m / "layers" / i, cfg)).collect();
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let layer = DecoderLayer::new(&m / "layers" / i, cfg);
+                built(i as usize);
+                layer
+            })
+            .collect();
         let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
         let rope = Rope::new(cfg, root.device(), root.kind());
         Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head: None, rope, shard: None }
