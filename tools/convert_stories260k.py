@@ -5,10 +5,20 @@ TinyStories) to the HF layout `rlhf` and transformers load: config.json + model.
     python tools/convert_stories260k.py --bin stories260K.bin --out assets/stories260K
 
 Where the weights come from: karpathy/tinyllamas on the Hugging Face Hub
-(`stories260K/stories260K.bin`), also committed to public GitHub repositories, e.g.
-plctlab/rvspoc-s2311-llama2 at commit 2fa3f650cf1dc5a21e11c00a9c688be86947b061 (`stories260K.bin`,
-1,056,540 bytes, sha256 9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6).
-The script checks the size and header, not the hash (other exports of the same checkpoint exist).
+(`stories260K/stories260K.bin`, 1,056,540 bytes). A copy committed to a public GitHub repository
+that reproduces karpathy's published greedy sample (doc/stories260K.md in karpathy/llama2.c: "Once
+upon a time, there was a little girl named Lily. ...") token for token under llama2.c's `run.c`:
+ytmytm/llama2.c64, `stories260K.bin` (sha256
+b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696), with its tokenizer `tok512.bin`.
+The copy in plctlab/rvspoc-s2311-llama2 (commit 2fa3f65, sha256 9414d5a2...) is NOT the trained
+model: its embeddings, norms and header are the same, but its wq, wk, wv, wo, w1, w2 and w3 hold the
+same values in another order (wq and wo exactly transposed, as that repository's updateWeight.c
+does in place through a shared mmap), so `run.c` itself writes gibberish with it ("RR lo lo loR
+time..."). This script refuses that file by its hash.
+
+Checked (2026-12-02): with the ytmytm copy, transformers' greedy `generate` from BOS on the
+converted model gives the same 255 token ids as `run.c -t 0.0 -n 256` (compiled from
+karpathy/llama2.c; token ids read through a fake 512-piece tokenizer.bin whose piece i is "[i]").
 
 The file is llama2.c's legacy (version 0) export: a header of 7 int32 (dim, hidden_dim, n_layers,
 n_heads, n_kv_heads, vocab_size — negative when the classifier is not shared — and seq_len), then
@@ -27,12 +37,21 @@ on BOS the same way). The tokenizer (`tok512`, a 512-piece sentencepiece model) 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import struct
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+
+
+# Copies known not to be the trained checkpoint (see the module docstring).
+CORRUPT = {
+    "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6": "plctlab/rvspoc-s2311-llama2's stories260K.bin, whose "
+    "attention and FFN matrices were rewritten in place (transposed): llama2.c's run.c itself writes gibberish with it; "
+    "use karpathy/tinyllamas' file (or ytmytm/llama2.c64's copy, sha256 b0a507e7...)",
+}
 
 
 def permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -48,6 +67,9 @@ def main() -> None:
     args = ap.parse_args()
 
     raw = args.bin.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest in CORRUPT:
+        raise SystemExit(f"{args.bin}: sha256 {digest} is {CORRUPT[digest]}")
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", raw[:28])
     shared = vocab > 0
     vocab = abs(vocab)
@@ -119,10 +141,11 @@ def main() -> None:
         "eos_token_id": 1,
         "torch_dtype": "float32",
         "source": "karpathy/tinyllamas stories260K (llama2.c), converted by tools/convert_stories260k.py",
+        "source_sha256": digest,
     }
     (args.out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     n_params = sum(v.size for k, v in t.items())
-    print(json.dumps({"out": str(args.out), "parameters": int(n_params), "shared_classifier": shared, "dim": dim, "layers": n_layers}))
+    print(json.dumps({"out": str(args.out), "sha256": digest, "parameters": int(n_params), "shared_classifier": shared, "dim": dim, "layers": n_layers}))
 
 
 if __name__ == "__main__":
