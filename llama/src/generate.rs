@@ -82,7 +82,8 @@ pub fn sample_with_uniforms(logits: &Tensor, p: &SamplingParams, uniform: Option
             return (tok, lp);
         }
     };
-    let scaled = logits / p.temperature;
+    // x / 1.0 is x exactly: no op at the recipe's sampling temperature of 1 (rejection sampling, PPO).
+    let scaled = if p.temperature == 1.0 { logits.shallow_clone() } else { logits / p.temperature };
     let logp = scaled.log_softmax(-1, Kind::Float);
     let mut filtered = scaled;
     let vocab = filtered.size()[1];
