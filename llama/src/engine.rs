@@ -26,6 +26,11 @@
 //!   between two checks emits EOS (log-probability 0) until it is collected, as in a static batch.
 //! * **Scheduling.** Pending prompts are admitted in [`Schedule`] order, while slots and the
 //!   `max_tokens_in_flight` budget (prompt + budget positions of the rows in flight) allow.
+//! * **Sharded models (ZeRO-3).** When the model's layers are sharded over the ranks of a
+//!   distributed run, each forward is a chain of collectives, and the ranks (each with its own
+//!   prompts) run in lockstep: before every prefill and decode point they agree whether any rank
+//!   runs it, and the others run a one-token dummy forward; a rank done early keeps answering
+//!   until every rank is done ([`Lockstep`]). Tokens are those the rank would sample alone.
 use crate::error::{LlamaError, Result};
 use crate::generate::{sample_with_uniforms, SamplingParams};
 use crate::model::{KvCache, Llama, Mask};
@@ -161,6 +166,8 @@ pub struct EngineStats {
     pub syncs: usize,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
+    /// Forwards run only to join other ranks' collectives (a sharded model; see [`Lockstep`]).
+    pub lockstep_dummies: usize,
 }
 
 impl EngineStats {
@@ -279,12 +286,17 @@ pub fn run<E: From<LlamaError>>(
             .into());
         }
     }
-    if requests.is_empty() {
-        return Ok(stats);
-    }
+    // The same for every rank of a run (a setting), so it is decided before any collective.
     if max_new == 0 {
         for (i, j) in (0..requests.len()).flat_map(|i| (0..k).map(move |j| (i, j))) {
             on_row(RowOutput { request: i, sample: j, tokens: vec![], logprobs: vec![], finished: false })?;
+        }
+        return Ok(stats);
+    }
+    let lock = Lockstep::of(model);
+    if requests.is_empty() {
+        if let Some(l) = &lock {
+            l.idle(model, &mut stats)?;
         }
         return Ok(stats);
     }
@@ -328,9 +340,10 @@ pub fn run<E: From<LlamaError>>(
         // a decode step whatever its size, so admitting one prompt per step would double the steps.
         let free_now = s.rows.iter().filter(|r| r.is_none()).count();
         let group = (s.rows.len() / 4).max(k).min(pending.len() * k);
-        if !pending.is_empty() && ((ec.refill && free_now >= group) || s.live() == 0) {
-            let t0 = Instant::now();
-            let mut admitted: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut admitted: Vec<(usize, Vec<usize>)> = Vec::new();
+        let t0 = Instant::now();
+        let admitting = !pending.is_empty() && ((ec.refill && free_now >= group) || s.live() == 0);
+        if admitting {
             let mut free: Vec<usize> = (0..s.rows.len()).filter(|&i| s.rows[i].is_none()).collect();
             free.reverse();
             while let Some(&r) = pending.front() {
@@ -346,9 +359,15 @@ pub fn run<E: From<LlamaError>>(
                 }
                 admitted.push((r, dst));
             }
-            if !admitted.is_empty() {
-                prefill_into(model, requests, &admitted, &mut s, p, max_new, &mut stats)?;
-            }
+        }
+        if let Some(l) = &lock {
+            // Every rank prefills (a real or a dummy forward) when any rank does.
+            l.prefill(model, !admitted.is_empty(), &mut stats)?;
+        }
+        if !admitted.is_empty() {
+            prefill_into(model, requests, &admitted, &mut s, p, max_new, &mut stats)?;
+        }
+        if admitting {
             stats.prefill_seconds += t0.elapsed().as_secs_f64();
         }
         if s.live() == 0 {
@@ -420,6 +439,9 @@ pub fn run<E: From<LlamaError>>(
             stats.compactions += 1;
         }
         if live == 0 {
+            if let Some(l) = &lock {
+                l.decode(model, false, &mut stats)?;
+            }
             continue; // a static batch ended: admit the next one
         }
 
@@ -431,6 +453,9 @@ pub fn run<E: From<LlamaError>>(
         } else {
             s.out_tokens.gather(1, &s.step.clamp_max(max_new as i64 - 1).unsqueeze(1), false).squeeze_dim(1)
         };
+        if let Some(l) = &lock {
+            l.decode(model, true, &mut stats)?;
+        }
         s.cache.set_row_positions(&s.pos, span);
         // The row's new key at `pos` becomes readable: each row reads keys 0..=pos (= `key <= pos`).
         let _ = s.mask.scatter_value_(3, &s.pos.view([bsz, 1, 1, 1]), 0.0);
@@ -443,6 +468,10 @@ pub fn run<E: From<LlamaError>>(
             r.pos += 1;
         }
     }
+    if let Some(l) = &lock {
+        // This rank's rows are done: it keeps joining the others' forwards until theirs are.
+        l.drain(model, &mut stats)?;
+    }
     if device.is_cuda() {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -450,6 +479,87 @@ pub fn run<E: From<LlamaError>>(
     }
     stats.decode_seconds = (start.elapsed().as_secs_f64() - stats.prefill_seconds).max(0.0);
     Ok(stats)
+}
+
+/// Generation with a sharded model (ZeRO-3, [`crate::model::ShardHooks`]): every forward gathers
+/// each decoder layer from all ranks, so every rank must run the same number of forwards in the
+/// same order, whatever its own rows do. Each loop of [`run`] has two points where a forward may
+/// happen, the prefill of newly admitted prompts and the decode step; before each, the ranks
+/// agree (one small all-reduce, max) on whether any rank runs it, and a rank that has none
+/// of its own runs a dummy forward (one token, no cache: its layers are gathered and the output
+/// dropped). A rank whose rows have all ended leaves the loop and *drains*: it answers the decode
+/// point, then the next prefill point, with dummies while any rank still has work; the prefill
+/// point carries a second flag, "this rank is still in its loop", and when no rank is, every rank
+/// leaves. So ranks with different prompts, lengths and EOS times issue identical collectives.
+/// Cost: two small all-reduces per step (a host sync each), and the idle ranks' dummy forwards
+/// cost what a real one costs in communication (each still gathers every layer).
+struct Lockstep {
+    dist: &'static distributed::Dist,
+}
+
+impl Lockstep {
+    /// Lockstep for `model` when its layers are sharded over the ranks of a distributed run.
+    fn of(model: &Llama) -> Option<Lockstep> {
+        let dist = distributed::get().filter(|d| d.world_size > 1)?;
+        model.is_sharded().then_some(Lockstep { dist })
+    }
+
+    /// Whether any rank's flag is set, element-wise.
+    fn any<const N: usize>(&self, mine: [bool; N]) -> Result<[bool; N]> {
+        let t = Tensor::from_slice(&mine.map(|b| if b { 1f32 } else { 0.0 }));
+        self.dist
+            .all_reduce(&t, distributed::ReduceOp::Max)
+            .map_err(|e| LlamaError::Invalid(format!("generation with a sharded model: {e}")))?;
+        let v = Vec::<f32>::try_from(&t)?;
+        Ok(std::array::from_fn(|i| v[i] > 0.0))
+    }
+
+    /// A forward whose output nobody reads: the collectives of a real one.
+    fn dummy(model: &Llama, stats: &mut EngineStats) {
+        let device = model.device();
+        let ids = Tensor::zeros([1, 1], (Kind::Int64, device));
+        let _ = model.forward(&ids, &ids, &Mask::Causal, None);
+        stats.lockstep_dummies += 1;
+    }
+
+    /// The prefill point of a rank still in its loop: `mine` = it prefills now.
+    fn prefill(&self, model: &Llama, mine: bool, stats: &mut EngineStats) -> Result<()> {
+        let [any, _] = self.any([mine, true])?;
+        if any && !mine {
+            Self::dummy(model, stats);
+        }
+        Ok(())
+    }
+
+    /// The decode point: `mine` = this rank decodes now. Returns whether any rank does.
+    fn decode(&self, model: &Llama, mine: bool, stats: &mut EngineStats) -> Result<bool> {
+        let [any] = self.any([mine])?;
+        if any && !mine {
+            Self::dummy(model, stats);
+        }
+        Ok(any)
+    }
+
+    /// After this rank's rows are done (it left its loop before a decode point): dummies at every
+    /// point where another rank runs a forward, until no rank is in its loop.
+    fn drain(&self, model: &Llama, stats: &mut EngineStats) -> Result<()> {
+        self.decode(model, false, stats)?;
+        self.idle(model, stats)
+    }
+
+    /// [`Lockstep::drain`] from a prefill point (a rank given no prompt at all).
+    fn idle(&self, model: &Llama, stats: &mut EngineStats) -> Result<()> {
+        loop {
+            let [prefill, running] = self.any([false, false])?;
+            if !running {
+                return Ok(());
+            }
+            if prefill {
+                Self::dummy(model, stats);
+            }
+            self.decode(model, false, stats)?;
+        }
+    }
 }
 
 /// The intra-op threads a call decodes with (`None`: leave the setting alone; CUDA always).

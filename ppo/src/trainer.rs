@@ -117,6 +117,13 @@ pub struct PpoTrainer<'a> {
     lora: Option<(llama::lora::LoraRun, llama::lora::LoraRun)>,
     /// π_old from a training forward rather than the sampler ([`crate::config::OldLogprobs`]).
     recompute_old: bool,
+    /// `offload_frozen` on a GPU without ZeRO-3: the frozen models are parked in host memory and
+    /// moved onto the GPU to score.
+    park: bool,
+    /// ZeRO-3 in a distributed run: every model's decoder layers are sharded over the ranks
+    /// (policy and value by their optimizers, the frozen ones by `training::zero3_frozen`), so
+    /// every rank must run the same forwards and backward passes.
+    zero3: bool,
 }
 
 /// Optimizer-side statistics of one iteration.
@@ -144,20 +151,33 @@ impl<'a> PpoTrainer<'a> {
         }
         let llama::Compute { device, kind } = cfg.train.compute()?;
         let mut policy = Policy::load(&cfg.policy, device, kind)?;
+        let zero3 = cfg.train.zero_stage == 3 && distributed::world_size() > 1;
         // Offloaded frozen models are parked in host memory as soon as each is loaded, so the
-        // GPU never holds more than one of them beside the trained models.
-        let park = cfg.offload_frozen && device.is_cuda();
+        // GPU never holds more than one of them beside the trained models. Under ZeRO-3 they are
+        // sharded instead (and `offload_frozen` keeps their shards in host memory).
+        let park = cfg.offload_frozen && device.is_cuda() && !zero3;
+        let shard_offload = cfg.offload_frozen && device.is_cuda();
+        let mut frozen_shard_bytes = 0i64;
+        let mut shard_frozen = |vs: &tch::nn::VarStore, model: &mut llama::Llama| -> Result<()> {
+            if let Some(s) = zero3.then(|| training::zero3_frozen::FrozenShards::shard(vs, shard_offload)).transpose()?.flatten() {
+                frozen_shard_bytes += s.shard_bytes();
+                model.set_shard_hooks(Box::new(s));
+            }
+            Ok(())
+        };
         let mut reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
         if park {
             reference.vs.set_device(Device::Cpu);
         }
+        shard_frozen(&reference.vs, &mut reference.model)?;
         // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
-        let load_rm = |p: &Option<PathBuf>, salt: u64| -> Result<Option<ScalarModel>> {
+        let mut load_rm = |p: &Option<PathBuf>, salt: u64| -> Result<Option<ScalarModel>> {
             let Some(p) = p else { return Ok(None) };
             let (mut m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed ^ salt)?;
             if park {
                 m.vs.set_device(Device::Cpu);
             }
+            shard_frozen(&m.vs, &mut m.model.trunk)?;
             if fresh {
                 tracing::warn!("{} has no score head: a random one scores the responses", p.display());
             }
@@ -183,8 +203,20 @@ impl<'a> PpoTrainer<'a> {
         if policy.model.cfg.vocab_size != value.model.trunk.cfg.vocab_size {
             return Err(TrainError::Config("the value model's vocabulary differs from the policy's".into()));
         }
-        let policy_opt = cfg.train.optimizer(&policy.vs)?;
-        let value_opt = cfg.train.optimizer(&value.vs)?;
+        // ZeRO-3: the trained models gather each layer from their optimizers' shards as it runs.
+        let policy_opt = cfg.train.optimizer_zero3(&policy.vs)?;
+        let value_opt = cfg.train.optimizer_zero3(&value.vs)?;
+        if let (Some(p), Some(v)) = (policy_opt.shard_hooks(), value_opt.shard_hooks()) {
+            policy.model.set_shard_hooks(p);
+            value.model.trunk.set_shard_hooks(v);
+            tracing::info!(
+                "ZeRO-3 over {} ranks: policy and value model sharded with their optimizers; reference and reward models \
+                 sharded too ({:.3} GB of their layers on this rank{})",
+                distributed::world_size(),
+                frozen_shard_bytes as f64 / 1e9,
+                if shard_offload { ", in host memory" } else { "" }
+            );
+        }
         let total = cfg.iterations * cfg.steps_per_iteration();
         let schedule = cfg.train.lr_schedule(total);
         let value_schedule = training::TrainConfig { lr: cfg.value_lr, ..cfg.train.clone() }.lr_schedule(total);
@@ -211,13 +243,15 @@ impl<'a> PpoTrainer<'a> {
             iteration_start: None,
             lora,
             recompute_old: cfg.old_logprobs.recompute(kind),
+            park,
+            zero3,
         })
     }
 
     /// Moves the frozen reference to `device` (`offload_frozen` on a GPU run: onto the GPU to
     /// score, back to host memory after).
     fn place_reference(&mut self, device: Device) {
-        if self.cfg.offload_frozen && self.device.is_cuda() {
+        if self.park {
             self.reference.vs.set_device(device);
         }
     }
@@ -228,8 +262,7 @@ impl<'a> PpoTrainer<'a> {
     /// its pass), combined as [`score`] combines them; the same batches in the same order, so the
     /// same raw scores.
     fn score_samples(&mut self, eval: bool, samples: &mut [crate::rollout::Sample]) -> Result<()> {
-        let (cfg, device) = (self.cfg, self.device);
-        let park = cfg.offload_frozen && device.is_cuda();
+        let (cfg, device, park) = (self.cfg, self.device, self.park);
         let all = if eval { &self.eval_prompts } else { &self.prompts };
         let place = |m: Option<&mut ScalarModel>, to: Device| {
             if let (true, Some(m)) = (park, m) {
@@ -349,7 +382,12 @@ impl<'a> PpoTrainer<'a> {
     /// A distributed rollout: generation batch j (of `generation_batch_size` prompts, with the
     /// j-th seed drawn in the one-process order) is sampled, scored and valued on rank j mod W;
     /// every rank then gathers every batch, so the rollout (and its whitening, over the global
-    /// batch) is the one-process rollout.
+    /// batch) is the one-process rollout. A rank samples all its batches in one engine call
+    /// (continuous batching across them, as one process does across all), then scores them batch
+    /// by batch. Under ZeRO-3 every model forward is a collective: the engine keeps the ranks in
+    /// lockstep while they sample, and a rank with fewer batches scores a one-row placeholder
+    /// batch (results dropped) until every rank has scored as many, so each model runs the same
+    /// forwards on every rank.
     fn rollout_sharded(&mut self, idx: &[usize]) -> Result<Rollout> {
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Part {
@@ -371,21 +409,30 @@ impl<'a> PpoTrainer<'a> {
                 .map(|(i, s)| Ok(Vec::<f32>::try_from(t.get(i as i64).narrow(0, 0, s.response.len() as i64))?))
                 .collect()
         };
-        let (mut mine, mut generation_seconds, mut scoring_seconds) = (Vec::new(), 0.0, 0.0);
-        for (j, chunk) in chunks.iter().enumerate().filter(|(j, _)| j % world == rank) {
-            let t0 = Instant::now();
-            let mut samples = sample(&self.policy, self.tok, &self.prompts, chunk, &params, b, || seeds[j])?;
-            generation_seconds += t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            self.recompute_old_logprobs(&mut samples)?;
-            self.score_samples(false, &mut samples)?;
-            self.place_reference(device);
-            let ref_lp = reference_logprobs(&self.reference, &self.prompts, &samples, cfg.temperature, b, device).to_device(Device::Cpu);
-            self.place_reference(Device::Cpu);
-            let vals = values(&self.value, &self.prompts, &samples, b, device).to_device(Device::Cpu);
-            scoring_seconds += t1.elapsed().as_secs_f64();
+        let my_chunks: Vec<usize> = (0..chunks.len()).filter(|j| j % world == rank).collect();
+        // Every chunk but the rollout's last has `b` prompts, and the last is this rank's last:
+        // cut into `b`s again by `sample`, its prompts give back the chunks, each with its seed.
+        let my_prompts: Vec<usize> = my_chunks.iter().flat_map(|&j| chunks[j].iter().copied()).collect();
+        let t0 = Instant::now();
+        let mut seed_of = my_chunks.iter().map(|&j| seeds[j]);
+        let mut generated = sample(&self.policy, self.tok, &self.prompts, &my_prompts, &params, b, || {
+            seed_of.next().expect("one seed per chunk of b prompts")
+        })?;
+        let generation_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut mine = Vec::with_capacity(my_chunks.len());
+        for &j in &my_chunks {
+            let mut samples: Vec<crate::rollout::Sample> = generated.drain(..chunks[j].len()).collect();
+            let (ref_lp, vals) = self.score_chunk(&mut samples)?;
             mine.push(Part { chunk: j, ref_lp: rows(&ref_lp, &samples)?, values: rows(&vals, &samples)?, samples });
         }
+        if self.zero3 {
+            for _ in my_chunks.len()..chunks.len().div_ceil(world) {
+                let mut placeholder = vec![self.placeholder_sample()];
+                let _ = self.score_chunk(&mut placeholder)?;
+            }
+        }
+        let scoring_seconds = t1.elapsed().as_secs_f64();
         let bytes = serde_json::to_vec(&mine).map_err(|e| TrainError::Distributed(format!("rollout: {e}")))?;
         let mut parts: Vec<Part> = Vec::with_capacity(chunks.len());
         for r in training::dist::all_gather_bytes(&bytes)? {
@@ -407,6 +454,56 @@ impl<'a> PpoTrainer<'a> {
         ro.generation_seconds = generation_seconds;
         ro.scoring_seconds = scoring_seconds;
         Ok(ro)
+    }
+
+    /// One generation batch's π_old (when recomputed), scores, reference log-probabilities and
+    /// values (the last two on the host, `[n, T]`): one forward of each model.
+    fn score_chunk(&mut self, samples: &mut [crate::rollout::Sample]) -> Result<(Tensor, Tensor)> {
+        let (cfg, device, b) = (self.cfg, self.device, self.cfg.generation_batch_size.max(1));
+        self.recompute_old_logprobs(samples)?;
+        self.score_samples(false, samples)?;
+        self.place_reference(device);
+        let ref_lp = reference_logprobs(&self.reference, &self.prompts, samples, cfg.temperature, b, device).to_device(Device::Cpu);
+        self.place_reference(Device::Cpu);
+        let vals = values(&self.value, &self.prompts, samples, b, device).to_device(Device::Cpu);
+        Ok((ref_lp, vals))
+    }
+
+    /// A one-token reply to the first training prompt: what a ZeRO-3 rank with no work of its
+    /// own scores so that its models' forwards (collectives) match the other ranks'.
+    fn placeholder_sample(&self) -> crate::rollout::Sample {
+        crate::rollout::Sample {
+            prompt: 0,
+            response: vec![self.tok.eos_id()],
+            text: String::new(),
+            finished: true,
+            logprobs: vec![0.0],
+            safety_raw: None,
+            helpfulness_raw: None,
+            score: 0.0,
+            source: crate::reward::RewardSource::Helpfulness,
+        }
+    }
+
+    /// ZeRO-3: the backward passes a rank runs with weight 0 after its own micro-batches of
+    /// mini-batch `mb`, so that every rank runs as many as the busiest (each gathers and reduces
+    /// every layer with all ranks); none otherwise. Their micro-batch is the mini-batch's first.
+    fn idle_passes(&self, ro: &Rollout, mb: &[usize]) -> (usize, Option<SeqBatch>) {
+        if !self.zero3 {
+            return (0, None);
+        }
+        let (rank, world) = (distributed::rank() as usize, distributed::world_size() as usize);
+        let micro = self.cfg.train.micro_batch_size.max(1);
+        let n = mb.len().div_ceil(micro);
+        let mine = (0..n).filter(|j| j % world == rank).count();
+        let extra = n.div_ceil(world) - mine;
+        if extra == 0 {
+            return (0, None);
+        }
+        let rows = &mb[..micro.min(mb.len())];
+        let prompts: Vec<&[u32]> = rows.iter().map(|&i| self.prompts[ro.samples[i].prompt].ids.as_slice()).collect();
+        let responses: Vec<&[u32]> = rows.iter().map(|&i| ro.samples[i].response.as_slice()).collect();
+        (extra, Some(SeqBatch::new(&prompts, &responses, self.device)))
     }
 
     /// One pass (per PPO epoch) over the rollout in shuffled mini-batches; each mini-batch is one
@@ -530,6 +627,18 @@ impl<'a> PpoTrainer<'a> {
             })?;
             tokens += b.num_tokens;
         }
+        if let (extra, Some(b)) = self.idle_passes(ro, mb) {
+            let model = &self.policy.model;
+            for _ in 0..extra {
+                let _ = model.backward_checkpointed(&b.ids, &b.positions, &b.mask, None, |hidden| {
+                    let (lp, _) = logprobs_and_logits_of(model, &response_states(hidden, &b), &b, cfg.temperature);
+                    lp.sum(Kind::Float) * 0.0
+                });
+                if several {
+                    self.policy_opt.accumulate();
+                }
+            }
+        }
         let mut sums = [loss_sum, clip, akl, ent, tokens as f64];
         training::dist::sum_over_ranks(&mut sums)?;
         let [loss_sum, clip, akl, ent, tokens] = sums;
@@ -588,6 +697,17 @@ impl<'a> PpoTrainer<'a> {
             }
             loss_sum += f64::try_from(&loss)? * w;
             clip += frac * w;
+        }
+        if let (extra, Some(b)) = self.idle_passes(ro, mb) {
+            let value = &self.value.model;
+            for _ in 0..extra {
+                let _ = value.trunk.backward_checkpointed(&b.ids, &b.positions, &b.mask, None, |hidden| {
+                    value.score.forward(&response_states(hidden, &b)).to_kind(Kind::Float).sum(Kind::Float) * 0.0
+                });
+                if several {
+                    self.value_opt.accumulate();
+                }
+            }
         }
         let mut sums = [loss_sum, clip];
         training::dist::sum_over_ranks(&mut sums)?;

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use llama::{Config, DeviceSpec, Dtype};
 use std::path::{Path, PathBuf};
 use training::plan::{
-    causal_lm_params, frozen, kv_cache, largest_fitting, parked, parse_bytes, trained, trunk_params, StagePlan, Training,
+    causal_lm_params, frozen_in_stage, kv_cache, largest_fitting, parse_bytes, trained, trunk_params, StagePlan, Training,
 };
 use training::TrainConfig;
 
@@ -129,29 +129,27 @@ pub fn run(a: PlanArgs) -> Result<()> {
             let gen_batch = c.generation_batch_size as i64;
             let mb = t.micro_batch_size as i64;
             let lora = c.lora.clone();
-            let held = move |role: &str, params: i64, bytes: f64, group: u8| {
-                if c.offload_frozen {
-                    parked(role, params, bytes, group)
-                } else {
-                    frozen(role, params, bytes)
-                }
-            };
+            let offload_frozen = c.offload_frozen;
             (
                 Box::new(move |b| {
                     let tr = Training { micro_batch: b, ..training_of(&t, w, prompt + new, new) };
                     let bytes = tr.dtype_bytes;
+                    // Frozen: sharded under ZeRO-3, parked with offload_frozen, else whole.
+                    let held =
+                        |role: &str, m: &Config, params: i64, group: u8| frozen_in_stage(role, m, params, &tr, offload_frozen, group);
                     let tr_policy = Training { lora_params: lora.as_ref().map(|l| l.num_parameters(&policy)), ..tr.clone() };
-                    let tr_value = Training { lora_params: lora.as_ref().map(|l| l.num_parameters(&value) + value.hidden_size), ..tr };
+                    let tr_value =
+                        Training { lora_params: lora.as_ref().map(|l| l.num_parameters(&value) + value.hidden_size), ..tr.clone() };
                     let mut models = vec![
                         trained("policy", &policy, causal_lm_params(&policy), true, &tr_policy),
                         trained("value", &value, trunk_params(&value) + value.hidden_size, false, &tr_value),
-                        held("reference", causal_lm_params(&policy), bytes, 1),
+                        held("reference", &policy, causal_lm_params(&policy), 1),
                     ];
                     for (i, r) in rms.iter().enumerate() {
                         models.push(held(
                             if i == 0 { "reward model 1" } else { "reward model 2" },
+                            r,
                             trunk_params(r) + r.hidden_size,
-                            bytes,
                             // Offloaded reward models score one at a time.
                             2 + i as u8,
                         ));

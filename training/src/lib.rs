@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod stage;
 pub mod tensorboard;
 pub mod zero;
+pub mod zero3_frozen;
 
 pub use config::TrainConfig;
 pub use error::TrainError;

@@ -9,6 +9,9 @@
 //! frozen model: its weights. Generation: the KV cache. Under ZeRO-3 (`zero_stage = 3`) the
 //! decoder layers' weights are divided by the world size too, plus one gathered layer in flight
 //! (its weights, its gradients and the fp32 reduce-scatter bucket); embeddings and heads stay whole.
+//! PPO's frozen models under ZeRO-3 ([`frozen_in_stage`]): their layers' shards (1/W of them, in
+//! the compute dtype, on the host with `offload_frozen`), the rest whole, and one gathered layer
+//! while the model runs (in the working set, [`ModelBytes::in_flight`]).
 //!
 //! The activation and logits terms are a model of this implementation, calibrated on CPU against
 //! peak RSS of the 20M bench model (docs/benchmarks.md, docs/memory.md): per layer and token,
@@ -77,6 +80,14 @@ pub struct ModelBytes {
     /// together with the other models of the same group (PPO: 1 the reference, 2 the reward models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parked: Option<u8>,
+    /// A frozen model sharded under ZeRO-3: one decoder layer gathered while it runs (on the
+    /// device only then, like a trained model's gradients).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub in_flight: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl ModelBytes {
@@ -144,6 +155,7 @@ pub fn trained(role: &str, cfg: &Config, params: i64, vocab_head: bool, t: &Trai
         logits,
         host: if t.offload { state + if sums && t.world_size == 1 { 4.0 * p } else { 0.0 } } else { 0.0 },
         parked: None,
+        in_flight: 0.0,
     }
 }
 
@@ -157,6 +169,38 @@ pub fn frozen(role: &str, params: i64, dtype_bytes: f64) -> ModelBytes {
 pub fn parked(role: &str, params: i64, dtype_bytes: f64, group: u8) -> ModelBytes {
     let w = params as f64 * dtype_bytes;
     ModelBytes { role: role.into(), params, weights: w, host: w, parked: Some(group), ..Default::default() }
+}
+
+/// A frozen model sharded over `world` ranks (ZeRO-3, training::zero3_frozen): each rank keeps
+/// 1/`world` of the decoder layers in the compute dtype (in host memory with `offload`) and the
+/// other parameters (`params` minus the layers: embeddings, norm, head) whole on the device; one
+/// layer is gathered at a time while it runs.
+pub fn frozen_sharded(role: &str, cfg: &Config, params: i64, dtype_bytes: f64, world: i64, offload: bool) -> ModelBytes {
+    let layer = layer_params(cfg) as f64;
+    let layers = cfg.num_hidden_layers as f64 * layer;
+    let whole = params as f64 - layers;
+    let shards = layers * dtype_bytes / world.max(1) as f64;
+    ModelBytes {
+        role: role.into(),
+        params,
+        weights: whole * dtype_bytes + if offload { 0.0 } else { shards },
+        host: if offload { shards } else { 0.0 },
+        in_flight: layer * dtype_bytes,
+        ..Default::default()
+    }
+}
+
+/// How PPO holds a frozen model (reference, reward models) of a stage trained as `t`: sharded
+/// under ZeRO-3 in a distributed run (its shards on the host with `offload_frozen`), else parked
+/// in host memory between uses (`offload_frozen`, brought in with `group`), else whole.
+pub fn frozen_in_stage(role: &str, cfg: &Config, params: i64, t: &Training, offload_frozen: bool, group: u8) -> ModelBytes {
+    if t.zero_stage == 3 && t.world_size > 1 {
+        frozen_sharded(role, cfg, params, t.dtype_bytes, t.world_size, offload_frozen)
+    } else if offload_frozen {
+        parked(role, params, t.dtype_bytes, group)
+    } else {
+        frozen(role, params, t.dtype_bytes)
+    }
 }
 
 /// Bytes of a KV cache for `batch` sequences of `len` tokens.
@@ -179,13 +223,16 @@ impl StagePlan {
     /// The peak: every model's static bytes (weights, optimizer state on the device), plus the
     /// largest of: one trained model's gradients, fp32 sums, activations and logits (one model
     /// trains at a time and AdamW releases its gradients after the update), the generation KV
-    /// cache, and the largest group of parked frozen models (on the device together while they
-    /// score a rollout).
+    /// cache, the largest group of parked frozen models (on the device together while they
+    /// score a rollout), and the largest gathered layer of a sharded frozen model (ZeRO-3; a
+    /// trained model's gathered layer is counted in its weights, so two trained models under
+    /// ZeRO-3 count one layer more than is ever gathered at once).
     pub fn new(models: Vec<ModelBytes>, kv_cache: f64) -> StagePlan {
         let static_bytes: f64 = models.iter().map(ModelBytes::static_bytes).sum();
         let group = |g: u8| models.iter().filter(|m| m.parked == Some(g)).map(|m| m.weights).sum::<f64>();
         let scoring = (0..=u8::MAX).map(group).fold(0.0, f64::max);
-        let working = models.iter().map(ModelBytes::training_bytes).fold(0.0, f64::max).max(kv_cache).max(scoring);
+        let gathered = models.iter().map(|m| m.in_flight).fold(0.0, f64::max);
+        let working = models.iter().map(ModelBytes::training_bytes).fold(0.0, f64::max).max(kv_cache).max(scoring).max(gathered);
         let host = models.iter().map(|m| m.host).sum();
         StagePlan { models, kv_cache, runtime: RUNTIME_OVERHEAD, device_peak: static_bytes + working + RUNTIME_OVERHEAD, host }
     }
@@ -313,6 +360,28 @@ mod tests {
         // In one process the stage changes nothing.
         let one = Training { world_size: 1, ..base };
         assert_eq!(trained("p", &cfg, p, true, &one).weights, p as f64 * 2.0);
+    }
+
+    /// PPO's frozen models under ZeRO-3: 1/W of the layers in the compute dtype (on the host with
+    /// `offload_frozen`), the rest whole, one layer in the working set; parked or whole otherwise.
+    #[test]
+    fn zero3_shards_the_frozen_models_and_counts_one_gathered_layer() {
+        let cfg = Config::llama2_70b();
+        let p = causal_lm_params(&cfg);
+        let (layer, layers) = (layer_params(&cfg) as f64, (cfg.num_hidden_layers * layer_params(&cfg)) as f64);
+        let whole = p as f64 - layers;
+        let z3 = Training { dtype_bytes: 2.0, zero_stage: 3, world_size: 16, ..t(1, 4096, true) };
+        let r = frozen_in_stage("reference", &cfg, p, &z3, false, 1);
+        assert_eq!((r.weights, r.host, r.in_flight), (2.0 * whole + 2.0 * layers / 16.0, 0.0, 2.0 * layer));
+        let off = frozen_in_stage("reference", &cfg, p, &z3, true, 1);
+        assert_eq!((off.weights, off.host, off.parked), (2.0 * whole, 2.0 * layers / 16.0, None));
+        // The gathered layer is in the working set, not in the static bytes.
+        let plan = StagePlan::new(vec![r.clone()], 0.0);
+        assert_eq!(plan.device_peak, r.weights + 2.0 * layer + RUNTIME_OVERHEAD);
+        // Without ZeRO-3 (or in one process): parked with offload_frozen, else whole.
+        let z2 = Training { zero_stage: 2, ..z3.clone() };
+        assert_eq!(frozen_in_stage("reference", &cfg, p, &z2, true, 1).parked, Some(1));
+        assert_eq!(frozen_in_stage("reference", &cfg, p, &Training { world_size: 1, ..z3 }, false, 1).weights, 2.0 * p as f64);
     }
 
     #[test]
