@@ -68,11 +68,18 @@ pub fn sample(
         }
     }
     let mut rows: Vec<Option<RowOutput>> = vec![None; requests.len() * k];
-    engine::run(&policy.model, &requests, p, &EngineConfig::continuous(batch.max(1) * k), |r: RowOutput| -> Result<()> {
+    let stats = engine::run(&policy.model, &requests, p, &EngineConfig::continuous(batch.max(1) * k), |r: RowOutput| -> Result<()> {
         let i = r.request * k + r.sample;
         rows[i] = Some(r);
         Ok(())
     })?;
+    if stats.lockstep_dummies > 0 {
+        tracing::debug!(
+            "rollout: {} decode steps, {} dummy forwards in lockstep with the other ranks",
+            stats.steps,
+            stats.lockstep_dummies
+        );
+    }
     let mut out = Vec::with_capacity(rows.len());
     for (i, r) in rows.into_iter().enumerate() {
         let r = r.ok_or_else(|| TrainError::Config(format!("the rollout engine returned no row {i}")))?;
