@@ -58,8 +58,26 @@ def ppo(size, policy, beta):
         # `rlhf plan --stage ppo --preset 13b`: 92.4 GB at generation batch 32 / micro-batch 8;
         # generation batch 16 and micro-batches of 4 (still 64 per mini-batch): 82.9 GB of 85.9 (80 GiB).
         subs.update({'generation_batch_size': '16', 'micro_batch_size': '4', 'grad_accumulation': '16'})
-    t = body('ppo-llama2-7b.toml', subs)
-    return stage('ppo', 'ppo', t, f'PPO on top of the rejection-sampling policy (V5), Section 3.2.3: beta {beta}, lr 1e-6,\n512 prompts per iteration in mini-batches of 64.')
+    comment = f'PPO on top of the rejection-sampling policy (V5), Section 3.2.3: beta {beta}, lr 1e-6,\n512 prompts per iteration in mini-batches of 64.'
+    after = None
+    if size == '70B':
+        # ZeRO-3 over WORLD_70B ranks: one generation batch of 32 prompts (512 / 16) and one
+        # micro-batch of 4 rows (64 / 16) per rank; the frozen models sharded on the GPUs
+        # (`offload_frozen` would put their shards in host memory, next to the optimizer state).
+        subs.update({'micro_batch_size': '4', 'grad_accumulation': '16', 'offload_frozen': 'false'})
+        after = ZERO3
+        comment += PPO_70B
+    t = body('ppo-llama2-7b.toml', subs, after=after)
+    return stage('ppo', 'ppo', t, comment)
+
+# `rlhf plan --stage ppo --preset 70b --world-size 16` (tests/shipped_configs.rs).
+PPO_70B = '''
+ZeRO-3 on 16 x 80 GB GPUs (docs/distributed.md, "PPO under ZeRO-3"): policy and value model
+sharded with their optimizers (offloaded: 69 GB of host memory per model per rank), the reference
+and both reward models sharded in bf16 (8.6 GB of each per GPU), one layer gathered at a time,
+also while generating. `rlhf plan --stage ppo --preset 70b --world-size 16`: 49.3 GB per GPU
+(KV cache of 32 rows 16.1 GB), 138 GB of host memory per rank (1.1 TB per node of 8). With less
+host memory: 32 GPUs (generation_batch_size 16, micro_batch_size 2, grad_accumulation 32) halve it.'''
 
 head = '''# Llama-2-{S} end to end as the paper runs it, one stage after the other (`rlhf pipeline run
 # configs/pipeline-llama2-{s}.toml --out runs/llama2-{s}`); each stage carries the hyperparameters of
@@ -77,10 +95,12 @@ HARDWARE = {
            f'# docs/distributed.md). SFT and both reward models run on {WORLD_70B} x 80 GB GPUs (2 nodes of 8; torchrun\n'
            f'# --nnodes 2 --nproc-per-node 8) with >= 600 GB of host memory per node (each rank keeps 1/{WORLD_70B}\n'
            f'# of the fp32 optimizer state there): `rlhf plan --world-size {WORLD_70B}` (tests/shipped_configs.rs).\n'
-           '# Not yet: loading builds the whole model on each GPU before sharding it (138 GB: shard-on-load is\n'
-           '# missing), and PPO\'s five 70B models do not fit (its trainer has no ZeRO-3, and the reference and\n'
-           '# reward models are held whole). The paper trained with FSDP (Section 3.2.3, PPO) and reports no\n'
-           '# GPU counts for fine-tuning.\n',
+           '# PPO runs on the same 16 GPUs with ZeRO-3 for all five 70B models (the trained two with their\n'
+           '# optimizers, the frozen reference and reward models sharded in bf16) and needs >= 1.2 TB of host\n'
+           '# memory per node (see its stage). Not yet: loading builds the whole model on each GPU before\n'
+           '# sharding it (138 GB: shard-on-load is missing), and under ZeRO-3 PPO gathers every layer of the\n'
+           '# policy for each decode step (slow generation, docs/distributed.md). The paper trained with FSDP\n'
+           '# (Section 3.2.3, PPO) and reports no GPU counts for fine-tuning.\n',
 }
 
 def write(size, note, stages):
