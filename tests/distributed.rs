@@ -4,7 +4,8 @@
 //! and 2; a SIGKILLed rank is named by the survivor, and `--resume` under torchrun ends
 //! bit-identical to an uninterrupted two-rank run; a two-rank ZeRO checkpoint resumes in one
 //! process (re-sharded). ZeRO-3 (weights sharded) SFT and reward models equal one process with
-//! checkpointing, and a ZeRO-3 SFT run resumes byte-identical.
+//! checkpointing, and a ZeRO-3 SFT run resumes byte-identical; ZeRO-3 loads each decoder layer
+//! sharded (from a preset, a whole or a sharded checkpoint) and saves it streamed.
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
@@ -168,9 +169,103 @@ fn sft_zero3_on_two_ranks_equals_one_rank_and_resumes_exactly() {
     let rel = max_rel_diff(&two.join("final"), &single.join("final"));
     assert!(rel <= 1e-5, "one process resumed from the 2-rank ZeRO-3 checkpoint differs by {rel:e}");
 
+    // Streamed save: rank 0 wrote final/ and the checkpoints' model/ gathering one layer at a
+    // time; one process resumed from the last checkpoint (nothing left to train) writes final/
+    // from the whole weights: the same bytes.
+    let whole = tmp.path().join("whole");
+    copy_tree(&step8, &whole.join("checkpoints/step-00000008"));
+    let r = json_line(&run_ok(rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&whole).args(ck).arg("--resume")));
+    assert_eq!(r["resumed_from"].as_u64(), Some(8), "{r}");
+    assert_eq!(
+        std::fs::read(two.join("final/model.safetensors")).unwrap(),
+        std::fs::read(whole.join("final/model.safetensors")).unwrap(),
+        "the streamed ZeRO-3 save writes the bytes of a whole-model save"
+    );
+    assert_eq!(
+        std::fs::read(step8.join("model/model.safetensors")).unwrap(),
+        std::fs::read(whole.join("final/model.safetensors")).unwrap(),
+        "the checkpoint's streamed model/ is the final model, fp32"
+    );
+    // A one-process checkpoint (replicated optimizer state) resumed by two ZeRO-3 ranks: each
+    // layer's masters re-sharded from the model files a tensor at a time.
+    let from_one = tmp.path().join("from-one");
+    copy_tree(&one.join("checkpoints/step-00000006"), &from_one.join("checkpoints/step-00000006"));
+    let r =
+        json_line(&run_ok(torchrun().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(&from_one).args(ck).args(z3).arg("--resume")));
+    assert_eq!(r["resumed_from"].as_u64(), Some(6), "{r}");
+    let rel = max_rel_diff(&one.join("final"), &from_one.join("final"));
+    assert!(rel <= 1e-5, "two ZeRO-3 ranks resumed from a one-process checkpoint differ by {rel:e}");
+
     let out = rlhf().args(["sft", "--config"]).arg(&cfg).arg("--out").arg(tmp.path().join("no-ck")).args(z3).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("gradient_checkpointing"), "ZeRO-3 without checkpointing: {err}");
+}
+
+/// ZeRO-3 shard-on-load from a checkpoint folder: SFT started from an HF checkpoint, whole or
+/// sharded into several files (`model.safetensors.index.json`), on two ZeRO-3 ranks (each layer
+/// read a tensor at a time, only the rank's shard kept) equals one process loading it whole. A
+/// checkpoint missing a decoder-layer tensor, or with one of another shape, fails on every rank
+/// with an error naming the tensor and the file.
+#[test]
+fn sft_zero3_loads_each_layer_sharded_from_whole_and_sharded_checkpoints() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sft_setup(tmp.path());
+    let base = tmp.path().join("base");
+    run_ok(rlhf().args(["init", "--preset", "micro", "--seed", "3", "--out"]).arg(&base));
+    // The same weights in files of at most 40 kB: several files and an index.
+    let split = tmp.path().join("split");
+    let (vs, _) = llama::checkpoint::load_causal_lm(&base, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let mcfg = llama::checkpoint::load_config(&base).unwrap();
+    let opts = llama::checkpoint::SaveOptions { max_shard_bytes: 40_000, ..Default::default() };
+    llama::checkpoint::save(&vs, &mcfg, &split, &opts).unwrap();
+    let files = std::fs::read_dir(&split).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("model-")).count();
+    assert!(split.join("model.safetensors.index.json").exists() && files >= 3, "{files} files");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("init_preset = \"micro\"", "model = \"MODEL\"");
+    let with_model = |name: &str, dir: &Path| {
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text.replace("MODEL", &dir.display().to_string())).unwrap();
+        p
+    };
+    let ck = ["--set", "train.gradient_checkpointing=true"];
+    let z3 = ["--set", "train.zero_stage=3"];
+    let one = tmp.path().join("one");
+    run_ok(rlhf().args(["sft", "--config"]).arg(with_model("base", &base)).arg("--out").arg(&one).args(ck));
+    for (name, dir) in [("whole", &base), ("split", &split)] {
+        let two = tmp.path().join(format!("two-{name}"));
+        run_ok(torchrun().args(["sft", "--config"]).arg(with_model(name, dir)).arg("--out").arg(&two).args(ck).args(z3));
+        assert_same_run(&one, &two, &format!("SFT ZeRO-3 from a {name} checkpoint"));
+    }
+
+    let tensors = model_tensors(&base);
+    let bad = |name: &str, edit: &dyn Fn(&mut Vec<(String, tch::Tensor)>)| -> String {
+        let dir = tmp.path().join(name);
+        copy_dir(&base, &dir);
+        let mut t: Vec<(String, tch::Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        edit(&mut t);
+        llama::checkpoint::write_safetensors(&dir.join("model.safetensors"), &t).unwrap();
+        let out = torchrun()
+            .args(["sft", "--config"])
+            .arg(with_model(name, &dir))
+            .arg("--out")
+            .arg(tmp.path().join(format!("run-{name}")))
+            .args(ck)
+            .args(z3)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{name}: a bad checkpoint was accepted");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        err
+    };
+    let gone = "model.layers.1.mlp.up_proj.weight";
+    let err = bad("missing", &|t| t.retain(|(n, _)| n != gone));
+    assert!(err.contains(&format!("missing tensor {gone} (not in model.safetensors)")), "missing tensor: {err}");
+    let err = bad("misshaped", &|t| {
+        let i = t.iter().position(|(n, _)| n == gone).unwrap();
+        t[i].1 = t[i].1.narrow(0, 0, 3).contiguous();
+    });
+    assert!(err.contains(&format!("model.safetensors: tensor {gone} has shape [3, ")), "mis-shaped tensor: {err}");
 }
 
 /// ZeRO-3 for the reward model (the last layer runs in the head, gathered until the loss's

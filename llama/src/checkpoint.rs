@@ -113,6 +113,41 @@ impl CheckpointFiles {
         Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
     }
 
+    /// The file that holds tensor `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.location.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
+    /// Reads tensor `name` to fill a variable of `shape` and `kind`, converted to `kind` (on the
+    /// CPU). A missing tensor, another shape or a non-float dtype is an error that names the
+    /// checkpoint folder, the file and the tensor. One tensor at a time: ZeRO-3's shard-on-load
+    /// reads each decoder-layer tensor this way and keeps only its rank's part.
+    pub fn tensor_for(&self, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let Some((found, dtype)) = self.shape_and_dtype(name) else {
+            let files: Vec<String> =
+                self.files.iter().map(|(p, _)| p.file_name().unwrap_or_default().to_string_lossy().to_string()).collect();
+            let within = match files.len() {
+                1..=3 => files.join(", "),
+                n => format!("any of its {n} files"),
+            };
+            return Err(LlamaError::Checkpoint { dir: self.dir.clone(), msg: format!("missing tensor {name} (not in {within})") });
+        };
+        let file = self.file_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+        if found != shape {
+            return Err(LlamaError::Checkpoint {
+                dir: self.dir.clone(),
+                msg: format!("{file}: tensor {name} has shape {found:?}, the model expects {shape:?}"),
+            });
+        }
+        if !dtype_fits(dtype, kind) {
+            return Err(LlamaError::Checkpoint {
+                dir: self.dir.clone(),
+                msg: format!("{file}: tensor {name} is {dtype:?}, expected {}", expected_dtypes(kind)),
+            });
+        }
+        Ok(self.tensor(name)?.f_to_kind(kind)?)
+    }
+
     /// Shape of a tensor without reading its data.
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
         self.shape_and_dtype(name).map(|(s, _)| s)
@@ -186,21 +221,40 @@ pub fn load_var_store(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
 ///
 /// A PEFT adapter folder ([`crate::lora`]) loads as its base model with the adapter merged in.
 pub fn load_var_store_with(vs: &mut nn::VarStore, dir: &Path, optional: impl Fn(&str) -> bool) -> Result<Vec<String>> {
-    load_dyn(vs, dir, &optional)
+    load_dyn(vs, dir, &optional, &|_| false)
 }
 
-fn load_dyn(vs: &mut nn::VarStore, dir: &Path, optional: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+/// As [`load_var_store_with`], leaving the variables for which `skip` holds untouched and
+/// unchecked: ZeRO-3's shard-on-load reads the decoder layers itself, one tensor at a time
+/// ([`CheckpointFiles::tensor_for`]), and loads only the rest whole here. Not for PEFT adapter
+/// folders (their merge needs the whole base weights).
+pub fn load_var_store_except(
+    vs: &mut nn::VarStore,
+    dir: &Path,
+    optional: impl Fn(&str) -> bool,
+    skip: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    if crate::lora::is_adapter_dir(dir) {
+        return Err(LlamaError::Checkpoint {
+            dir: dir.to_path_buf(),
+            msg: "a PEFT adapter folder cannot be loaded in part (ZeRO-3 shard-on-load): merge it first".into(),
+        });
+    }
+    load_dyn(vs, dir, &optional, &skip)
+}
+
+fn load_dyn(vs: &mut nn::VarStore, dir: &Path, optional: &dyn Fn(&str) -> bool, skip: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
     if crate::lora::is_adapter_dir(dir) {
         let adapter = crate::lora::SavedAdapter::open(dir)?;
         let saved = adapter.names();
-        let mut skipped = load_dyn(vs, &adapter.base, &|n: &str| optional(n) || saved.iter().any(|s| s == n))?;
+        let mut skipped = load_dyn(vs, &adapter.base, &|n: &str| optional(n) || saved.iter().any(|s| s == n), skip)?;
         let set = adapter.merge_into(vs)?;
         skipped.retain(|n| !set.contains(n));
         return Ok(skipped);
     }
     let files = CheckpointFiles::open(dir)?;
     let vars = vs.variables();
-    let mut names: Vec<&String> = vars.keys().collect();
+    let mut names: Vec<&String> = vars.keys().filter(|n| !skip(n)).collect();
     names.sort();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
@@ -331,15 +385,38 @@ pub fn write_streamed(path: &Path, tensors: &[(String, Tensor)], dtype: Option<K
         Some(k) if t.is_floating_point() => k,
         _ => t.kind(),
     };
+    let entries: Vec<Entry> = tensors.iter().map(|(n, t)| Entry { name: n.clone(), shape: t.size(), kind: kind_of(t) }).collect();
+    let mut w = open_safetensors(path, &entries)?;
+    for (_, t) in tensors {
+        write_tensor(path, &mut w, t, kind_of(t))?;
+    }
+    close_safetensors(path, w)
+}
+
+/// One tensor of a safetensors file: its name, shape and on-disk kind.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    shape: Vec<i64>,
+    kind: Kind,
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        self.shape.iter().product::<i64>() as usize * self.kind.elt_size_in_bytes()
+    }
+}
+
+/// Creates `path` and writes the safetensors header of `entries` (their data to follow in order).
+fn open_safetensors(path: &Path, entries: &[Entry]) -> Result<std::io::BufWriter<File>> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;
-    for (name, t) in tensors {
-        let k = kind_of(t);
-        let bytes = t.numel() * k.elt_size_in_bytes();
+    for e in entries {
+        let bytes = e.bytes();
         header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype_name(k)?, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+            e.name.clone(),
+            serde_json::json!({"dtype": dtype_name(e.kind)?, "shape": e.shape, "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -352,16 +429,20 @@ pub fn write_streamed(path: &Path, tensors: &[(String, Tensor)], dtype: Option<K
     let io = |e| LlamaError::io(path, e);
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
-    let mut buf = Vec::new();
-    for (_, t) in tensors {
-        let host = tch::no_grad(|| t.to_kind(kind_of(t)).to_device(Device::Cpu).contiguous());
-        buf.resize(host.numel() * host.kind().elt_size_in_bytes(), 0);
-        host.f_copy_data_u8(&mut buf, host.numel())?;
-        w.write_all(&buf).map_err(io)?;
-    }
+    Ok(w)
+}
+
+/// Appends `t`'s bytes as `kind`: converted and copied to the host here, the copy dropped after.
+fn write_tensor(path: &Path, w: &mut std::io::BufWriter<File>, t: &Tensor, kind: Kind) -> Result<()> {
+    let host = tch::no_grad(|| t.to_kind(kind).to_device(Device::Cpu).contiguous());
+    let mut buf = vec![0u8; host.numel() * host.kind().elt_size_in_bytes()];
+    host.f_copy_data_u8(&mut buf, host.numel())?;
+    w.write_all(&buf).map_err(|e| LlamaError::io(path, e))
+}
+
+fn close_safetensors(path: &Path, w: std::io::BufWriter<File>) -> Result<()> {
     let f = w.into_inner().map_err(|e| LlamaError::io(path, e.into_error()))?;
-    f.sync_all().map_err(io)?;
-    Ok(())
+    f.sync_all().map_err(|e| LlamaError::io(path, e))
 }
 
 /// Writes `path` atomically: temp file in the same folder, fsync, rename.
@@ -417,51 +498,153 @@ pub fn temp_sibling(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Saves named tensors (any device and dtype) plus `config.json` into `dir` in the HF layout,
-/// atomically. Tensors are copied to the host one shard at a time, as each shard is written,
-/// so the host never holds more than one shard's copy (streamed checkpoints).
-pub fn save_tensors(mut vars: Vec<(String, Tensor)>, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
-    let tmp = temp_sibling(dir)?;
-    vars.sort_by_key(|(n, _)| natural_key(n));
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
-    let mut shard_bytes = 0u64;
-    let mut total = 0u64;
-    for (n, t) in vars {
-        let kind = if t.is_floating_point() { opts.dtype } else { t.kind() };
-        let b = (t.numel() * kind.elt_size_in_bytes()) as u64;
-        if shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes {
-            shards.push(Vec::new());
-            shard_bytes = 0;
-        }
-        shard_bytes += b;
-        total += b;
-        shards.last_mut().expect("at least one shard").push((n, t));
+/// atomically. Each tensor is copied to the host only as it is written, and that copy dropped
+/// before the next (streamed checkpoints; [`StreamedSave`] does the writing).
+pub fn save_tensors(vars: Vec<(String, Tensor)>, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    let specs = vars.iter().map(|(n, t)| (n.clone(), t.size(), t.kind())).collect();
+    let mut save = StreamedSave::begin(specs, cfg, dir, opts)?;
+    let mut by_name: HashMap<String, Tensor> = vars.into_iter().collect();
+    for name in save.order() {
+        let t = by_name.remove(&name).expect("one tensor per planned name");
+        save.push(&name, &t)?;
     }
-    let dtype = Some(opts.dtype);
-    if shards.len() == 1 {
-        write_streamed(&tmp.join("model.safetensors"), &shards[0], dtype)?;
-    } else {
+    save.finish()
+}
+
+/// Sorts tensor names into the order a checkpoint holds them (a model's state dict: layer
+/// indices numerically), the order [`StreamedSave::push`] takes them in.
+pub fn write_order(names: &mut [String]) {
+    names.sort_by_key(|n| natural_key(n));
+}
+
+/// An HF checkpoint written tensor by tensor as the values arrive: every tensor's name, shape
+/// and kind are known up front (so the safetensors headers and the sharding into files are
+/// planned before any data exists), then [`StreamedSave::push`] writes each one, in
+/// [`write_order`], and the caller may free it. ZeRO-3 gathers one decoder layer at a time to
+/// save a model no rank holds whole. The files are the ones [`save_tensors`] writes (it uses
+/// this), into a temp folder that [`StreamedSave::finish`] puts in place of `dir`.
+pub struct StreamedSave {
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// Each file's name and tensors.
+    files: Vec<(String, Vec<Entry>)>,
+    /// The next tensor: (file, entry).
+    next: (usize, usize),
+    writer: Option<std::io::BufWriter<File>>,
+    total: u64,
+    config: String,
+    extra_files: Vec<PathBuf>,
+}
+
+impl StreamedSave {
+    /// Plans the files of tensors `specs` (name, shape, kind in memory; floating-point ones are
+    /// written as `opts.dtype`), sharded above `opts.max_shard_bytes`, and creates the temp
+    /// folder beside `dir`.
+    pub fn begin(mut specs: Vec<(String, Vec<i64>, Kind)>, cfg: &Config, dir: &Path, opts: &SaveOptions) -> Result<Self> {
+        specs.sort_by_key(|(n, _, _)| natural_key(n));
+        let mut shards: Vec<Vec<Entry>> = vec![Vec::new()];
+        let (mut shard_bytes, mut total) = (0u64, 0u64);
+        for (name, shape, kind) in specs {
+            let kind = if is_float(kind) { opts.dtype } else { kind };
+            dtype_name(kind)?;
+            let e = Entry { name, shape, kind };
+            let b = e.bytes() as u64;
+            if shard_bytes > 0 && shard_bytes + b > opts.max_shard_bytes {
+                shards.push(Vec::new());
+                shard_bytes = 0;
+            }
+            shard_bytes += b;
+            total += b;
+            shards.last_mut().expect("at least one shard").push(e);
+        }
         let n = shards.len();
-        let mut weight_map = BTreeMap::new();
-        for (i, shard) in shards.iter().enumerate() {
-            let fname = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-            write_streamed(&tmp.join(&fname), shard, dtype)?;
-            for (name, _) in shard {
-                weight_map.insert(name.clone(), fname.clone());
+        let files = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) }, s))
+            .collect();
+        let config = cfg.to_hf_json(&opts.architecture, kind_name(opts.dtype));
+        let config = serde_json::to_string_pretty(&config).expect("config serialises");
+        let tmp = temp_sibling(dir)?;
+        Ok(StreamedSave {
+            dir: dir.to_path_buf(),
+            tmp,
+            files,
+            next: (0, 0),
+            writer: None,
+            total,
+            config,
+            extra_files: opts.extra_files.clone(),
+        })
+    }
+
+    /// The tensor names in the order [`StreamedSave::push`] takes them.
+    pub fn order(&self) -> Vec<String> {
+        self.files.iter().flat_map(|(_, es)| es.iter().map(|e| e.name.clone())).collect()
+    }
+
+    /// Writes the next tensor (it must be `name`, of the planned shape); its host copy is freed
+    /// when this returns.
+    pub fn push(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        let (f, i) = self.next;
+        let Some((fname, entries)) = self.files.get(f) else {
+            return Err(LlamaError::Invalid(format!("streamed save of {}: {name} is one tensor too many", self.dir.display())));
+        };
+        let e = &entries[i];
+        if e.name != name || t.size() != e.shape {
+            return Err(LlamaError::Invalid(format!(
+                "streamed save of {}: got {name} {:?}, expected {} {:?}",
+                self.dir.display(),
+                t.size(),
+                e.name,
+                e.shape
+            )));
+        }
+        let path = self.tmp.join(fname);
+        if self.writer.is_none() {
+            self.writer = Some(open_safetensors(&path, entries)?);
+        }
+        write_tensor(&path, self.writer.as_mut().expect("opened above"), t, e.kind)?;
+        self.next = if i + 1 == entries.len() {
+            close_safetensors(&path, self.writer.take().expect("open"))?;
+            (f + 1, 0)
+        } else {
+            (f, i + 1)
+        };
+        Ok(())
+    }
+
+    /// After the last tensor: the index (sharded), `config.json` and the extra files, then the
+    /// temp folder replaces `dir`.
+    pub fn finish(mut self) -> Result<()> {
+        while let Some((fname, entries)) = self.files.get(self.next.0) {
+            if let Some(e) = entries.get(self.next.1) {
+                return Err(LlamaError::Invalid(format!("streamed save of {}: {} was never written", self.dir.display(), e.name)));
+            }
+            // A model without tensors still gets its (empty) file.
+            let path = self.tmp.join(fname);
+            close_safetensors(&path, open_safetensors(&path, entries)?)?;
+            self.next = (self.next.0 + 1, 0);
+        }
+        if self.files.len() > 1 {
+            let mut weight_map = BTreeMap::new();
+            for (fname, entries) in &self.files {
+                for e in entries {
+                    weight_map.insert(e.name.clone(), fname.clone());
+                }
+            }
+            let index = serde_json::json!({"metadata": {"total_size": self.total}, "weight_map": weight_map});
+            let text = serde_json::to_string_pretty(&index).expect("index serialises");
+            write_atomic(&self.tmp.join("model.safetensors.index.json"), text.as_bytes())?;
+        }
+        write_atomic(&self.tmp.join("config.json"), self.config.as_bytes())?;
+        for f in &self.extra_files {
+            if let Some(name) = f.file_name() {
+                std::fs::copy(f, self.tmp.join(name)).map_err(|e| LlamaError::io(f, e))?;
             }
         }
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        let text = serde_json::to_string_pretty(&index).expect("index serialises");
-        write_atomic(&tmp.join("model.safetensors.index.json"), text.as_bytes())?;
+        replace_dir(&self.tmp, &self.dir)
     }
-    let config = cfg.to_hf_json(&opts.architecture, kind_name(opts.dtype));
-    let text = serde_json::to_string_pretty(&config).expect("config serialises");
-    write_atomic(&tmp.join("config.json"), text.as_bytes())?;
-    for f in &opts.extra_files {
-        if let Some(name) = f.file_name() {
-            std::fs::copy(f, tmp.join(name)).map_err(|e| LlamaError::io(f, e))?;
-        }
-    }
-    replace_dir(&tmp, dir)
 }
 
 /// Replaces `dir` by `tmp` so that at every moment one complete copy exists on disk.
@@ -479,4 +662,87 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
         std::fs::rename(tmp, dir).map_err(|e| LlamaError::io(dir, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le_f32(xs: &[f32]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// The streamed writer's files byte by byte: an 8-byte header length, the JSON header
+    /// (metadata, then each tensor's dtype, shape and data offsets) padded with spaces to a
+    /// multiple of 8, then the data in state-dict order (`layers.2` before `layers.10`); above
+    /// the shard limit, HF's numbered files and index. Tensors come one at a time, in order only.
+    #[test]
+    fn a_streamed_save_writes_safetensors_in_state_dict_order_and_shards_by_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Config::micro();
+        let specs = vec![
+            ("model.layers.10.w".to_string(), vec![2], Kind::Float),
+            ("model.layers.2.w".to_string(), vec![1], Kind::Float),
+            ("lm_head.weight".to_string(), vec![1], Kind::Float),
+        ];
+        let vals = [("lm_head.weight", vec![1.5f32]), ("model.layers.2.w", vec![-2.0]), ("model.layers.10.w", vec![0.25, 4.0])];
+        let dir = tmp.path().join("one");
+        let mut s = StreamedSave::begin(specs.clone(), &cfg, &dir, &SaveOptions::default()).unwrap();
+        assert_eq!(s.order(), ["lm_head.weight", "model.layers.2.w", "model.layers.10.w"]);
+        let err = s.push("model.layers.2.w", &Tensor::from_slice(&[0f32])).unwrap_err();
+        assert!(err.to_string().contains("expected lm_head.weight"), "{err}");
+        for (n, v) in &vals {
+            s.push(n, &Tensor::from_slice(v)).unwrap();
+        }
+        s.finish().unwrap();
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let mut header = br#"{"__metadata__":{"format":"pt"},"lm_head.weight":{"data_offsets":[0,4],"dtype":"F32","shape":[1]},"model.layers.10.w":{"data_offsets":[8,16],"dtype":"F32","shape":[2]},"model.layers.2.w":{"data_offsets":[4,8],"dtype":"F32","shape":[1]}}"#.to_vec();
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        let mut want = (header.len() as u64).to_le_bytes().to_vec();
+        want.extend(&header);
+        want.extend(le_f32(&[1.5, -2.0, 0.25, 4.0]));
+        assert_eq!(bytes, want);
+        assert!(dir.join("config.json").exists());
+
+        // 8-byte shards: lm_head and layers.2 (4 + 4 bytes), then layers.10.
+        let dir = tmp.path().join("sharded");
+        let opts = SaveOptions { max_shard_bytes: 8, ..Default::default() };
+        let mut s = StreamedSave::begin(specs.clone(), &cfg, &dir, &opts).unwrap();
+        for (n, v) in &vals[..2] {
+            s.push(n, &Tensor::from_slice(v)).unwrap();
+        }
+        let tmp_dir = s.tmp.clone();
+        assert!(tmp_dir.join("model-00001-of-00002.safetensors").exists(), "a finished file is closed before the next starts");
+        let cut = StreamedSave {
+            dir: s.dir.clone(),
+            tmp: tmp_dir.clone(),
+            files: s.files.clone(),
+            next: s.next,
+            writer: None,
+            total: 0,
+            config: String::new(),
+            extra_files: vec![],
+        };
+        let err = cut.finish().unwrap_err();
+        assert!(err.to_string().contains("model.layers.10.w was never written"), "{err}");
+        assert!(!dir.exists(), "an incomplete save is never put in place");
+        s.push("model.layers.10.w", &Tensor::from_slice(&vals[2].1)).unwrap();
+        s.finish().unwrap();
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
+        assert_eq!(index["metadata"]["total_size"], 16);
+        assert_eq!(index["weight_map"]["model.layers.10.w"], "model-00002-of-00002.safetensors");
+        assert_eq!(index["weight_map"]["model.layers.2.w"], "model-00001-of-00002.safetensors");
+        let files = CheckpointFiles::open(&dir).unwrap();
+        assert_eq!(Vec::<f32>::try_from(files.tensor("model.layers.10.w").unwrap()).unwrap(), [0.25, 4.0]);
+        let err = files.tensor_for("model.layers.2.w", &[2], Kind::Float).unwrap_err().to_string();
+        assert!(err.contains("model-00001-of-00002.safetensors: tensor model.layers.2.w has shape [1], the model expects [2]"), "{err}");
+        let err = files.tensor_for("model.layers.3.w", &[1], Kind::Float).unwrap_err().to_string();
+        assert!(
+            err.contains("missing tensor model.layers.3.w (not in model-00001-of-00002.safetensors, model-00002-of-00002.safetensors)"),
+            "{err}"
+        );
+    }
 }

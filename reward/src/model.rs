@@ -62,7 +62,13 @@ pub struct RewardModel {
 
 impl RewardModel {
     pub fn new(root: &nn::Path, cfg: &Config) -> Self {
-        RewardModel { trunk: Llama::trunk(root, cfg), score: Linear::new(root / "score", cfg.hidden_size, 1) }
+        Self::new_with(root, cfg, &mut |_| {})
+    }
+
+    /// [`RewardModel::new`] calling `built(i)` as each decoder layer is made
+    /// ([`Llama::new_with`]; ZeRO-3 shard-on-load).
+    pub fn new_with(root: &nn::Path, cfg: &Config, built: &mut dyn FnMut(usize)) -> Self {
+        RewardModel { trunk: Llama::trunk_with(root, cfg, built), score: Linear::new(root / "score", cfg.hidden_size, 1) }
     }
 
     /// Loads a checkpoint: a reward model, or a causal LM (SFT or chat model, Llama 2 initialises

@@ -6,10 +6,12 @@ use crate::config::RewardConfig;
 use crate::data::{collate, PairTokens};
 use crate::loss::{margin, ranking_loss, safety_aux_loss_sum};
 use crate::model::{RewardModel, ARCHITECTURE};
+use llama::checkpoint as ck;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use training::checkpoint::{Part, PartMut};
+use training::optim::LayerShards;
 use training::runner::{config_hash, Evaluation, RunOptions, RunResult, Stage};
 use training::{AdamW, LrSchedule, RunLock, TrainError};
 
@@ -75,6 +77,27 @@ impl AuxShare {
     }
 }
 
+/// [`RewardModel::load`] for ZeRO-3 shard-on-load: each decoder layer is read from the
+/// checkpoint one tensor at a time as it is built and only this rank's shard kept
+/// ([`LayerShards`]); the rest (embeddings, final norm, the score head when there is one) is
+/// loaded whole. The same RNG draws as [`RewardModel::load`], so a fresh head is the same too.
+fn load_sharded(
+    dir: &std::path::Path,
+    device: Device,
+    kind: Kind,
+    seed: u64,
+    mut shards: LayerShards,
+) -> Result<(nn::VarStore, RewardModel, bool, Option<LayerShards>)> {
+    let cfg = ck::load_config(dir)?;
+    let files = ck::CheckpointFiles::open(dir)?;
+    tch::manual_seed(seed as i64);
+    let mut vs = ck::var_store(device, kind);
+    let model = RewardModel::new_with(&vs.root(), &cfg, &mut |i| shards.take_layer(&vs, i, Some(&files)));
+    let shards = shards.finish()?;
+    let fresh = ck::load_var_store_except(&mut vs, dir, |n| n == "score.weight", |n| shards.holds(n))?;
+    Ok((vs, model, !fresh.is_empty(), Some(shards)))
+}
+
 impl<'a> RewardTrainer<'a> {
     pub fn prepare(cfg: &'a RewardConfig, pairs: &'a [PairTokens], eval_pairs: &'a [PairTokens]) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
@@ -82,7 +105,18 @@ impl<'a> RewardTrainer<'a> {
             return Err(TrainError::Config("no training pairs".into()));
         }
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let (vs, mut model, fresh_head) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
+        // ZeRO-3 over several ranks: each decoder layer read and sharded as it is built.
+        let shards = match cfg.lora {
+            None if !llama::lora::is_adapter_dir(&cfg.model) => LayerShards::for_options(cfg.train.state_options(), device),
+            _ => None,
+        };
+        let (vs, mut model, fresh_head, shards) = match shards {
+            Some(s) => load_sharded(&cfg.model, device, kind, cfg.train.seed, s)?,
+            None => {
+                let (vs, model, fresh) = RewardModel::load(&cfg.model, device, kind, cfg.train.seed)?;
+                (vs, model, fresh, None)
+            }
+        };
         let lora = cfg.lora.as_ref().map(|lc| {
             model.trunk.add_lora(&vs.root(), lc);
             llama::lora::freeze_base(&vs, |n| n.starts_with("score."));
@@ -99,7 +133,10 @@ impl<'a> RewardTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = cfg.train.optimizer_zero3(&vs)?;
+        let opt = match shards {
+            Some(s) => AdamW::with_layer_shards(&vs, cfg.train.adamw(), s)?,
+            None => cfg.train.optimizer_zero3(&vs)?,
+        };
         // ZeRO-3: the trunk gathers each layer from the ranks' shards as it runs.
         if let Some(hooks) = opt.shard_hooks() {
             model.trunk.set_shard_hooks(hooks);

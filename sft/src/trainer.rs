@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind};
 use training::checkpoint::{Part, PartMut};
+use training::optim::LayerShards;
 use training::runner::{config_hash, Evaluation, RunOptions};
 use training::{AdamW, LrSchedule, RunLock, TrainError};
 
@@ -59,17 +60,45 @@ pub struct SftTrainer<'a> {
     lora: Option<llama::lora::LoraRun>,
 }
 
-fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama, Option<llama::lora::LoraRun>)> {
+/// The model, its LoRA run, and under ZeRO-3 over several ranks the decoder layers' shards: each
+/// layer is sharded as it is built (from the checkpoint, one tensor at a time, or from its fresh
+/// initialisation in the same RNG order as a whole build), so no rank holds the whole model.
+#[allow(clippy::type_complexity)]
+fn build_model(
+    cfg: &SftConfig,
+    device: Device,
+    kind: Kind,
+) -> Result<(nn::VarStore, Llama, Option<llama::lora::LoraRun>, Option<LayerShards>)> {
     let model_cfg = match (&cfg.model, &cfg.init_preset) {
         (Some(dir), _) => ck::load_config(dir)?,
         (None, Some(p)) => Config::preset(p)?,
         (None, None) => return Err(TrainError::Config("set `model` or `init_preset`".into())),
     };
+    let shards = match (&cfg.lora, &cfg.model) {
+        (None, Some(dir)) if llama::lora::is_adapter_dir(dir) => None,
+        (None, _) => LayerShards::for_options(cfg.train.state_options(), device),
+        _ => None,
+    };
+    let files = match (&shards, &cfg.model) {
+        (Some(_), Some(dir)) => Some(ck::CheckpointFiles::open(dir)?),
+        _ => None,
+    };
     tch::manual_seed(cfg.train.seed as i64);
     let mut vs = ck::var_store(device, kind);
-    let mut model = Llama::new(&vs.root(), &model_cfg);
+    let (mut model, shards) = match shards {
+        Some(mut s) => {
+            let model = Llama::new_with(&vs.root(), &model_cfg, &mut |i| s.take_layer(&vs, i, files.as_ref()));
+            (model, Some(s.finish()?))
+        }
+        None => (Llama::new(&vs.root(), &model_cfg), None),
+    };
     if let Some(dir) = &cfg.model {
-        ck::load_var_store(&mut vs, dir)?;
+        match &shards {
+            Some(s) => {
+                ck::load_var_store_except(&mut vs, dir, |_| false, |n| s.holds(n))?;
+            }
+            None => ck::load_var_store(&mut vs, dir)?,
+        }
     }
     let lora = match (&cfg.lora, &cfg.model) {
         (Some(lc), Some(base)) => {
@@ -80,7 +109,7 @@ fn build_model(cfg: &SftConfig, device: Device, kind: Kind) -> Result<(nn::VarSt
         }
         _ => None,
     };
-    Ok((vs, model, lora))
+    Ok((vs, model, lora, shards))
 }
 
 impl<'a> SftTrainer<'a> {
@@ -89,7 +118,7 @@ impl<'a> SftTrainer<'a> {
     pub fn prepare(cfg: &'a SftConfig, train: &[Example], eval: &[Example]) -> Result<(Self, usize)> {
         cfg.validate().map_err(TrainError::Config)?;
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let (vs, mut model, lora) = build_model(cfg, device, kind)?;
+        let (vs, mut model, lora, shards) = build_model(cfg, device, kind)?;
         let truncated = train.iter().filter(|e| e.len() > cfg.max_seq_len).count();
         // Pack once in a seeded order; epochs then shuffle whole rows.
         let order = epoch_order(train.len(), cfg.train.seed, u64::MAX);
@@ -106,7 +135,10 @@ impl<'a> SftTrainer<'a> {
             total_steps = total_steps.min(m);
         }
         let schedule = cfg.train.lr_schedule(total_steps);
-        let opt = cfg.train.optimizer_zero3(&vs)?;
+        let opt = match shards {
+            Some(s) => AdamW::with_layer_shards(&vs, cfg.train.adamw(), s)?,
+            None => cfg.train.optimizer_zero3(&vs)?,
+        };
         // ZeRO-3: the model gathers each layer from the ranks' shards as it runs.
         if let Some(hooks) = opt.shard_hooks() {
             model.set_shard_hooks(hooks);

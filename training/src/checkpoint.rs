@@ -66,6 +66,52 @@ impl Part<'_> {
     }
 }
 
+impl Part<'_> {
+    /// [`Part::save_weights`] called on every rank of a distributed run (in one process, the
+    /// same): rank 0 writes. Under ZeRO-3 the decoder layers are gathered one at a time (a
+    /// collective) and streamed into the files by rank 0 ([`AdamW::stream_weights`],
+    /// [`ck::StreamedSave`]), so no rank holds the whole model; the files are the ones
+    /// [`Part::save_weights`] writes from whole weights, byte for byte.
+    pub fn save_weights_everywhere(&self, dir: &Path, dtype: tch::Kind, extra_files: &[PathBuf]) -> Result<()> {
+        let main = distributed::is_main();
+        if !self.opt.is_zero3() || self.lora.is_some() {
+            return if main { self.save_weights(dir, dtype, extra_files) } else { Ok(()) };
+        }
+        let shapes: std::collections::HashMap<String, Vec<i64>> = self.opt.param_shapes().into_iter().collect();
+        let specs: Vec<(String, Vec<i64>, tch::Kind)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| !llama::lora::is_lora(n))
+            .map(|(n, v)| {
+                let shape = shapes.get(&n).cloned().unwrap_or_else(|| v.size());
+                (n, shape, v.kind())
+            })
+            .collect();
+        let mut order: Vec<String> = specs.iter().map(|(n, _, _)| n.clone()).collect();
+        ck::write_order(&mut order);
+        // Rank 0 writes; a failure there still lets every gather happen (the others wait on them).
+        let mut save = main.then(|| {
+            let opts =
+                SaveOptions { architecture: self.architecture.into(), dtype, extra_files: extra_files.to_vec(), ..Default::default() };
+            ck::StreamedSave::begin(specs, &self.cfg, dir, &opts)
+        });
+        let streamed = self.opt.stream_weights(self.vs, &order, |name, t| match &mut save {
+            Some(Ok(s)) => Ok(s.push(name, t)?),
+            _ => Ok(()),
+        });
+        match save {
+            Some(Ok(s)) => {
+                streamed?;
+                s.finish()?
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => streamed?,
+        }
+        Ok(())
+    }
+}
+
 /// One trained model of a stage and its optimizer, to load a checkpoint into.
 pub struct PartMut<'a> {
     pub name: &'static str,
@@ -128,10 +174,12 @@ impl CheckpointManager {
         };
         agree(made, "create the checkpoint folder")?;
         let written = (|| -> Result<()> {
+            // Every rank: under ZeRO-3 the layers are gathered one at a time for rank 0, for every
+            // part even after one failed (the other ranks wait on those gathers).
+            let weights: Vec<Result<()>> =
+                parts.iter().map(|p| p.save_weights_everywhere(&tmp.join(p.name), tch::Kind::Float, extra_files)).collect();
+            weights.into_iter().collect::<Result<()>>()?;
             for p in parts {
-                if main {
-                    p.save_weights(&tmp.join(p.name), tch::Kind::Float, extra_files)?;
-                }
                 let file = match p.opt.zero_layout() {
                     Some(l) => zero_file(p.name, l[1], l[0]),
                     None if main => optimizer_file(p.name),
@@ -231,6 +279,10 @@ pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW
     let dir = path.join(name);
     if llama::lora::is_adapter_dir(&dir) {
         llama::lora::SavedAdapter::open(&dir)?.load_unmerged(vs)?;
+    } else if opt.is_zero3() {
+        // ZeRO-3: only the weights kept whole are loaded whole; the layers' masters come from the
+        // optimizer state below (or, re-sharding, from the model files one tensor at a time).
+        ck::load_var_store_except(vs, &dir, |_| false, |n| opt.is_sharded_weight(n))?;
     } else {
         ck::load_var_store(vs, &dir)?;
     }
@@ -247,17 +299,30 @@ pub fn load_part(path: &Path, name: &str, vs: &mut nn::VarStore, opt: &mut AdamW
             }
         }
     }
+    // ZeRO-3 re-sharding an fp32 model: a layer's masters are its saved weights, read one tensor
+    // at a time.
+    let model_files = if opt.is_zero3() { Some(CheckpointFiles::open(&dir)?) } else { None };
+    let shapes: std::collections::HashMap<String, Vec<i64>> = opt.param_shapes().into_iter().collect();
+    let weights = |n: &str| -> Result<tch::Tensor> {
+        let files = model_files.as_ref().ok_or_else(|| TrainError::Config(format!("no model weights for {n}")))?;
+        let shape = shapes.get(n).map_or(&[][..], |s| s.as_slice());
+        Ok(files.tensor_for(n, shape, tch::Kind::Float)?.to_device(device))
+    };
     if replicated.exists() {
         let files = CheckpointFiles::open_file(&replicated)?;
-        return opt.load_state(opt_steps, |n| Ok(files.tensor(n)?.to_device(device)));
+        return opt.load_state_with(opt_steps, |n| Ok(files.tensor(n)?.to_device(device)), weights);
     }
     let whole = unshard_files(path, name, opt)?;
-    opt.load_state(opt_steps, |n| {
-        whole
-            .get(n)
-            .map(|t| t.to_device(device))
-            .ok_or_else(|| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("no optimizer state {n}") })
-    })
+    opt.load_state_with(
+        opt_steps,
+        |n| {
+            whole
+                .get(n)
+                .map(|t| t.to_device(device))
+                .ok_or_else(|| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("no optimizer state {n}") })
+        },
+        weights,
+    )
 }
 
 /// The whole per-parameter optimizer state of part `name` from the ZeRO shards in checkpoint

@@ -170,12 +170,18 @@ impl TrainConfig {
     /// optimizer's [`crate::AdamW::shard_hooks`] to its model and run the same number of
     /// backward passes on every rank.
     pub fn optimizer_zero3(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
+        crate::AdamW::with_options(vs, self.adamw(), |_| true, self.state_options())
+    }
+
+    /// How the optimizer keeps its state: ZeRO stage, bucket, offload (also what ZeRO-3's
+    /// shard-on-load cuts the layers by, [`crate::optim::LayerShards::for_options`]).
+    pub fn state_options(&self) -> crate::optim::StateOptions {
         let bucket = self.zero_bucket.map_or(crate::zero::DEFAULT_BUCKET, |b| b as i64);
         let offload = match self.optimizer_offload {
             Offload::None => None,
             Offload::Cpu => Some(tch::Device::Cpu),
         };
-        crate::AdamW::with_options(vs, self.adamw(), |_| true, crate::optim::StateOptions { zero_stage: self.zero_stage, bucket, offload })
+        crate::optim::StateOptions { zero_stage: self.zero_stage, bucket, offload }
     }
 
     pub fn adamw(&self) -> AdamWConfig {

@@ -73,6 +73,90 @@ impl Default for StateOptions {
     }
 }
 
+/// ZeRO-3 shard-on-load: the decoder layers' weights as this rank's fp32 shard only, cut one
+/// layer at a time while the model is built ([`llama::Llama::new_with`] calls
+/// [`LayerShards::take_layer`] as each layer's variables are made), their variables then left
+/// empty; [`AdamW::with_layer_shards`] takes it as the masters. A rank so never holds more than
+/// the weights kept whole (embeddings, heads, final norm) and one decoder layer.
+pub struct LayerShards {
+    options: StateOptions,
+    world: i64,
+    rank: i64,
+    /// Where the fp32 state lives.
+    device: Device,
+    /// Every sharded parameter's full shape.
+    shapes: std::collections::HashMap<String, Vec<i64>>,
+    /// Each layer's part of this rank's shard ([`crate::zero::group_shard`]).
+    parts: std::collections::BTreeMap<usize, Tensor>,
+    /// The first failure (a layer's tensor missing from the checkpoint, ...); later layers are
+    /// only emptied.
+    error: Option<TrainError>,
+}
+
+impl LayerShards {
+    /// For an optimizer with options `o` of a model on `device`: `Some` when the weights will be
+    /// sharded (ZeRO-3 in a distributed run of more than one rank), else `None` (build whole).
+    pub fn for_options(o: StateOptions, device: Device) -> Option<LayerShards> {
+        let d = distributed::get().filter(|d| d.world_size > 1)?;
+        (o.zero_stage == 3).then(|| LayerShards {
+            options: o,
+            world: d.world_size,
+            rank: d.rank,
+            device: o.offload.unwrap_or(device),
+            shapes: Default::default(),
+            parts: Default::default(),
+            error: None,
+        })
+    }
+
+    /// Called as soon as decoder layer `layer` is built in `vs`: keeps this rank's part of its
+    /// weights, read from `files` one tensor at a time (a checkpoint; each must be there with the
+    /// variable's shape) or, without files, the variables' fresh initialisation; then empties
+    /// the layer's variables. The masters are the weights in the model's dtype, as fp32: what
+    /// building the whole model, loading it and sharding it gives.
+    pub fn take_layer(&mut self, vs: &nn::VarStore, layer: usize, files: Option<&llama::checkpoint::CheckpointFiles>) {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| layer_of(n) == Some(layer)).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.error.is_none() {
+            let sizes: Vec<i64> = vars.iter().map(|(_, v)| v.numel() as i64).collect();
+            let (world, rank, bucket) = (self.world, self.rank, self.options.bucket);
+            let part = crate::zero::group_shard(&sizes, world, rank, bucket, self.device, |i| -> Result<Tensor> {
+                let (name, var) = &vars[i];
+                let w = match files {
+                    Some(f) => f.tensor_for(name, &var.size(), var.kind())?,
+                    None => var.shallow_clone(),
+                };
+                Ok(tch::no_grad(|| w.to_kind(Kind::Float)))
+            });
+            match part {
+                Ok(part) => {
+                    self.parts.insert(layer, part);
+                    self.shapes.extend(vars.iter().map(|(n, v)| (n.clone(), v.size())));
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        tch::no_grad(|| {
+            for (_, var) in &vars {
+                var.shallow_clone().set_data(&Tensor::empty([0], (var.kind(), var.device())));
+            }
+        });
+    }
+
+    /// Whether `name` is a weight held here as a shard (its variable is empty).
+    pub fn holds(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    /// The shards, or the first failure of [`LayerShards::take_layer`].
+    pub fn finish(mut self) -> Result<LayerShards> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+}
+
 struct Local {
     /// fp32 master copy when the model variable is not fp32.
     master: Option<Tensor>,
@@ -323,7 +407,11 @@ pub struct AdamW {
 
 /// Weight decay applies to matrices, not to norm gains (or any 1-D tensor).
 pub fn decays(name: &str, t: &Tensor) -> bool {
-    t.dim() >= 2 && !name.contains("norm")
+    decays_shape(name, &t.size())
+}
+
+fn decays_shape(name: &str, shape: &[i64]) -> bool {
+    shape.len() >= 2 && !name.contains("norm")
 }
 
 fn dist_err(e: distributed::DistError) -> TrainError {
@@ -376,6 +464,25 @@ impl AdamW {
     /// distributed run when `zero_stage` is 1 or 2 (in one process the stage changes nothing),
     /// and/or offloaded to another device.
     pub fn with_options(vs: &nn::VarStore, cfg: AdamWConfig, filter: impl Fn(&str) -> bool, o: StateOptions) -> Result<Self> {
+        Self::build(vs, cfg, &filter, o, None)
+    }
+
+    /// ZeRO-3 with the decoder layers already sharded while the model was built
+    /// ([`LayerShards`]): their variables in `vs` are empty and each rank's fp32 masters of them
+    /// come from `shards`, so no rank ever holds the whole model. The state equals
+    /// [`AdamW::with_options`]'s over the same weights whole, bit for bit.
+    pub fn with_layer_shards(vs: &nn::VarStore, cfg: AdamWConfig, shards: LayerShards) -> Result<Self> {
+        let o = shards.options;
+        Self::build(vs, cfg, &|_| true, o, Some(shards))
+    }
+
+    fn build(
+        vs: &nn::VarStore,
+        cfg: AdamWConfig,
+        filter: &dyn Fn(&str) -> bool,
+        o: StateOptions,
+        shards: Option<LayerShards>,
+    ) -> Result<Self> {
         let StateOptions { zero_stage, bucket, offload } = o;
         if zero_stage > 3 {
             return Err(TrainError::Config(format!("zero_stage must be 0, 1, 2 or 3, got {zero_stage}")));
@@ -390,6 +497,23 @@ impl AdamW {
             ));
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(sh) = &shards {
+            let (world, rank) = dist.map_or((1, 0), |d| (d.world_size, d.rank));
+            if zero_stage != 3 || !shard || (sh.world, sh.rank) != (world, rank) {
+                return Err(TrainError::Config(format!(
+                    "layer shards of rank {} of {} given to an optimizer at ZeRO stage {zero_stage} on rank {rank} of {world}",
+                    sh.rank, sh.world
+                )));
+            }
+            let names: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+            let stray: Vec<&String> = sh.shapes.keys().filter(|n| !names.contains(n.as_str())).collect();
+            let unsharded: Vec<&str> = names.iter().copied().filter(|n| layer_of(n).is_some() && !sh.shapes.contains_key(*n)).collect();
+            if !stray.is_empty() || !unsharded.is_empty() {
+                return Err(TrainError::Config(format!(
+                    "layer shards do not match the model: sharded but not trained {stray:?}, decoder-layer weights not sharded {unsharded:?}"
+                )));
+            }
+        }
         let params: Vec<Param> = tch::no_grad(|| {
             vars.into_iter()
                 .map(|(name, var)| {
@@ -400,27 +524,46 @@ impl AdamW {
                         m: Tensor::zeros(var.size(), (Kind::Float, at)),
                         v: Tensor::zeros(var.size(), (Kind::Float, at)),
                     });
-                    let decay = decays(&name, &var);
-                    let shape = var.size();
+                    // A layer sharded on load has an empty variable: its shape is the recorded one.
+                    let shape = shards.as_ref().and_then(|s| s.shapes.get(&name).cloned()).unwrap_or_else(|| var.size());
+                    let decay = decays_shape(&name, &shape);
                     Param { name, var, shape, decay, local, acc: None }
                 })
                 .collect()
         });
         let sharded = match dist {
             Some(d) if shard => {
-                let sizes: Vec<i64> = params.iter().map(|p| p.var.numel() as i64).collect();
-                let (ends, _) = groups_of(&params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), zero_stage);
+                let sizes: Vec<i64> = params.iter().map(|p| p.shape.iter().product()).collect();
+                let (ends, keys) = groups_of(&params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), zero_stage);
                 let layout = ZeroLayout::grouped(&sizes, &ends, d.world_size, d.rank, bucket);
                 let pieces = layout.pieces();
                 let device = offload.or(params.first().map(|p| p.var.device())).unwrap_or(Device::Cpu);
                 let zeros = || Tensor::zeros([layout.shard_len], (Kind::Float, device));
                 let master = zeros();
-                tch::no_grad(|| {
-                    for pc in &pieces {
+                tch::no_grad(|| -> Result<()> {
+                    let presharded = |i: usize| shards.as_ref().is_some_and(|s| s.shapes.contains_key(&params[i].name));
+                    for pc in pieces.iter().filter(|pc| !presharded(pc.param)) {
                         let src = params[pc.param].var.reshape([-1]).narrow(0, pc.param_off, pc.len);
                         master.narrow(0, pc.shard_off, pc.len).copy_(&src);
                     }
-                });
+                    // Shard-on-load: each layer's part, already cut, into its place.
+                    let Some(sh) = &shards else { return Ok(()) };
+                    for (g, key) in keys.iter().enumerate() {
+                        let Some(layer) = key else { continue };
+                        let bs = &layout.buckets[layout.group_buckets[g].clone()];
+                        let (Some(first), len) = (bs.first(), bs.iter().map(|b| b.padded / d.world_size).sum::<i64>()) else { continue };
+                        match sh.parts.get(layer) {
+                            Some(part) if part.size() == [len] => master.narrow(0, first.shard_off, len).copy_(part),
+                            other => {
+                                return Err(TrainError::Config(format!(
+                                    "layer {layer}'s shard has {:?} elements, the layout {len}",
+                                    other.map(|p| p.size())
+                                )))
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
                 let has_grad = vec![false; params.len()];
                 let grad = zeros();
                 let zero3 = (zero_stage == 3).then(|| Zero3::new(d, &layout, &params, &master, &grad));
@@ -446,8 +589,52 @@ impl AdamW {
         Some(Box::new(z.handle()))
     }
 
+    /// Whether the decoder layers' weights are sharded (ZeRO-3 over several ranks).
+    pub fn is_zero3(&self) -> bool {
+        self.sharded.as_ref().is_some_and(|s| s.zero3.is_some())
+    }
+
+    /// Whether `name` is a weight this rank holds only its shard of (ZeRO-3: a decoder layer's);
+    /// its variable is empty between uses.
+    pub fn is_sharded_weight(&self, name: &str) -> bool {
+        self.is_zero3() && layer_of(name).is_some()
+    }
+
+    /// Every variable of `vs` named in `order`, one at a time as `f(name, weights)`, for a
+    /// streamed save (`order`: [`llama::checkpoint::write_order`]). Under ZeRO-3 this is a
+    /// collective (every rank calls it with the same order): each decoder layer is gathered
+    /// when its first tensor comes and freed after its last, so no rank holds more than one
+    /// layer whole beside the weights kept whole. After `f` fails the remaining layers are
+    /// still gathered (the other ranks are waiting for them); the first error is returned.
+    pub fn stream_weights(&self, vs: &nn::VarStore, order: &[String], mut f: impl FnMut(&str, &Tensor) -> Result<()>) -> Result<()> {
+        let vars = vs.variables();
+        let z = self.sharded.as_ref().and_then(|s| s.zero3.as_ref());
+        let (mut held, mut first_err) = (None, None);
+        for name in order {
+            let var = vars.get(name).ok_or_else(|| TrainError::Config(format!("streamed save: the model has no variable {name}")))?;
+            if let Some(z) = z {
+                let layer = layer_of(name);
+                if layer.is_some() && layer != held {
+                    if let Some(l) = held.take() {
+                        llama::model::ShardHooks::release(z, l);
+                    }
+                    llama::model::ShardHooks::gather(z, layer.expect("a layer"));
+                    held = layer;
+                }
+            }
+            if first_err.is_none() {
+                first_err = f(name, var).err();
+            }
+        }
+        if let (Some(z), Some(l)) = (z, held) {
+            llama::model::ShardHooks::release(z, l);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// ZeRO-3: every decoder layer's full weights gathered into the model (a collective: every
     /// rank calls it), to save or evaluate the whole model; [`AdamW::release_weights`] frees them.
+    /// (Saving streams one layer at a time instead: [`AdamW::stream_weights`].)
     pub fn gather_weights(&self) {
         if let Some(z) = self.sharded.as_ref().and_then(|s| s.zero3.as_ref()) {
             for g in 0..z.layer_group.len() {
@@ -829,7 +1016,19 @@ impl AdamW {
     /// Restores the state from whole per-parameter tensors (`m.<param>`, `v.<param>`, and
     /// `master.<param>` for a model not in fp32) returned by `get`; a sharded optimizer keeps its
     /// part of each.
-    pub fn load_state(&mut self, step: u64, mut get: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
+    pub fn load_state(&mut self, step: u64, get: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
+        self.load_state_with(step, get, |n| Err(TrainError::Config(format!("ZeRO-3: no weights given for {n}, whose variable is sharded"))))
+    }
+
+    /// As [`AdamW::load_state`]; `weights(name)` gives the saved weights of a ZeRO-3 decoder-layer
+    /// parameter in an fp32 model (its variable is empty; the weights are its masters), read one
+    /// tensor at a time from the checkpoint's model files.
+    pub fn load_state_with(
+        &mut self,
+        step: u64,
+        mut get: impl FnMut(&str) -> Result<Tensor>,
+        mut weights: impl FnMut(&str) -> Result<Tensor>,
+    ) -> Result<()> {
         let check = |name: &str, src: &Tensor, want: &[i64]| -> Result<()> {
             if src.size() != want {
                 return Err(TrainError::Config(format!("optimizer state {name} has shape {:?}, the model {:?}", src.size(), want)));
@@ -847,9 +1046,11 @@ impl AdamW {
                         check(&format!("m.{}", p.name), &m, &p.shape)?;
                         check(&format!("v.{}", p.name), &v, &p.shape)?;
                         let master = match p.var.kind() {
-                            Kind::Float => p.var.shallow_clone(),
+                            Kind::Float if p.var.size() == p.shape => p.var.shallow_clone(),
+                            Kind::Float => weights(&p.name)?,
                             _ => get(&format!("master.{}", p.name))?,
                         };
+                        check(&format!("master.{}", p.name), &master, &p.shape)?;
                         cached = Some((pc.param, [master.reshape([-1]), m.reshape([-1]), v.reshape([-1])]));
                     }
                     let [master, m, v] = &cached.as_ref().expect("cached above").1;

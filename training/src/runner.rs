@@ -181,11 +181,9 @@ fn load_checkpoint(stage: &mut impl Stage, path: &Path, config_hash: &str) -> Re
         .restore_extra(&state.extra)
         .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), msg: format!("trainer_state.json extra: {e}") })?;
     for p in stage.parts_mut() {
-        // ZeRO-3: the layers' variables at full size to load the weights into, freed after.
-        p.opt.allocate_weights();
-        let loaded = tck::load_part(path, p.name, p.vs, p.opt, p.opt_steps.unwrap_or(state.step));
-        p.opt.release_weights();
-        loaded?;
+        // ZeRO-3: the layers stay sharded; their masters come from the shards (or the model files,
+        // one tensor at a time, when re-sharding).
+        tck::load_part(path, p.name, p.vs, p.opt, p.opt_steps.unwrap_or(state.step))?;
     }
     Ok(state)
 }
@@ -363,15 +361,14 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
                 m.sync()?;
             }
             state.extra = stage.extra_state();
-            let saved = with_whole_weights(&*stage, || ckman.save(&stage.parts(), &o.extra_files, &state));
-            saved?;
+            ckman.save(&stage.parts(), &o.extra_files, &state)?;
         }
     }
     // Every rank holds the same weights: rank 0 writes the models, the others wait (and fail
-    // with it).
+    // with it); under ZeRO-3 they take part in gathering the layers one at a time.
     let final_model = o.run_dir.join("final");
     let best_model = state.best_step.filter(|&s| ckman.path_of(s).exists()).map(|_| o.run_dir.join("best"));
-    let written = with_whole_weights(&*stage, || if main { write_outputs(&*stage, o, &ckman, state.best_step) } else { Ok(()) });
+    let written = write_outputs(&*stage, o, &ckman, state.best_step);
     if !crate::dist::all_ok(written.is_ok())? {
         written?;
         return Err(TrainError::Distributed(format!("rank 0 could not write the final models into {}", o.run_dir.display())));
@@ -397,22 +394,13 @@ pub fn run<S: Stage, T: Serialize + DeserializeOwned>(
     Ok(out)
 }
 
-/// Runs `f` with every part's whole weights in its variables: ZeRO-3 gathers the decoder layers
-/// (on every rank: a collective) and frees them after; nothing to do otherwise.
-fn with_whole_weights<T>(stage: &impl Stage, f: impl FnOnce() -> T) -> T {
-    for p in stage.parts() {
-        p.opt.gather_weights();
-    }
-    let out = f();
-    for p in stage.parts() {
-        p.opt.release_weights();
-    }
-    out
-}
-
-/// `final/` (and `final_<name>/`), `best/` and `curves.png`.
+/// `final/` (and `final_<name>/`), `best/` and `curves.png`. Called on every rank: rank 0
+/// writes (ZeRO-3 parts are gathered for it a layer at a time, with every rank).
 fn write_outputs(stage: &impl Stage, o: &RunOptions, ckman: &CheckpointManager, best_step: Option<u64>) -> Result<()> {
     save_final(stage, o)?;
+    if !distributed::is_main() {
+        return Ok(());
+    }
     if let Some(s) = best_step.filter(|&s| ckman.path_of(s).exists()) {
         copy_dir_atomic(&ckman.path_of(s).join(stage.parts()[0].name), &o.run_dir.join("best"))?;
     }
@@ -424,14 +412,23 @@ fn write_outputs(stage: &impl Stage, o: &RunOptions, ckman: &CheckpointManager, 
 }
 
 /// Saves every part in `o.final_dtype`: the first as `final/`, the others as `final_<name>/`.
+/// Every rank calls it (rank 0 writes); each part is saved even after one fails, so the ranks
+/// run the same ZeRO-3 gathers, and the first failure is returned.
 fn save_final(stage: &impl Stage, o: &RunOptions) -> Result<PathBuf> {
     let parts = stage.parts();
+    let mut first_err = None;
     for (i, p) in parts.iter().enumerate() {
         let dir = match i {
             0 => o.run_dir.join("final"),
             _ => o.run_dir.join(format!("final_{}", p.name)),
         };
-        p.save_weights(&dir, o.final_dtype, &o.extra_files)?;
+        if let Err(e) = p.save_weights_everywhere(&dir, o.final_dtype, &o.extra_files) {
+            first_err.get_or_insert(e);
+            continue;
+        }
+        if !distributed::is_main() {
+            continue;
+        }
         if let Some(l) = p.lora.filter(|l| l.lora.merge) {
             let opts = SaveOptions {
                 architecture: p.architecture.into(),
@@ -441,10 +438,12 @@ fn save_final(stage: &impl Stage, o: &RunOptions) -> Result<PathBuf> {
             };
             let merged =
                 dir.with_file_name(format!("{}_merged", dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
-            ck::save_merged(p.vs, l.lora.scale(), &p.cfg, &merged, &opts)?;
+            if let Err(e) = ck::save_merged(p.vs, l.lora.scale(), &p.cfg, &merged, &opts) {
+                first_err.get_or_insert(e.into());
+            }
         }
     }
-    Ok(o.run_dir.join("final"))
+    first_err.map_or(Ok(o.run_dir.join("final")), Err)
 }
 
 #[cfg(test)]

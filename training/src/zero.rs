@@ -1,4 +1,4 @@
-//! ZeRO-1/2 sharding of AdamW's state over the ranks of a distributed run.
+//! ZeRO-1/2/3 sharding of AdamW's state over the ranks of a distributed run.
 //!
 //! Every trainable parameter (in the optimizer's sorted-name order) is laid end to end in one
 //! flat fp32 index space, cut into buckets of at most `bucket` elements (the last padded to a
@@ -157,9 +157,71 @@ pub fn unshard_grouped(sizes: &[i64], group_ends: &[usize], bucket: i64, shards:
     flat
 }
 
+/// ZeRO-3 shard-on-load: this rank's part of one group of parameters (a decoder layer; `sizes`
+/// in layout order) as [`ZeroLayout::grouped`] lays it out, filled from each parameter's values
+/// `get(i)` (any shape, converted to fp32), asked for one at a time and dropped after. A group's
+/// buckets start at the group's own start, so its part of a rank's shard depends on the group's
+/// sizes only: the parts of every group, end to end in group order, are the rank's shard.
+pub fn group_shard<E>(
+    sizes: &[i64],
+    world: i64,
+    rank: i64,
+    bucket: i64,
+    device: Device,
+    mut get: impl FnMut(usize) -> Result<Tensor, E>,
+) -> Result<Tensor, E> {
+    let layout = ZeroLayout::new(sizes, world, rank, bucket);
+    let pieces = layout.pieces();
+    let part = Tensor::zeros([layout.shard_len], (Kind::Float, device));
+    for i in 0..sizes.len() {
+        let t = get(i)?;
+        tch::no_grad(|| {
+            let flat = t.reshape([-1]);
+            for pc in pieces.iter().filter(|pc| pc.param == i) {
+                part.narrow(0, pc.shard_off, pc.len).copy_(&flat.narrow(0, pc.param_off, pc.len));
+            }
+        });
+    }
+    Ok(part)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shard-on-load builds each group's part alone; end to end they equal the shard cut from
+    /// the whole flat vector by the grouped layout, for any world and bucket size.
+    #[test]
+    fn group_shards_end_to_end_are_the_grouped_shard() {
+        let sizes = [7i64, 1, 12, 5, 3, 9, 2];
+        let ends = [1usize, 3, 4, 7];
+        let total: i64 = sizes.iter().sum();
+        let flat = Tensor::arange(total, (Kind::Float, Device::Cpu)) + 1.0;
+        let offsets = ZeroLayout::new(&sizes, 1, 0, 1).offsets();
+        for world in 1..=4 {
+            for bucket in [1, 3, 4, 6, 1000] {
+                for rank in 0..world {
+                    let l = ZeroLayout::grouped(&sizes, &ends, world, rank, bucket);
+                    let whole = Tensor::zeros([l.shard_len], (Kind::Float, Device::Cpu));
+                    for p in l.pieces() {
+                        whole.narrow(0, p.shard_off, p.len).copy_(&flat.narrow(0, offsets[p.param] + p.param_off, p.len));
+                    }
+                    let mut parts = Vec::new();
+                    let mut start = 0;
+                    for &end in &ends {
+                        let part = group_shard::<()>(&sizes[start..end], world, rank, bucket, Device::Cpu, |i| {
+                            let p = start + i;
+                            Ok(flat.narrow(0, offsets[p], sizes[p]).shallow_clone())
+                        })
+                        .unwrap();
+                        parts.push(part);
+                        start = end;
+                    }
+                    assert!(Tensor::cat(&parts, 0).equal(&whole), "world {world} bucket {bucket} rank {rank}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn shards_cover_every_element_once_for_any_world_and_bucket() {
