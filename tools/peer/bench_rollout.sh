@@ -2,13 +2,14 @@
 # Rollout throughput: static vs continuous batching (`rlhf bench rollout`) and HF `generate` on the
 # same prompts, back to back in one run. Usage (after scripts/setup and `cargo build --release`):
 #   tools/peer/bench_rollout.sh MODEL_DIR [extra `rlhf bench rollout` flags...]
+# HF_THREADS=N sets HF's intra-op threads (default: all cores; on a loaded machine 1 is faster).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
 MODEL=$1; shift
 TMP=$(mktemp -d)
 ours=$(target/release/rlhf bench rollout --model "$MODEL" --device cpu --dump-prompts "$TMP/prompts.json" "$@")
-peer=$(python tools/peer/hf_rollout_bench.py --model "$MODEL" --prompts "$TMP/prompts.json" 2>/dev/null | tail -1)
+peer=$(python tools/peer/hf_rollout_bench.py --model "$MODEL" --prompts "$TMP/prompts.json" ${HF_THREADS:+--threads "$HF_THREADS"} 2>/dev/null | tail -1)
 echo "ours: $ours"
 echo "peer: $peer"
 python - "$ours" "$peer" <<'PY'
