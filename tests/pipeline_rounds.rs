@@ -174,3 +174,183 @@ fn a_malformed_rating_stops_the_import_with_file_row_and_field() {
     assert!(err.contains("r.csv") && err.contains("row 1") && err.contains("field `strength`") && err.contains("much better"), "{err}");
     assert!(!tmp.path().join("o.jsonl").exists());
 }
+
+/// A round with a fresh batch and the reward model retrained from the one before: the pipeline
+/// evaluates the model before the round on the batch's held-out comparisons (`eval_before` of the
+/// annotate stage), and the report sets it beside the retrained one, with the counts of the
+/// held-out pairs sampled and left unrated. Every figure is checked against `rlhf reward eval`
+/// on the same file, an independent path through the CLI.
+#[test]
+fn the_report_shows_each_round_s_reward_models_before_and_after_on_its_fresh_comparisons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let text = r#"
+[pipeline]
+device = "cpu"
+
+[[stages]]
+name = "data"
+kind = "demo_data"
+[stages.config]
+sft = 64
+pairs = 64
+prompts = 60
+
+[[stages]]
+name = "sft"
+kind = "sft"
+[stages.config]
+init_preset = "micro"
+train_data = ["${data}/sft.jsonl"]
+eval_fraction = 0.1
+max_seq_len = 64
+[stages.config.train]
+lr = 5e-3
+epochs = 1
+max_steps = 2
+micro_batch_size = 4
+grad_accumulation = 1
+device = "cpu"
+threads = 1
+
+[[stages]]
+name = "rm"
+kind = "reward"
+[stages.config]
+model = "${sft}"
+train_data = ["${data}/preference_train.jsonl"]
+max_seq_len = 64
+[stages.config.train]
+lr = 1e-3
+epochs = 1
+max_steps = 2
+micro_batch_size = 4
+grad_accumulation = 1
+device = "cpu"
+threads = 1
+
+[[stages]]
+name = "rlhf"
+kind = "rounds"
+rounds = 1
+
+[[stages.template]]
+name = "pairs"
+kind = "sample_pairs"
+[stages.template.config]
+policies = ["${sft}"]
+temperatures = [0.7, 1.5]
+common_seeds = false
+prompts = ["${data}/prompts_train.jsonl"]
+pairs_per_prompt = 2
+max_new_tokens = 6
+source = "round${round}"
+device = "cpu"
+
+[[stages.template]]
+name = "prefs"
+kind = "annotate"
+[stages.template.config]
+pairs = "${pairs}"
+annotator = "external"
+test_fraction = 0.5
+eval_reward_models = { helpfulness = "${rm}" }
+device = "cpu"
+
+[[stages.template]]
+name = "mix"
+kind = "mix"
+[stages.template.config]
+target = "helpfulness"
+data = ["${prefs@all}"]
+replay = ["${data}/preference_train.jsonl"]
+replay_records = 20
+
+[[stages.template]]
+name = "rm"
+kind = "reward"
+[stages.template.config]
+model = "${rm@prev}"
+train_data = ["${mix}"]
+eval_data = ["${data}/preference_test.jsonl", "${prefs@all.dir}/prefs_test.jsonl"]
+max_seq_len = 64
+[stages.template.config.train]
+lr = 1e-2
+epochs = 2
+micro_batch_size = 4
+grad_accumulation = 1
+device = "cpu"
+threads = 1
+"#;
+    let cfg = tmp.path().join("fresh.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let run = || summary(&run_ok(rlhf().args(["pipeline", "run"]).arg(&cfg).arg("--out").arg(&out)));
+    assert_eq!(run()["waiting"]["stage"], "prefs_v1");
+
+    // Rate all pairs but the first three (left unrated): `a` when its reply is the shorter one.
+    let dir = out.join("prefs_v1");
+    let pairs: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("pairs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(pairs.len() > 20, "{} pairs", pairs.len());
+    let mut csv = String::from("pair_id,choice,strength,safety\n");
+    for p in &pairs[3..] {
+        let a_shorter = p["reply_a"].as_str().unwrap().len() <= p["reply_b"].as_str().unwrap().len();
+        csv += &format!("{},{},better,both_safe\n", p["id"].as_str().unwrap(), if a_shorter { "a" } else { "b" });
+    }
+    std::fs::write(tmp.path().join("r.csv"), csv).unwrap();
+    run_ok(
+        rlhf()
+            .args(["annotate", "import", "--pairs"])
+            .arg(dir.join("pairs.jsonl"))
+            .arg("--ratings")
+            .arg(tmp.path().join("r.csv"))
+            .arg("--out")
+            .arg(dir.join("annotated.jsonl")),
+    );
+    let s = run();
+    assert!(s["waiting"].is_null(), "{s}");
+
+    // The held-out split, recomputed from the prompts: sampled, rated, unrated.
+    let held_out = |p: &serde_json::Value| {
+        let prompt: Vec<llama::Message> = serde_json::from_value(p["prompt"].clone()).unwrap();
+        pipeline::pairs::held_out(&prompt, 0.5)
+    };
+    let test_sampled = pairs.iter().filter(|p| held_out(p)).count();
+    let unrated = pairs[..3].iter().filter(|p| held_out(p)).count();
+    let test_file = dir.join("prefs_test.jsonl");
+    let n_test = std::fs::read_to_string(&test_file).unwrap().lines().count();
+    assert_eq!(n_test, test_sampled - unrated);
+    assert!(n_test >= 5, "{n_test} held-out comparisons");
+
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let round = &report["rounds"][0];
+    assert_eq!(round["fresh"]["test"], n_test, "{round}");
+    assert_eq!(round["fresh"]["test_pairs_sampled"], test_sampled, "{round}");
+    assert_eq!(round["fresh"]["test_pairs_unrated"], unrated, "{round}");
+    let h = &round["reward_models"]["helpfulness"];
+    assert_eq!((h["before"]["stage"].as_str(), h["after"]["stage"].as_str()), (Some("rm"), Some("rm_v1")), "{round}");
+    // The same accuracies from `rlhf reward eval` on the held-out file.
+    let eval = |model: &str| {
+        let r = json_line(&run_ok(
+            rlhf().args(["reward", "eval", "--model"]).arg(out.join(model)).arg("--data").arg(&test_file).args(["--device", "cpu"]),
+        ));
+        (r["overall"]["correct"].as_u64().unwrap(), r["overall"]["n"].as_u64().unwrap())
+    };
+    let (before, after) = (eval("rm/final"), eval("rm_v1/final"));
+    assert_eq!((h["before"]["correct"].as_u64().unwrap(), h["before"]["n"].as_u64().unwrap()), before, "{h}");
+    assert_eq!((h["after"]["correct"].as_u64().unwrap(), h["after"]["n"].as_u64().unwrap()), after, "{h}");
+    let w = |(k, n): (u64, u64)| {
+        let i = pipeline::compare::wilson(k as usize, n as usize, pipeline::compare::Z95);
+        format!("{:.1} [{:.1}, {:.1}]", 100.0 * k as f64 / n as f64, 100.0 * i.lo, 100.0 * i.hi)
+    };
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| rlhf #1 | ") && l.contains("`rm_v1`")).unwrap_or_else(|| panic!("{md}"));
+    let expected = format!("| rlhf #1 | {n_test} | {test_sampled} | {unrated} | {} `rm` | {} `rm_v1` | – | – |", w(before), w(after));
+    assert_eq!(row, expected, "{md}");
+    // The round's mix: the fresh batch whole and 20 of the original comparisons.
+    let mix: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mix_v1/manifest.json")).unwrap()).unwrap();
+    assert_eq!(mix["metrics"]["replay"]["records"], 20, "{mix}");
+    // The retrained model started from the one before: its folder names it.
+    let rm1: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("rm_v1/manifest.json")).unwrap()).unwrap();
+    assert_eq!(rm1["config"]["model"], "rm/final", "{rm1}");
+}

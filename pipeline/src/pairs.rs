@@ -47,6 +47,11 @@ pub struct SamplePairsConfig {
     pub max_new_tokens: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Both variants draw each prompt's replies from the same random stream (common random
+    /// numbers: a fair comparison of the variants, but two peaked variants then often say the
+    /// same thing and the pair is lost); false gives the second variant a stream of its own.
+    #[serde(default = "yes")]
+    pub common_seeds: bool,
     /// The pairs' `source` (copied to the preference records; the report groups by it).
     #[serde(default)]
     pub source: Option<String>,
@@ -56,6 +61,9 @@ pub struct SamplePairsConfig {
 
 fn one() -> usize {
     1
+}
+fn yes() -> bool {
+    true
 }
 fn one_f() -> f64 {
     1.0
@@ -119,16 +127,41 @@ pub struct AnnotateConfig {
     /// (`prefs_test.jsonl`), drawn by a hash of the prompt.
     #[serde(default = "d_test_fraction")]
     pub test_fraction: f64,
+    /// The reward models in use before this batch (the round then retrains them), by role
+    /// (`helpfulness`, `safety`): each is evaluated on the batch's held-out comparisons
+    /// (metrics `eval_before`), so the report can set them beside the retrained ones.
+    #[serde(default)]
+    pub eval_reward_models: BTreeMap<String, PathBuf>,
+    /// Where those evaluations run.
+    #[serde(default)]
+    pub device: DeviceSpec,
 }
 
 fn d_test_fraction() -> f64 {
     0.2
 }
 
+/// The keys of [`AnnotateConfig::eval_reward_models`].
+pub const REWARD_ROLES: [&str; 2] = ["helpfulness", "safety"];
+
+/// Whether a prompt's comparisons are held out (a hash of the prompt below `fraction`): the same
+/// split for the sampled pairs and for the rated records.
+pub fn held_out(prompt: &[llama::Message], fraction: f64) -> bool {
+    let key = serde_json::to_string(prompt).unwrap_or_default();
+    let h = u64::from_str_radix(&training::runner::fnv1a(key.as_bytes())[..8], 16).unwrap_or(0);
+    (h as f64 / u32::MAX as f64) < fraction
+}
+
 impl AnnotateConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..1.0).contains(&self.test_fraction) {
             return Err(format!("test_fraction {} must be in [0, 1)", self.test_fraction));
+        }
+        if let Some(k) = self.eval_reward_models.keys().find(|k| !REWARD_ROLES.contains(&k.as_str())) {
+            return Err(format!("eval_reward_models.{k}: expected the roles {}", REWARD_ROLES.join(" and ")));
+        }
+        if !self.eval_reward_models.is_empty() && self.test_fraction == 0.0 {
+            return Err("eval_reward_models needs held-out comparisons: test_fraction is 0".into());
         }
         Ok(())
     }
@@ -162,7 +195,8 @@ pub fn sample_pairs(c: &SamplePairsConfig, dir: &Path) -> Result<(PathBuf, serde
     // texts[v][prompt][sample]; None: the prompt does not fit that model's positions.
     let mut texts: Vec<Vec<Option<Vec<String>>>> = Vec::new();
     let mut tokens = 0usize;
-    for (policy, temperature) in &variants {
+    for (v, (policy, temperature)) in variants.iter().enumerate() {
+        let stream = if c.common_seeds { c.seed } else { c.seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(v as u64)) };
         let (_vs, m) = llama::checkpoint::load_causal_lm(policy, comp.device, comp.kind)?;
         let limit = m.cfg.max_position_embeddings as usize;
         let mut ids = Vec::new();
@@ -185,13 +219,13 @@ pub fn sample_pairs(c: &SamplePairsConfig, dir: &Path) -> Result<(PathBuf, serde
             eos_token_id: m.cfg.eos_token_id,
             num_samples: k,
         };
-        // The same prompt draws from the same stream in both variants (common random numbers).
+        // One stream per prompt, the same in both variants unless `common_seeds` is off.
         let requests: Vec<Request> = ids
             .iter()
             .zip(&kept)
             .map(|(x, &i)| Request {
                 prompt: x,
-                seed: rejection_sampling::sampler::prompt_stream(c.seed, &rejection_sampling::select::prompt_key(&prompts[i].prompt)),
+                seed: rejection_sampling::sampler::prompt_stream(stream, &rejection_sampling::select::prompt_key(&prompts[i].prompt)),
                 expected_new_tokens: None,
             })
             .collect();
@@ -322,16 +356,8 @@ pub fn annotate_stage(c: &AnnotateConfig, dir: &Path) -> Result<(PathBuf, serde_
     if records.is_empty() {
         return Err(format!("{}: no preference record (no pair rated)", annotated.display()).into());
     }
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    for r in records {
-        let key = serde_json::to_string(&r.prompt)?;
-        let h = u64::from_str_radix(&training::runner::fnv1a(key.as_bytes())[..8], 16).unwrap_or(0);
-        if (h as f64 / u32::MAX as f64) < c.test_fraction {
-            test.push(r);
-        } else {
-            train.push(r);
-        }
-    }
+    let (train, test): (Vec<PreferenceRecord>, Vec<PreferenceRecord>) =
+        records.into_iter().partition(|r| !held_out(&r.prompt, c.test_fraction));
     let count = |rs: &[PreferenceRecord]| {
         let mut by: BTreeMap<String, usize> = BTreeMap::new();
         for r in rs {
@@ -346,8 +372,67 @@ pub fn annotate_stage(c: &AnnotateConfig, dir: &Path) -> Result<(PathBuf, serde_
     summary["test"] = test.len().into();
     summary["by_rating_and_kind"] = serde_json::to_value(count(&train.iter().chain(&test).cloned().collect::<Vec<_>>()))?;
     summary["source"] = train.iter().chain(&test).find_map(|r| r.source.clone()).into();
+    // The held-out prompts' pairs as sampled: how many the annotators rated, how many they could
+    // not tell apart (or, people, left unrated).
+    let test_pairs = pairs.iter().filter(|p| held_out(&p.prompt, c.test_fraction)).count();
+    summary["test_pairs_sampled"] = test_pairs.into();
+    summary["test_pairs_unrated"] = test_pairs.saturating_sub(test.len()).into();
     let out = dir.join("prefs.jsonl");
-    datasets::write_all(&dir.join("prefs_test.jsonl"), &test)?;
+    let test_file = dir.join("prefs_test.jsonl");
+    datasets::write_all(&test_file, &test)?;
     datasets::write_all(&out, &train)?;
+    if !c.eval_reward_models.is_empty() {
+        let mut before = serde_json::Map::new();
+        for (role, model) in &c.eval_reward_models {
+            before.insert(role.clone(), serde_json::to_value(eval_reward_model(model, &test_file, &test, c.device)?)?);
+        }
+        summary["eval_before"] = before.into();
+    }
     Ok((out, summary))
+}
+
+/// A reward model's accuracy on comparisons: all of them and by kind.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct RmAccuracy {
+    /// The model's folder.
+    pub model: PathBuf,
+    pub n: usize,
+    /// Comparisons whose chosen reply it scores above the rejected one (a tie counts as wrong).
+    pub correct: usize,
+    pub accuracy: f64,
+    /// `helpfulness` / `safety`: (n, correct).
+    pub by_kind: BTreeMap<String, (usize, usize)>,
+    pub seconds: f64,
+}
+
+/// Scores `records` (read from `file`) with the reward model in `model` as the reward stage's own
+/// evaluation does (its training `max_seq_len`, chosen above rejected), on `device` at fp32/bf16.
+pub fn eval_reward_model(model: &Path, file: &Path, records: &[PreferenceRecord], device: DeviceSpec) -> Result<RmAccuracy, StageFailure> {
+    let start = std::time::Instant::now();
+    let mut acc = RmAccuracy { model: model.to_path_buf(), n: 0, correct: 0, accuracy: 0.0, by_kind: BTreeMap::new(), seconds: 0.0 };
+    if records.is_empty() {
+        return Ok(acc);
+    }
+    let (tok, _) = llama::tokenizer::resolve(None, Some(model))?;
+    let max_len = reward::model::trained_max_seq_len(model)
+        .ok_or_else(|| format!("{}: no reward_config.json: the max_seq_len it was trained with is unknown", model.display()))?;
+    let pairs = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| reward::data::encode_pair(&tok, r, max_len).map_err(|e| format!("{}: row {}: {e}", file.display(), i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let comp = device.compute(None)?;
+    let (_vs, rm) = reward::run::load_reward_model(model, comp)?;
+    let scores = reward::eval::score_pairs(&rm, &pairs, comp.device, 32)?;
+    for (r, s) in records.iter().zip(&scores) {
+        let kind = r.kind.map(|k| k.as_str()).unwrap_or("unknown").to_string();
+        let e = acc.by_kind.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += s.correct() as usize;
+        acc.n += 1;
+        acc.correct += s.correct() as usize;
+    }
+    acc.accuracy = acc.correct as f64 / acc.n as f64;
+    acc.seconds = start.elapsed().as_secs_f64();
+    Ok(acc)
 }

@@ -109,6 +109,15 @@ pub struct MixConfig {
     pub ratio: Option<f64>,
     #[serde(default)]
     pub seed: u64,
+    /// Earlier comparisons replayed beside `data`: a uniform sample (by `seed`) of
+    /// `replay_records` of them joins the input (`replay.jsonl` in the stage folder). For a
+    /// reward model retrained from the previous one on a new batch: the sample keeps it from
+    /// forgetting the earlier batches at a fraction of the cost of all of them.
+    #[serde(default)]
+    pub replay: Vec<PathBuf>,
+    /// How many of the `replay` comparisons (all when fewer).
+    #[serde(default)]
+    pub replay_records: Option<usize>,
 }
 
 impl MixConfig {
@@ -124,6 +133,9 @@ impl MixConfig {
         self.target_kind()?;
         if self.data.is_empty() {
             return Err("`data` lists no file".into());
+        }
+        if self.replay.is_empty() != self.replay_records.is_none() {
+            return Err("`replay` and `replay_records` go together".into());
         }
         match self.ratio {
             Some(r) if !(r > 0.0 && r <= 1.0) => Err(format!("mix ratio {r} must be in (0, 1]")),

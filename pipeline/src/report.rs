@@ -96,60 +96,181 @@ fn win_rate(m: &Manifest) -> Option<String> {
     Some(format!("{} [{}, {}]", f(&w["win_rate"])?, f(&w["win_rate_ci"]["lo"])?, f(&w["win_rate_ci"]["hi"])?))
 }
 
-/// Accuracy of a reward stage's evaluation on one source of its test data.
-fn source_accuracy(m: &Manifest, source: &str) -> Option<(f64, u64)> {
+/// Accuracy of a reward stage's evaluation on one source of its test data: (correct, n).
+fn source_accuracy(m: &Manifest, source: &str) -> Option<(u64, u64)> {
     let a = &m.metrics["eval"]["by_source"][source];
-    Some((a["accuracy"].as_f64()?, a["n"].as_u64()?))
+    let n = a["n"].as_u64()?;
+    // Older manifests may lack `correct`: from the accuracy.
+    let correct = a["correct"].as_u64().or_else(|| Some((a["accuracy"].as_f64()? * n as f64).round() as u64))?;
+    Some((correct, n))
 }
 
-/// The rounds of every rounds block (Llama 2's RLHF-V1 ... V5): per round, the new comparisons
-/// (annotate stages), the reward models it used with their held-out accuracy overall and on the
-/// round's fresh comparisons, and each policy's win rate against SFT.
-fn rounds_section(manifests: &[Manifest]) -> String {
+/// A reward model's accuracy on a round's fresh test comparisons, with its Wilson 95% interval.
+fn rm_accuracy(stage: Option<&str>, model: &str, correct: u64, n: u64) -> serde_json::Value {
+    let ci = crate::compare::wilson(correct as usize, n as usize, crate::compare::Z95);
+    let accuracy = if n == 0 { serde_json::Value::Null } else { (correct as f64 / n as f64).into() };
+    serde_json::json!({"stage": stage, "model": model, "n": n, "correct": correct, "accuracy": accuracy, "ci95": ci})
+}
+
+/// Every round of every rounds block (Llama 2's RLHF-V1 ... V5), for report.json's `rounds`:
+/// the round's new comparisons (its `annotate` stage: pairs sampled, rated, held out, and of the
+/// held-out prompts' pairs how many the annotators could not rate), the reward models before the
+/// round (the annotate stage's `eval_before`) and after it (those its policy used, from their own
+/// evaluation) on the round's fresh test comparisons, and each policy's win rate against SFT.
+pub fn rounds_summary(manifests: &[Manifest]) -> Vec<serde_json::Value> {
     let mut rounds: Vec<(String, usize)> = manifests.iter().filter_map(|m| m.round.as_ref().map(|r| (r.block.clone(), r.round))).collect();
     rounds.dedup();
-    if rounds.is_empty() {
-        return String::new();
-    }
-    let by_output = |path: &str| manifests.iter().find(|m| m.output.display().to_string() == path && m.kind == "reward");
-    let pct = |x: Option<(f64, u64)>| x.map(|(a, n)| format!("{:.1} (n={n})", 100.0 * a)).unwrap_or_else(|| "–".into());
-    let mut md = String::from(
-        "
-## RLHF rounds
-
-Each round: new comparisons on the latest policy's samples (annotated), reward models retrained on every comparison so far, then the policy. RM accuracy on the round's fresh comparisons: the held-out share of that round's batch (`prefs_test.jsonl`), by source.
-
-| round | new comparisons (train/test) | reward models used: accuracy on the original test set / on this round's fresh comparisons | policy | win rate vs SFT [95% CI] |
-|---|---|---|---|---|
-",
-    );
+    let reward_at = |path: &str| manifests.iter().find(|m| m.kind == "reward" && m.output.display().to_string() == path);
+    let mut out = Vec::new();
     for (block, r) in rounds {
         let in_round: Vec<&Manifest> =
             manifests.iter().filter(|m| m.round.as_ref().is_some_and(|x| x.block == block && x.round == r)).collect();
         let ann = in_round.iter().find(|m| m.kind == "annotate");
-        let fresh = ann.and_then(|a| a.metrics["source"].as_str().map(String::from));
-        let batch = ann
-            .map(|a| format!("{} / {} ({})", a.metrics["train"], a.metrics["test"], fresh.as_deref().unwrap_or("?")))
-            .unwrap_or_else(|| "– (the reward models from before)".into());
-        for p in in_round.iter().filter(|m| m.ground_truth.is_some()) {
+        let source = ann.and_then(|a| a.metrics["source"].as_str().map(String::from));
+        let policies: Vec<&&Manifest> = in_round.iter().filter(|m| m.ground_truth.is_some()).collect();
+        let mut rms = serde_json::Map::new();
+        for role in crate::pairs::REWARD_ROLES {
+            let mut e = serde_json::Map::new();
+            let mut before_stage = None;
+            if let Some(b) = ann.map(|a| &a.metrics["eval_before"][role]).filter(|b| b.is_object()) {
+                let model = b["model"].as_str().unwrap_or_default();
+                let (correct, n) = (b["correct"].as_u64().unwrap_or(0), b["n"].as_u64().unwrap_or(0));
+                before_stage = reward_at(model);
+                e.insert("before".into(), rm_accuracy(before_stage.map(|m| m.name.as_str()), model, correct, n));
+            }
+            // After: this round's instance of the template stage that trained the model before
+            // (`rm_helpfulness` or `rm_helpfulness_v1` -> `rm_helpfulness_v2`), else the reward
+            // model the round's (last) policy used.
+            let retrained = before_stage.and_then(|b| {
+                let base = template_name(&b.name);
+                in_round.iter().find(|m| m.kind == "reward" && m.name == format!("{base}_v{r}")).copied()
+            });
+            let used = retrained.or_else(|| policies.iter().rev().find_map(|p| reward_at(p.config[format!("{role}_rm")].as_str()?)));
+            if let (Some(rm), Some(src)) = (used, &source) {
+                let model = rm.output.display().to_string();
+                e.insert(
+                    "after".into(),
+                    match source_accuracy(rm, src) {
+                        Some((correct, n)) => rm_accuracy(Some(&rm.name), &model, correct, n),
+                        None => serde_json::json!({"stage": rm.name, "model": model, "n": 0, "note": format!("not evaluated on {src}")}),
+                    },
+                );
+            }
+            if !e.is_empty() {
+                rms.insert(role.into(), e.into());
+            }
+        }
+        let fresh = ann.map(|a| {
+            let x = &a.metrics;
+            serde_json::json!({
+                "stage": a.name, "source": source, "pairs_sampled": x["pairs"], "rated": x["records"], "train": x["train"], "test": x["test"],
+                "test_pairs_sampled": x["test_pairs_sampled"], "test_pairs_unrated": x["test_pairs_unrated"],
+            })
+        });
+        let policies: Vec<serde_json::Value> = policies
+            .iter()
+            .map(|p| {
+                let rm = |k: &str| p.config[k].as_str().and_then(|o| reward_at(o)).map(|m| m.name.clone());
+                serde_json::json!({
+                    "stage": p.name, "helpfulness_rm": rm("helpfulness_rm"), "safety_rm": rm("safety_rm"),
+                    "win_vs_sft": p.ground_truth.as_ref().map(|g| g["win_vs_baseline"]["result"].clone()),
+                })
+            })
+            .collect();
+        out.push(serde_json::json!({"block": block, "round": r, "fresh": fresh, "reward_models": rms, "policies": policies}));
+    }
+    out
+}
+
+/// The template stage a stage name comes from: `rm_v2` -> `rm` (a plain name stays).
+fn template_name(name: &str) -> &str {
+    match name.rsplit_once("_v") {
+        Some((base, r)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+/// `62.5 [45.1, 77.3]` (percent, Wilson 95%), or `–`.
+fn pct_ci(a: &serde_json::Value) -> String {
+    match (a["accuracy"].as_f64(), a["ci95"]["lo"].as_f64(), a["ci95"]["hi"].as_f64()) {
+        (Some(x), Some(lo), Some(hi)) => format!("{:.1} [{:.1}, {:.1}]", 100.0 * x, 100.0 * lo, 100.0 * hi),
+        _ => "–".into(),
+    }
+}
+
+/// The RLHF-rounds tables of report.md from [`rounds_summary`].
+fn rounds_section(manifests: &[Manifest], rounds: &[serde_json::Value]) -> String {
+    if rounds.is_empty() {
+        return String::new();
+    }
+    let by_name = |n: &serde_json::Value| n.as_str().and_then(|n| manifests.iter().find(|m| m.name == n));
+    let mut md = String::from(
+        "
+## RLHF rounds
+
+Each round: new comparisons on the latest policy's samples (annotated), reward models retrained, then the policy. Fresh comparisons: the held-out share of the round's batch (`prefs_test.jsonl`, by prompt).
+
+| round | new comparisons rated (train/test) | reward models used: accuracy % on the original test set / on this round's fresh comparisons | policy | win rate vs SFT [95% CI] |
+|---|---|---|---|---|
+",
+    );
+    let mut fresh_rows = String::new();
+    for round in rounds {
+        let label = format!("{} #{}", round["block"].as_str().unwrap_or_default(), round["round"]);
+        let f = &round["fresh"];
+        let source = f["source"].as_str();
+        let batch = if f.is_object() {
+            format!("{} / {} ({})", f["train"], f["test"], source.unwrap_or("?"))
+        } else {
+            "– (the reward models from before)".into()
+        };
+        for p in round["policies"].as_array().into_iter().flatten() {
             let rms: Vec<String> = ["helpfulness_rm", "safety_rm"]
                 .iter()
-                .filter_map(|k| by_output(p.config[*k].as_str()?))
+                .filter_map(|k| by_name(&p[*k]))
                 .map(|rm| {
                     let overall =
                         rm.metrics["eval"]["overall"]["accuracy"].as_f64().map(|a| format!("{:.1}", 100.0 * a)).unwrap_or_default();
-                    let f = fresh.as_deref().map(|s| pct(source_accuracy(rm, s))).unwrap_or_else(|| "–".into());
-                    format!("`{}` {overall} / {f}", rm.name)
+                    let fresh = source
+                        .and_then(|s| source_accuracy(rm, s))
+                        .map(|(c, n)| format!("{:.1} (n={n})", 100.0 * c as f64 / n.max(1) as f64))
+                        .unwrap_or_else(|| "–".into());
+                    format!("`{}` {overall} / {fresh}", rm.name)
                 })
                 .collect();
-            md += &format!(
-                "| {block} #{r} | {batch} | {} | `{}` | {} |
-",
-                rms.join("; "),
-                p.name,
-                win_rate(p).unwrap_or_else(|| "–".into())
+            let w = by_name(&p["stage"]).and_then(win_rate).unwrap_or_else(|| "–".into());
+            md += &format!("| {label} | {batch} | {} | `{}` | {w} |\n", rms.join("; "), p["stage"].as_str().unwrap_or_default());
+        }
+        if f.is_object() {
+            let rm = |role: &str, when: &str| {
+                let a = &round["reward_models"][role][when];
+                match a["stage"].as_str() {
+                    Some(stage) => format!("{} `{stage}`", pct_ci(a)),
+                    None => "–".into(),
+                }
+            };
+            fresh_rows += &format!(
+                "| {label} | {} | {} | {} | {} | {} | {} | {} |\n",
+                f["test"],
+                f["test_pairs_sampled"],
+                f["test_pairs_unrated"],
+                rm("helpfulness", "before"),
+                rm("helpfulness", "after"),
+                rm("safety", "before"),
+                rm("safety", "after")
             );
         }
+    }
+    if !fresh_rows.is_empty() {
+        md += "
+### Reward models on each round's fresh comparisons, before and after the round retrains them
+
+Before: the reward models the previous round used (they never saw this batch); after: the ones this round's policy used. Accuracy % (chosen scored above rejected; a tie is wrong) on the round's held-out rated pairs, with the Wilson 95% interval; the same pairs for all four. Unrated: held-out pairs the annotators could not tell apart (the demo judges: equal scores) or did not rate.
+
+| round | fresh test pairs rated | sampled | unrated | helpfulness RM before | helpfulness RM after | safety RM before | safety RM after |
+|---|---|---|---|---|---|---|---|
+";
+        md += &fresh_rows;
     }
     md
 }
@@ -182,7 +303,8 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
             })
         })
         .collect();
-    let report = serde_json::json!({"stages": stages});
+    let rounds = rounds_summary(manifests);
+    let report = serde_json::json!({"stages": stages, "rounds": rounds});
     llama::checkpoint::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     let mut md = String::from(
         "# Pipeline report\n\n## Ground truth on held-out demo prompts\n\nSampled: the pooled rates of several sampled replies per prompt (temperature and count in \
@@ -267,7 +389,7 @@ pub fn write_report(out: &Path, manifests: &[Manifest]) -> Result<()> {
         md += "\n## Reward-model scores of the held-out replies, start → end of each policy stage\n\n| stage | replies | combined | helpfulness RM (sigmoid) | safety RM (sigmoid) |\n|---|---|---|---|---|\n";
         md += &rm_rows;
     }
-    md += &rounds_section(manifests);
+    md += &rounds_section(manifests, &rounds);
     md += &gatt_section(manifests);
     let ppo: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == "ppo").collect();
     if !ppo.is_empty() {
@@ -337,27 +459,45 @@ mod tests {
         let rm_v2 = manifest(
             "rm_h_v2",
             "reward",
-            json!({"eval": {"overall": acc(0.8, 120), "by_source": {"demo": acc(0.79, 100), "round2": acc(0.9, 20)}}}),
+            json!({"eval": {"overall": acc(0.8, 120), "by_source": {"demo": acc(0.79, 100), "round2": {"accuracy": 0.9, "n": 20, "correct": 18}}}}),
             None,
         );
         let win = |w: f64| json!({"helpful": 0.3, "win_vs_baseline": {"result": {"win_rate": w, "win_rate_ci": {"lo": w - 0.05, "hi": w + 0.05}}}});
         let mut p1 = manifest("rlhf_v1", "rejection_sampling", json!({}), Some(win(0.55)));
         p1.config = json!({"helpfulness_rm": "rm_h/final"});
         p1.round = round(1);
-        let mut ann = manifest("prefs_v2", "annotate", json!({"train": 80, "test": 20, "source": "round2"}), None);
+        let before = |model: &str, correct: u64| json!({"model": model, "n": 20, "correct": correct, "accuracy": correct as f64 / 20.0});
+        let ann_metrics = json!({"pairs": 300, "records": 100, "train": 80, "test": 20, "test_pairs_sampled": 60, "test_pairs_unrated": 40,
+            "source": "round2", "eval_before": {"helpfulness": before("rm_h/final", 11)}});
+        let mut ann = manifest("prefs_v2", "annotate", ann_metrics, None);
         ann.round = round(2);
         let mut rm2 = rm_v2;
         rm2.round = round(2);
         let mut p2 = manifest("rlhf_v2", "rejection_sampling", json!({}), Some(win(0.6)));
         p2.config = json!({"helpfulness_rm": "rm_h_v2/final"});
         p2.round = round(2);
-        let md = rounds_section(&[rm_v1, p1, ann, rm2, p2]);
+        let ms = [rm_v1, p1, ann, rm2, p2];
+        let rounds = rounds_summary(&ms);
+        let md = rounds_section(&ms, &rounds);
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| rlhf #")).collect();
         assert_eq!(rows.len(), 2, "{md}");
         assert!(rows[0].contains("`rm_h` 79.0 / –") && rows[0].contains("`rlhf_v1`") && rows[0].contains("0.550 [0.500, 0.600]"), "{md}");
         assert!(rows[1].contains("80 / 20 (round2)") && rows[1].contains("`rm_h_v2` 80.0 / 90.0 (n=20)"), "{md}");
         assert!(rows[1].contains("0.600 [0.550, 0.650]"), "{md}");
-        assert!(rounds_section(&[manifest("sft", "sft", json!({}), None)]).is_empty());
+        // Round 2's fresh comparisons: before (11 of 20) and after (18 of 20), Wilson intervals:
+        // 11/20: centre (0.55 + 0.096037) / 1.192073 = 0.541944, half-width 1.644164 *
+        // sqrt(0.012375 + 0.002401) = 0.199858 -> [34.2, 74.2]; 18/20 -> [69.9, 97.2].
+        let fresh: Vec<&str> = md.lines().filter(|l| l.starts_with("| rlhf #")).skip(2).collect();
+        assert_eq!(fresh.len(), 1, "one round has fresh comparisons: {md}");
+        assert!(
+            fresh[0].starts_with("| rlhf #2 | 20 | 60 | 40 | 55.0 [34.2, 74.2] `rm_h` | 90.0 [69.9, 97.2] `rm_h_v2` | – | – |"),
+            "{md}"
+        );
+        let h = &rounds[1]["reward_models"]["helpfulness"];
+        assert_eq!((h["before"]["correct"].as_u64(), h["after"]["correct"].as_u64()), (Some(11), Some(18)));
+        assert!((h["after"]["ci95"]["lo"].as_f64().unwrap() - 0.6990).abs() < 5e-4, "{h}");
+        assert!(rounds[0]["fresh"].is_null() && rounds[0]["reward_models"].as_object().unwrap().is_empty(), "{}", rounds[0]);
+        assert!(rounds_summary(&[manifest("sft", "sft", json!({}), None)]).is_empty());
     }
 
     #[test]
