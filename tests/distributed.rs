@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// One multi-process test at a time (each runs two ranks on a 2-core machine).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A checkpoint's tensors by name, in file order.
+type NamedTensors = Vec<(String, tch::Tensor)>;
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -238,7 +241,7 @@ fn sft_zero3_loads_each_layer_sharded_from_whole_and_sharded_checkpoints() {
     }
 
     let tensors = model_tensors(&base);
-    let bad = |name: &str, edit: &dyn Fn(&mut Vec<(String, tch::Tensor)>)| -> String {
+    let bad = |name: &str, edit: &dyn Fn(&mut NamedTensors)| -> String {
         let dir = tmp.path().join(name);
         copy_dir(&base, &dir);
         let mut t: Vec<(String, tch::Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();

@@ -697,7 +697,7 @@ mod tests {
         s.finish().unwrap();
         let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
         let mut header = br#"{"__metadata__":{"format":"pt"},"lm_head.weight":{"data_offsets":[0,4],"dtype":"F32","shape":[1]},"model.layers.10.w":{"data_offsets":[8,16],"dtype":"F32","shape":[2]},"model.layers.2.w":{"data_offsets":[4,8],"dtype":"F32","shape":[1]}}"#.to_vec();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let mut want = (header.len() as u64).to_le_bytes().to_vec();

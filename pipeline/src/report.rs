@@ -170,7 +170,7 @@ pub fn rounds_summary(manifests: &[Manifest]) -> Vec<serde_json::Value> {
         let policies: Vec<serde_json::Value> = policies
             .iter()
             .map(|p| {
-                let rm = |k: &str| p.config[k].as_str().and_then(|o| reward_at(o)).map(|m| m.name.clone());
+                let rm = |k: &str| p.config[k].as_str().and_then(&reward_at).map(|m| m.name.clone());
                 serde_json::json!({
                     "stage": p.name, "helpfulness_rm": rm("helpfulness_rm"), "safety_rm": rm("safety_rm"),
                     "win_vs_sft": p.ground_truth.as_ref().map(|g| g["win_vs_baseline"]["result"].clone()),

@@ -614,11 +614,11 @@ impl AdamW {
             let var = vars.get(name).ok_or_else(|| TrainError::Config(format!("streamed save: the model has no variable {name}")))?;
             if let Some(z) = z {
                 let layer = layer_of(name);
-                if layer.is_some() && layer != held {
+                if let Some(next) = layer.filter(|_| layer != held) {
                     if let Some(l) = held.take() {
                         llama::model::ShardHooks::release(z, l);
                     }
-                    llama::model::ShardHooks::gather(z, layer.expect("a layer"));
+                    llama::model::ShardHooks::gather(z, next);
                     held = layer;
                 }
             }
