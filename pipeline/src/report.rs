@@ -480,7 +480,7 @@ mod tests {
         let rounds = rounds_summary(&ms);
         let md = rounds_section(&ms, &rounds);
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| rlhf #")).collect();
-        assert_eq!(rows.len(), 2, "{md}");
+        assert_eq!(rows.len(), 3, "{md}"); // two rounds in the first table, round 2 again in the fresh-comparison table
         assert!(rows[0].contains("`rm_h` 79.0 / –") && rows[0].contains("`rlhf_v1`") && rows[0].contains("0.550 [0.500, 0.600]"), "{md}");
         assert!(rows[1].contains("80 / 20 (round2)") && rows[1].contains("`rm_h_v2` 80.0 / 90.0 (n=20)"), "{md}");
         assert!(rows[1].contains("0.600 [0.550, 0.650]"), "{md}");
