@@ -33,7 +33,7 @@
 //!   until every rank is done ([`Lockstep`]). Tokens are those the rank would sample alone.
 use crate::error::{LlamaError, Result};
 use crate::generate::{sample_with_uniforms, SamplingParams};
-use crate::model::{KvCache, Llama, Mask};
+use crate::model::{FusedWeights, KvCache, Llama, Mask};
 use crate::rng::SplitMix64;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -93,6 +93,11 @@ pub struct EngineConfig {
     /// (stories260K on the shared 2-core CPU: ~5 ms a step on one thread, 60-110 ms on two).
     /// The caller's setting is restored when the call returns.
     pub decode_threads: usize,
+    /// Forward through the inference-only fused projections ([`crate::model::FusedWeights`]:
+    /// two GEMMs a layer instead of five, RoPE and the cache write in fewer ops) where the model
+    /// allows it (small, float32, CPU, no LoRA, not sharded). The same tokens and log-probs bit
+    /// for bit; off only to compare (llama/tests/fused.rs).
+    pub fused: bool,
 }
 
 /// A decode step of fewer multiply-adds than this (2 · parameters · slots) runs on one thread
@@ -116,6 +121,7 @@ impl EngineConfig {
             compact: true,
             sync_every: 0,
             decode_threads: 0,
+            fused: true,
         }
     }
 
@@ -312,6 +318,8 @@ pub fn run<E: From<LlamaError>>(
         1
     };
     let threads = ThreadScope::enter(decode_threads(model, slots, ec.decode_threads));
+    // Built (and probed) under the decode thread setting, from the weights as they are now.
+    let fused = if ec.fused { model.fused_weights() } else { None };
     let capacity = (max_len + max_new) as i64;
     let eos = p.eos_token_id;
     let greedy = p.temperature <= 0.0;
@@ -365,7 +373,7 @@ pub fn run<E: From<LlamaError>>(
             l.prefill(model, !admitted.is_empty(), &mut stats)?;
         }
         if !admitted.is_empty() {
-            prefill_into(model, requests, &admitted, &mut s, p, max_new, &mut stats)?;
+            prefill_into(model, fused.as_ref(), requests, &admitted, &mut s, p, max_new, &mut stats)?;
         }
         if admitting {
             stats.prefill_seconds += t0.elapsed().as_secs_f64();
@@ -460,7 +468,7 @@ pub fn run<E: From<LlamaError>>(
         // The row's new key at `pos` becomes readable: each row reads keys 0..=pos (= `key <= pos`).
         let _ = s.mask.scatter_value_(3, &s.pos.view([bsz, 1, 1, 1]), 0.0);
         let mask = Mask::Explicit(s.mask.narrow(3, 0, span));
-        let hidden = model.forward(&tok.view([bsz, 1]), &s.pos.view([bsz, 1]), &mask, Some(&mut s.cache));
+        let hidden = model.forward_with(&tok.view([bsz, 1]), &s.pos.view([bsz, 1]), &mask, Some(&mut s.cache), fused.as_ref());
         s.logits = model.lm_logits(&hidden.squeeze_dim(1));
         let _ = s.pos.g_add_scalar_(1).clamp_max_(capacity - 1);
         let _ = s.step.g_add_scalar_(1);
@@ -631,8 +639,10 @@ fn schedule_order(requests: &[Request], schedule: Schedule, max_new: usize) -> V
 
 /// Prefills the admitted prompts in one right-padded forward and installs each into the slots of
 /// its samples: cache rows, first logits, uniforms, positions, step counters, EOS flags.
+#[allow(clippy::too_many_arguments)]
 fn prefill_into(
     model: &Llama,
+    fused: Option<&FusedWeights>,
     requests: &[Request],
     admitted: &[(usize, Vec<usize>)],
     s: &mut Slots,
@@ -654,7 +664,7 @@ fn prefill_into(
     let ids = Tensor::from_slice(&ids).view([n, l]).to_device(device);
     let positions = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0).expand([n, l], false);
     let mut tmp = KvCache::new(&model.cfg, n, l, device, model.kind());
-    let hidden = model.forward(&ids, &positions, &Mask::Causal, Some(&mut tmp));
+    let hidden = model.forward_with(&ids, &positions, &Mask::Causal, Some(&mut tmp), fused);
     let last = Tensor::from_slice(&lens).to_device(device) - 1;
     let d = hidden.size()[2];
     let logits = model.lm_logits(&hidden.gather(1, &last.view([n, 1, 1]).expand([n, 1, d], false), false).squeeze_dim(1));

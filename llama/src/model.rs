@@ -22,10 +22,19 @@ impl RmsNorm {
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let x32 = x.to_kind(Kind::Float);
-        let var = x32.square().mean_dim(-1, true, Kind::Float);
-        let y = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
-        y * &self.weight
+        if kind != Kind::Float || x.device() != Device::Cpu {
+            let x32 = x.to_kind(Kind::Float);
+            let var = x32.square().mean_dim(-1, true, Kind::Float);
+            let y = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
+            return y * &self.weight;
+        }
+        // float32 on CPU: the same arithmetic in 6 ops instead of 8: no casts, and libtorch's CPU
+        // `mean` is `sum(dtype).div_(n)` (CUDA's is not: it multiplies by 1/n), written out here,
+        // the scalar steps in place on the `[.., 1]` statistic. Bit-identical (llama/tests/fused.rs).
+        let n = x.size().last().copied().unwrap_or(1);
+        let mut s = x.square().sum_dim_intlist(-1, true, Kind::Float);
+        let _ = s.g_div_scalar_(n).g_add_scalar_(self.eps).rsqrt_();
+        (x * s) * &self.weight
     }
 }
 
@@ -52,7 +61,10 @@ impl Linear {
 }
 
 /// Rotary position embedding tables in the HF half-split layout: `emb = cat(freqs, freqs)`,
-/// cos/sin computed in float32 then cast to the activation dtype.
+/// cos/sin computed in float32 then cast to the activation dtype. The sin table is stored with
+/// its first half negated (`cat(-sin, sin)`), so that HF's `rotate_half(x) * sin` =
+/// `cat(-x2, x1) * sin` becomes `roll(x, hd/2) * sin_signed` = `cat(x2 * -sin, x1 * sin)`: the
+/// same products bit for bit (negation is exact), one op instead of four (narrow, narrow, neg, cat).
 #[derive(Debug)]
 pub struct Rope {
     cos: Tensor,
@@ -67,10 +79,13 @@ impl Rope {
         let t = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, device)).to_kind(Kind::Float);
         let freqs = t.unsqueeze(1).matmul(&inv_freq.unsqueeze(0));
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        Rope { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
+        let sin = emb.sin().to_kind(kind);
+        let half = hd / 2;
+        let sin = Tensor::cat(&[sin.narrow(1, 0, half).neg(), sin.narrow(1, half, hd - half)], 1);
+        Rope { cos: emb.cos().to_kind(kind), sin }
     }
 
-    /// cos and sin for `positions` `[B, T]`, shaped `[B, 1, T, hd]` to broadcast over heads.
+    /// cos and (signed) sin for `positions` `[B, T]`, shaped `[B, 1, T, hd]` to broadcast over heads.
     pub fn at(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let (b, t) = positions.size2().expect("positions must be [B, T]");
         let flat = positions.reshape([-1]);
@@ -80,15 +95,11 @@ impl Rope {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[x.dim() - 1] / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[&x2.neg(), &x1], -1)
-}
-
+/// HF `x * cos + rotate_half(x) * sin`, with `sin` signed ([`Rope`]): `roll` by half the head
+/// dimension swaps the halves, the sign is in the table.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    let hd = x.size()[x.dim() - 1];
+    x * cos + x.roll([hd / 2], [-1]) * sin
 }
 
 /// Grouped-query self-attention (`self_attn`): query head h reads KV head `h / (H / KV)`.
@@ -117,7 +128,15 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        cache: Option<&mut LayerCache>,
+        fused: Option<&FusedLayer>,
+    ) -> Tensor {
         let t = x.size()[1];
         let (attn_mask, is_causal) = match mask {
             Mask::Causal => (None, t > 1),
@@ -130,7 +149,44 @@ impl Attention {
                 (Some(dense), false)
             }
         };
-        self.attend(x, x, (cos, sin), (cos, sin), attn_mask, is_causal, cache)
+        match fused {
+            Some(f) => self.attend_fused(x, (cos, sin), attn_mask, is_causal, cache, f),
+            None => self.attend(x, x, (cos, sin), (cos, sin), attn_mask, is_causal, cache),
+        }
+    }
+
+    /// [`Attention::attend`] with queries and keys from the same rows, through the inference-only
+    /// fused weight ([`FusedWeights`]): one matmul gives q, k, v and the half-swapped q and k
+    /// (`roll(q, hd/2)`, from rows permuted in the weight), so RoPE is three in-place ops on q and
+    /// k together, and k and v come out adjacent, written into the cache with one op.
+    fn attend_fused(
+        &self,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        attn_mask: Option<&Tensor>,
+        is_causal: bool,
+        cache: Option<&mut LayerCache>,
+        f: &FusedLayer,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("hidden states must be [B, T, D]");
+        let (h, kv) = (self.n_heads, self.n_kv);
+        // [B, T, heads, hd] with heads = q (H), k (KV), v (KV), roll(q) (H), roll(k) (KV).
+        let y = x.matmul(&f.qkv.tr()).view([b, t, 2 * h + 3 * kv, self.head_dim]);
+        // cos/sin are [B, 1, T, hd] (heads second); here heads are third: [B, T, 1, hd].
+        let (cos, sin) = (rope.0.transpose(1, 2), rope.1.transpose(1, 2));
+        let mut qk = y.narrow(2, 0, h + kv);
+        let mut rolled = y.narrow(2, h + 2 * kv, h + kv);
+        // x * cos + roll(x) * sin, as apply_rope computes it, in place.
+        let _ = qk.g_mul_(&cos);
+        let _ = rolled.g_mul_(&sin);
+        let _ = qk.g_add_(&rolled);
+        let q = y.narrow(2, 0, h).transpose(1, 2);
+        let kv_new = y.narrow(2, h, 2 * kv).transpose(1, 2); // [B, 2 KV, T, hd]
+        let (k, v) = match cache {
+            Some(c) => c.append_kv(&kv_new),
+            None => (kv_new.narrow(1, 0, kv), kv_new.narrow(1, kv, kv)),
+        };
+        self.sdpa(&q, k, v, attn_mask, is_causal, b, t)
     }
 
     /// Packed sequences through variable-length FlashAttention (CUDA, fp16/bf16): the
@@ -174,6 +230,13 @@ impl Attention {
             Some(c) => c.append(&k, &v),
             None => (k, v),
         };
+        self.sdpa(&q, k, v, attn_mask, is_causal, b, r)
+    }
+
+    /// Scaled dot-product attention of `q` `[B, H, R, hd]` over `k`, `v` `[B, KV, S, hd]`, then
+    /// the output projection: `[B, R, D]`.
+    #[allow(clippy::too_many_arguments)]
+    fn sdpa(&self, q: &Tensor, k: Tensor, v: Tensor, attn_mask: Option<&Tensor>, is_causal: bool, b: i64, r: i64) -> Tensor {
         let mut gqa = self.n_kv != self.n_heads;
         let (k, v) = if gqa && attn_mask.is_some() && q.device().is_cuda() {
             // With a mask, SDPA's grouped-query support is the math kernel's only: give the
@@ -184,7 +247,7 @@ impl Attention {
         } else {
             (k, v)
         };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None::<f64>, gqa);
+        let y = Tensor::scaled_dot_product_attention(q, &k, &v, attn_mask, 0.0, is_causal, None::<f64>, gqa);
         let y = y.transpose(1, 2).reshape([b, r, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
@@ -210,6 +273,67 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Tensor {
         self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
+
+    /// [`Mlp::forward`] with gate and up in one matmul (the fused `[gate; up]` weight). The gate
+    /// half is made contiguous before `silu`: libtorch's CPU `silu` computes a vector loop's scalar
+    /// tail with another `exp` than its vector body, so its bits depend on the layout.
+    fn forward_fused(&self, x: &Tensor, gate_up: &Tensor) -> Tensor {
+        let i = gate_up.size()[0] / 2;
+        let gu = x.matmul(&gate_up.tr());
+        let gate = gu.narrow(-1, 0, i).contiguous();
+        self.down_proj.forward(&(gate.silu() * gu.narrow(-1, i, i)))
+    }
+}
+
+/// Inference-only copies of each decoder layer's projections concatenated by rows, so a
+/// forward runs two GEMMs where it ran five (with many fewer ops around them):
+/// `qkv` = `[W_q; W_k; W_v; roll(W_q); roll(W_k)]` (the last two with each head's halves swapped,
+/// for RoPE) and `gate_up` = `[W_gate; W_up]`. A GEMM's output element is one dot product, so
+/// the fused one gives the separate ones' bits when the BLAS computes an element the same way
+/// whatever the matrix's other rows (MKL on the CPUs checked: llama/tests/fused.rs); the
+/// constructor ([`Llama::fused_weights`]) checks it on this machine for the model's shapes and
+/// several row counts and falls back to the separate weights if not. HF checkpoints, training,
+/// LoRA and ZeRO-3 see the separate weights only; the copy is stale once they change.
+#[derive(Debug)]
+pub struct FusedWeights {
+    layers: Vec<FusedLayer>,
+}
+
+#[derive(Debug)]
+struct FusedLayer {
+    qkv: Tensor,
+    gate_up: Tensor,
+}
+
+/// Largest model (bytes of the fused copy) [`Llama::fused_weights`] fuses.
+pub const FUSED_MAX_BYTES: i64 = 256 << 20;
+
+impl FusedWeights {
+    /// Whether every layer's fused GEMMs give the separate GEMMs' outputs bit for bit, on a
+    /// deterministic probe input of each of several row counts (the engine's decode steps run
+    /// one row per slot, its prefills `prompts × length`).
+    fn matches(&self, model: &Llama) -> bool {
+        let d = model.cfg.hidden_size;
+        [1i64, 2, 3, 5, 8, 13, 16, 17, 32, 64, 100, 256, 1000].iter().all(|&m| {
+            // Values without the global RNG (drawing would change the caller's random stream).
+            let x = (Tensor::arange(m * d, (Kind::Float, Device::Cpu)) * 0.7311).sin().view([m, 1, d]);
+            model.layers.iter().zip(&self.layers).all(|(l, f)| {
+                let (a, mlp) = (&l.self_attn, &l.mlp);
+                let hd = a.head_dim;
+                let qkv = x.matmul(&f.qkv.tr());
+                let gu = x.matmul(&f.gate_up.tr());
+                let (q, k) = (a.q_proj.forward(&x), a.k_proj.forward(&x));
+                let roll = |y: &Tensor, heads: i64| y.view([m, 1, heads, hd]).roll([hd / 2], [-1]).view([m, 1, heads * hd]);
+                let (nq, nk) = (a.n_heads * hd, a.n_kv * hd);
+                let parts = [(0, q.shallow_clone()), (nq, k.shallow_clone()), (nq + nk, a.v_proj.forward(&x))];
+                let rolled = [(nq + 2 * nk, roll(&q, a.n_heads)), (2 * nq + 2 * nk, roll(&k, a.n_kv))];
+                let i = mlp.gate_proj.weight.size()[0];
+                parts.iter().chain(&rolled).all(|(at, y)| qkv.narrow(-1, *at, y.size()[2]).equal(y))
+                    && gu.narrow(-1, 0, i).equal(&mlp.gate_proj.forward(&x))
+                    && gu.narrow(-1, i, i).equal(&mlp.up_proj.forward(&x))
+            })
+        })
+    }
 }
 
 /// One pre-norm decoder layer (`model.layers.{i}`).
@@ -231,8 +355,25 @@ impl DecoderLayer {
         }
     }
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Mask, cache: Option<&mut LayerCache>) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+        self.forward_with(x, cos, sin, mask, cache, None)
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Mask,
+        cache: Option<&mut LayerCache>,
+        fused: Option<&FusedLayer>,
+    ) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache, fused);
+        let hn = self.post_attention_layernorm.forward(&h);
+        let m = match fused {
+            Some(f) => self.mlp.forward_fused(&hn, &f.gate_up),
+            None => self.mlp.forward(&hn),
+        };
+        &h + m
     }
 
     /// The layer's output at the row-local positions `read` `[B, R]` only: keys and values come
@@ -365,32 +506,55 @@ impl Mask {
     }
 }
 
-/// Keys and values of one layer, preallocated to `capacity` positions.
+/// Keys and values of one layer, preallocated to `capacity` positions, in one tensor
+/// `[B, 2 KV, capacity, hd]` (keys in heads `0..KV`, values in `KV..2 KV`): the fused inference
+/// path ([`FusedWeights`]) writes a step's keys and values with one op.
 #[derive(Debug)]
 pub struct LayerCache {
-    k: Tensor,
-    v: Tensor,
+    kv: Tensor,
+    n_kv: i64,
     len: i64,
-    /// Per-row write positions of the next single-token step (`[B, KV, 1, hd]`, the row's position
-    /// broadcast) and the key span it reads; set by [`KvCache::set_row_positions`].
+    /// Per-row write positions of the next single-token step (`[B, 2 KV, 1, hd]`, the row's
+    /// position broadcast) and the key span it reads; set by [`KvCache::set_row_positions`].
     rows: Option<(Tensor, i64)>,
 }
 
 impl LayerCache {
+    /// Keys and values `[B, KV, len, hd]` over the first `len` positions.
+    fn read(&self, len: i64) -> (Tensor, Tensor) {
+        let kv = self.kv.narrow(2, 0, len);
+        (kv.narrow(1, 0, self.n_kv), kv.narrow(1, self.n_kv, self.n_kv))
+    }
+
     fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let n = self.n_kv;
         if let Some((index, span)) = self.rows.take() {
             // Continuous batching: each row writes its one new key/value at its own position and
             // the step reads the first `span` positions (the mask hides what a row does not own).
-            let _ = self.k.scatter_(2, &index, k);
-            let _ = self.v.scatter_(2, &index, v);
-            return (self.k.narrow(2, 0, span), self.v.narrow(2, 0, span));
+            let index = index.narrow(1, 0, n);
+            let _ = self.kv.narrow(1, 0, n).scatter_(2, &index, k);
+            let _ = self.kv.narrow(1, n, n).scatter_(2, &index, v);
+            return self.read(span);
         }
         let t = k.size()[2];
-        assert!(self.len + t <= self.k.size()[2], "KV cache overflow: grow the capacity");
-        self.k.narrow(2, self.len, t).copy_(k);
-        self.v.narrow(2, self.len, t).copy_(v);
+        assert!(self.len + t <= self.kv.size()[2], "KV cache overflow: grow the capacity");
+        self.kv.narrow(1, 0, n).narrow(2, self.len, t).copy_(k);
+        self.kv.narrow(1, n, n).narrow(2, self.len, t).copy_(v);
         self.len += t;
-        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+        self.read(self.len)
+    }
+
+    /// [`LayerCache::append`] of keys and values given together, `[B, 2 KV, T, hd]`: one write.
+    fn append_kv(&mut self, kv: &Tensor) -> (Tensor, Tensor) {
+        if let Some((index, span)) = self.rows.take() {
+            let _ = self.kv.scatter_(2, &index, kv);
+            return self.read(span);
+        }
+        let t = kv.size()[2];
+        assert!(self.len + t <= self.kv.size()[2], "KV cache overflow: grow the capacity");
+        self.kv.narrow(2, self.len, t).copy_(kv);
+        self.len += t;
+        self.read(self.len)
     }
 }
 
@@ -403,10 +567,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(cfg: &Config, batch: i64, capacity: i64, device: Device, kind: Kind) -> Self {
-        let shape = [batch, cfg.num_key_value_heads, capacity, cfg.head_dim];
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| LayerCache { k: Tensor::zeros(shape, (kind, device)), v: Tensor::zeros(shape, (kind, device)), len: 0, rows: None })
-            .collect();
+        let n_kv = cfg.num_key_value_heads;
+        let shape = [batch, 2 * n_kv, capacity, cfg.head_dim];
+        let layers =
+            (0..cfg.num_hidden_layers).map(|_| LayerCache { kv: Tensor::zeros(shape, (kind, device)), n_kv, len: 0, rows: None }).collect();
         KvCache { layers }
     }
 
@@ -425,19 +589,14 @@ impl KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|l| LayerCache {
-                k: l.k.repeat_interleave_self_int(k, 0, None),
-                v: l.v.repeat_interleave_self_int(k, 0, None),
-                len: l.len,
-                rows: None,
-            })
+            .map(|l| LayerCache { kv: l.kv.repeat_interleave_self_int(k, 0, None), n_kv: l.n_kv, len: l.len, rows: None })
             .collect();
         KvCache { layers }
     }
 
     /// Rows (batch size) and positions per row the cache holds.
     pub fn shape(&self) -> (i64, i64) {
-        self.layers.first().map_or((0, 0), |l| (l.k.size()[0], l.k.size()[2]))
+        self.layers.first().map_or((0, 0), |l| (l.kv.size()[0], l.kv.size()[2]))
     }
 
     /// Per-row positions for the next forward, which must feed one token per row: row `b` writes
@@ -446,10 +605,11 @@ impl KvCache {
     /// to its own `0..=positions[b]`). Applies to one forward only. Rows of different lengths so
     /// decode together in one fixed buffer (continuous batching, `crate::engine`).
     pub fn set_row_positions(&mut self, positions: &Tensor, span: i64) {
+        let Some((b, h2, _, hd)) = self.layers.first().map(|l| l.kv.size4().expect("cache is [B, 2 KV, S, hd]")) else { return };
+        // One index for every layer (they share the shape).
+        let index = positions.view([b, 1, 1, 1]).expand([b, h2, 1, hd], false);
         for l in &mut self.layers {
-            let (b, kv, _, hd) = l.k.size4().expect("cache is [B, KV, S, hd]");
-            let index = positions.view([b, 1, 1, 1]).expand([b, kv, 1, hd], false);
-            l.rows = Some((index, span));
+            l.rows = Some((index.shallow_clone(), span));
         }
     }
 
@@ -458,8 +618,7 @@ impl KvCache {
     pub fn copy_rows(&mut self, src: &KvCache, src_rows: &Tensor, dst_rows: &Tensor) {
         let n = src.len();
         for (d, s) in self.layers.iter_mut().zip(&src.layers) {
-            let _ = d.k.narrow(2, 0, n).index_copy_(0, dst_rows, &s.k.narrow(2, 0, n).index_select(0, src_rows));
-            let _ = d.v.narrow(2, 0, n).index_copy_(0, dst_rows, &s.v.narrow(2, 0, n).index_select(0, src_rows));
+            let _ = d.kv.narrow(2, 0, n).index_copy_(0, dst_rows, &s.kv.narrow(2, 0, n).index_select(0, src_rows));
         }
     }
 
@@ -467,8 +626,7 @@ impl KvCache {
     /// so that later steps no longer compute them. Allocates the smaller cache once.
     pub fn select_rows(&mut self, keep: &Tensor) {
         for l in &mut self.layers {
-            l.k = l.k.index_select(0, keep);
-            l.v = l.v.index_select(0, keep);
+            l.kv = l.kv.index_select(0, keep);
         }
     }
 }
@@ -584,16 +742,73 @@ impl Llama {
 
     /// Hidden states after the final norm, `[B, T, D]`.
     /// `positions` `[B, T]` are the RoPE positions; with a cache they continue after its length.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Mask, cache: Option<&mut KvCache>) -> Tensor {
+        self.forward_with(ids, positions, mask, cache, None)
+    }
+
+    /// [`Llama::forward`], through `fused` weights ([`Llama::fused_weights`], inference only)
+    /// when given: the same hidden states bit for bit, in fewer ops.
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Mask,
+        mut cache: Option<&mut KvCache>,
+        fused: Option<&FusedWeights>,
+    ) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rope.at(positions);
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             self.gather(i);
-            x = layer.forward(&x, &cos, &sin, mask, lc);
+            x = layer.forward_with(&x, &cos, &sin, mask, lc, fused.map(|f| &f.layers[i]));
             self.release(i);
         }
         self.norm.forward(&x)
+    }
+
+    /// The decoder layers' projections fused for inference ([`FusedWeights`]), or `None` where
+    /// the fused path is not used: a model off the CPU or not in float32 (its GEMMs were not
+    /// checked), sharded (ZeRO-3: weights exist only between gathers), with LoRA adapters, larger
+    /// than [`FUSED_MAX_BYTES`] (the copy costs memory; on a large model the GEMMs, not the op
+    /// count, dominate a step), or whose fused GEMM does not give the separate GEMMs' bits on this
+    /// machine ([`FusedWeights`]'s probe). Build it after the weights last changed (a copy).
+    pub fn fused_weights(&self) -> Option<FusedWeights> {
+        if self.device() != Device::Cpu || self.kind() != Kind::Float || self.is_sharded() || self.layers.is_empty() {
+            return None;
+        }
+        let c = &self.cfg;
+        let per_layer = c.hidden_size * (c.head_dim * (2 * c.num_attention_heads + 3 * c.num_key_value_heads) + 2 * c.intermediate_size);
+        if 4 * per_layer * c.num_hidden_layers > FUSED_MAX_BYTES {
+            return None;
+        }
+        let _guard = tch::no_grad_guard();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            let linears = [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj];
+            if linears.iter().any(|x| x.lora.is_some()) {
+                return None;
+            }
+            // The half-swapped q and k rows: row block h of roll(W) is head h's rows with its two
+            // halves exchanged, so `x · roll(W)ᵀ` is `roll(x · Wᵀ, hd/2)` per head.
+            let hd = a.head_dim;
+            let rolled = |w: &Tensor, heads: i64| w.view([heads, hd, -1]).roll([hd / 2], [1]).reshape([heads * hd, -1]);
+            let qkv = Tensor::cat(
+                &[
+                    a.q_proj.weight.shallow_clone(),
+                    a.k_proj.weight.shallow_clone(),
+                    a.v_proj.weight.shallow_clone(),
+                    rolled(&a.q_proj.weight, a.n_heads),
+                    rolled(&a.k_proj.weight, a.n_kv),
+                ],
+                0,
+            );
+            let gate_up = Tensor::cat(&[&m.gate_proj.weight, &m.up_proj.weight], 0);
+            layers.push(FusedLayer { qkv, gate_up });
+        }
+        let fused = FusedWeights { layers };
+        fused.matches(self).then_some(fused)
     }
 
     /// Final hidden states at the row-local positions `read` `[B, R]` only, `[B, R, D]`: equal to
