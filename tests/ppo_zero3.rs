@@ -159,3 +159,120 @@ fn ppo_zero3_on_two_ranks_equals_one_process_and_resumes_exactly() {
     }
     assert_eq!(logged_steps(&cut.join("metrics.jsonl")), (0..=4).collect::<Vec<_>>());
 }
+
+/// ZeRO-3 shard-on-load of PPO's five models: each decoder layer is read from its checkpoint one
+/// tensor at a time and sharded as the model is built (the policy and the value model into their
+/// optimizers' fp32 shards, the reference and both reward models into bf16/own-dtype frozen
+/// shards), so no rank holds a whole model. The run equals, byte for byte, the same run that
+/// loads every model whole and then shards it (`RLHF_ZERO3_LOAD_WHOLE=1`, the path before
+/// shard-on-load): the same sampled responses, the same figures, the same final policy and value
+/// model. The value model starts from a reward model with a trained score head, the safety RM is
+/// a causal LM (fresh head). A mis-shaped or missing layer tensor in any model's checkpoint stops
+/// both ranks with the per-tensor reader's error, naming the folder, the file and the tensor
+/// (a whole load words it differently, so this also shows which path read each model).
+#[test]
+fn ppo_zero3_loads_every_model_layer_by_layer_equal_to_the_whole_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = setup(tmp.path());
+    let (policy, rm) = (tmp.path().join("policy"), tmp.path().join("rm"));
+    // A reward model with a trained score head (the value model's start), and a separate reference.
+    let rm_head = tmp.path().join("rm_head");
+    copy_dir(&rm, &rm_head);
+    let mut tensors = model_tensors(&rm);
+    let hidden = tensors.iter().find(|(n, _)| n == "model.norm.weight").unwrap().1.size()[0];
+    tch::manual_seed(11);
+    tensors.push(("score.weight".into(), tch::Tensor::randn([1, hidden], (tch::Kind::Float, tch::Device::Cpu)) * 0.5));
+    llama::checkpoint::write_safetensors(&rm_head.join("model.safetensors"), &tensors).unwrap();
+    let reference = tmp.path().join("reference");
+    copy_dir(&policy, &reference);
+    let text = std::fs::read_to_string(&base).unwrap().replace("iterations = 4", "iterations = 2");
+    let config = |name: &str, policy: &Path, reference: &Path, helpfulness: &Path, value: &Path| -> PathBuf {
+        let body =
+            text.replace(&format!("helpfulness_rm = \"{}\"", rm.display()), &format!("helpfulness_rm = \"{}\"", helpfulness.display()));
+        let body = body.replacen(&format!("policy = \"{}\"", policy_dir(&text)), &format!("policy = \"{}\"", policy.display()), 1);
+        let head = format!("reference = \"{}\"\nvalue_model = \"{}\"\n", reference.display(), value.display());
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&p, head + &body).unwrap();
+        p
+    };
+    let cfg = config("good", &policy, &reference, &rm_head, &rm_head);
+
+    let run = |out: &Path, whole: bool| -> String {
+        let mut c = torchrun();
+        c.args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(out).args(Z3).env("RLHF_LOG", "info");
+        if whole {
+            c.env("RLHF_ZERO3_LOAD_WHOLE", "1");
+        }
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "2-rank ZeRO-3 PPO (whole load: {whole}) failed:\n{stderr}");
+        stderr
+    };
+    let (layered, whole) = (tmp.path().join("layered"), tmp.path().join("whole"));
+    let log = run(&layered, false);
+    let all = "ZeRO-3 shard-on-load: policy, reference, helpfulness RM, safety RM, value model loaded layer by layer";
+    assert_eq!(log.matches(all).count(), 2, "both ranks load every model layer by layer:\n{log}");
+    let log = run(&whole, true);
+    assert!(log.contains("ZeRO-3 over 2 ranks") && !log.contains("shard-on-load"), "the comparison run loads whole:\n{log}");
+    for f in ["final/model.safetensors", "final_value/model.safetensors", "samples.jsonl"] {
+        assert!(
+            std::fs::read(layered.join(f)).unwrap() == std::fs::read(whole.join(f)).unwrap(),
+            "{f}: shard-on-load differs from the whole load"
+        );
+    }
+    let (a, b) = (records(&layered, "metrics.jsonl"), records(&whole, "metrics.jsonl"));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for k in ["reward_raw_mean", "kl", "policy_loss", "value_loss", "explained_variance", "eval_reward", "policy_grad_norm"] {
+            assert_eq!(x[k], y[k], "step {}: {k}", x["step"]);
+        }
+    }
+
+    // A bad layer tensor in each kind of model: trained causal LM, frozen causal LM, frozen and
+    // trained scalar-head models.
+    let gone = "model.layers.1.mlp.up_proj.weight";
+    let bad = |name: &str, src: &Path, missing: bool| -> PathBuf {
+        let dir = tmp.path().join(name);
+        copy_dir(src, &dir);
+        let mut t = model_tensors(src);
+        let i = t.iter().position(|(n, _)| n == gone).unwrap();
+        t[i].1 = t[i].1.narrow(0, 0, 3).contiguous();
+        if missing {
+            t.retain(|(n, _)| n != gone);
+        }
+        llama::checkpoint::write_safetensors(&dir.join("model.safetensors"), &t).unwrap();
+        dir
+    };
+    let cases: [(&str, PathBuf); 5] = [
+        ("policy", bad("bad-policy", &policy, false)),
+        ("reference", bad("bad-reference", &reference, false)),
+        ("helpfulness", bad("bad-helpfulness", &rm_head, false)),
+        ("value", bad("bad-value", &rm_head, false)),
+        ("missing", bad("missing-reference", &reference, true)),
+    ];
+    for (role, dir) in &cases {
+        let pick =
+            |r: &str, good: &Path| if *role == r || (*role == "missing" && r == "reference") { dir.clone() } else { good.to_path_buf() };
+        let cfg = config(
+            role,
+            &pick("policy", &policy),
+            &pick("reference", &reference),
+            &pick("helpfulness", &rm_head),
+            &pick("value", &rm_head),
+        );
+        let err = run_err(torchrun().args(["ppo", "--config"]).arg(&cfg).arg("--out").arg(tmp.path().join(format!("run-{role}"))).args(Z3));
+        let file = dir.join("model.safetensors");
+        let want = if *role == "missing" {
+            format!("checkpoint {}: missing tensor {gone} (not in model.safetensors)", dir.display())
+        } else {
+            format!("checkpoint {}: {}: tensor {gone} has shape [3, {hidden}], the model expects [", dir.display(), file.display())
+        };
+        assert!(err.contains(&want), "{role}: expected `{want}` in:\n{err}");
+    }
+}
+
+/// The `policy = "..."` folder of a config text.
+fn policy_dir(text: &str) -> String {
+    let line = text.lines().find(|l| l.starts_with("policy = ")).unwrap();
+    line.trim_start_matches("policy = ").trim_matches('"').to_string()
+}

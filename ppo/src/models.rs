@@ -13,6 +13,9 @@ use llama::{Llama, LlamaError};
 use reward::RewardModel;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
+use training::optim::LayerShards;
+use training::zero3_frozen::{FrozenLayers, FrozenShards};
+use training::TrainError;
 
 /// Prompt + response rows for one forward.
 pub struct SeqBatch {
@@ -114,6 +117,88 @@ pub fn response_values(value: &RewardModel, b: &SeqBatch) -> Tensor {
     value.score.forward(&response_hidden(&value.trunk, b)).squeeze_dim(-1).to_kind(Kind::Float)
 }
 
+/// Where ZeRO-3's shard-on-load puts each decoder layer of a model as it is built: the trained
+/// models' fp32 optimizer shards ([`LayerShards`], as SFT and reward-model training do) or a
+/// frozen model's shards in its own dtype ([`FrozenLayers`]).
+pub enum LayerSink {
+    Trained(LayerShards),
+    Frozen(FrozenLayers),
+}
+
+/// A model's decoder layers, sharded on load ([`LayerSink`]).
+enum Sharded {
+    Trained(Box<LayerShards>),
+    Frozen(FrozenShards),
+}
+
+/// What a model loaded with shard-on-load leaves to its caller: a trained model's shards, for
+/// `AdamW::with_layer_shards` (a frozen model's shards are already its shard hooks), and the
+/// bytes of layer shards a frozen model holds on this rank (0 for a trained one).
+pub struct Held {
+    pub trained: Option<LayerShards>,
+    pub frozen_shard_bytes: i64,
+}
+
+impl LayerSink {
+    fn take(&mut self, vs: &nn::VarStore, layer: usize, files: &ck::CheckpointFiles) {
+        match self {
+            LayerSink::Trained(s) => s.take_layer(vs, layer, Some(files)),
+            LayerSink::Frozen(s) => s.take_layer(vs, layer, Some(files)),
+        }
+    }
+
+    fn finish(self) -> Result<Sharded, TrainError> {
+        Ok(match self {
+            LayerSink::Trained(s) => Sharded::Trained(Box::new(s.finish()?)),
+            LayerSink::Frozen(s) => Sharded::Frozen(s.finish()?),
+        })
+    }
+}
+
+/// ZeRO-3 shard-on-load of a model in the HF checkpoint `dir`: `make` builds it in a fresh
+/// VarStore, calling back as each decoder layer's variables exist; `sink` then keeps this rank's
+/// shard of the layer, read from the checkpoint one tensor at a time, and empties the layer; the
+/// rest (embeddings, final norm, heads) is loaded whole after, those for which `optional` holds
+/// may be absent (a fresh score head). `seed`, when given, seeds torch's generator before the
+/// build, as the whole loads do: the same variables are made from the same draws, so the
+/// weights, a fresh head and the generator's state after are those of a whole load. A rank so
+/// never holds more than the weights kept whole and one decoder layer. Returns the variables, the
+/// model, its shards and the variables left as initialised. Not for PEFT adapter folders.
+fn load_layerwise<M>(
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+    seed: Option<u64>,
+    mut sink: LayerSink,
+    make: impl FnOnce(&nn::Path, &llama::Config, &mut dyn FnMut(usize)) -> M,
+    optional: impl Fn(&str) -> bool,
+) -> Result<(nn::VarStore, M, Sharded, Vec<String>), TrainError> {
+    let cfg = ck::load_config(dir)?;
+    let files = ck::CheckpointFiles::open(dir)?;
+    if let Some(seed) = seed {
+        tch::manual_seed(seed as i64);
+    }
+    let mut vs = ck::var_store(device, kind);
+    let model = make(&vs.root(), &cfg, &mut |i| sink.take(&vs, i, &files));
+    let sharded = sink.finish()?;
+    let left = ck::load_var_store_except(&mut vs, dir, optional, |n| training::optim::layer_of(n).is_some())?;
+    Ok((vs, model, sharded, left))
+}
+
+/// A frozen model's shards become its shard hooks (and its variables stop requiring gradients);
+/// a trained model's are held for its optimizer.
+fn hold(sharded: Sharded, vs: &mut nn::VarStore, trunk: &mut Llama) -> Held {
+    match sharded {
+        Sharded::Trained(s) => Held { trained: Some(*s), frozen_shard_bytes: 0 },
+        Sharded::Frozen(s) => {
+            vs.freeze();
+            let shard_bytes = s.shard_bytes();
+            trunk.set_shard_hooks(Box::new(s));
+            Held { trained: None, frozen_shard_bytes: shard_bytes }
+        }
+    }
+}
+
 /// A trainable causal LM with its variables.
 pub struct Policy {
     pub vs: nn::VarStore,
@@ -131,6 +216,15 @@ impl Policy {
         let mut p = Policy::load(dir, device, kind)?;
         p.vs.freeze();
         Ok(p)
+    }
+
+    /// [`Policy::load`] (with a [`LayerSink::Frozen`] sink, [`Policy::load_frozen`]) under ZeRO-3,
+    /// sharding each decoder layer as it is read ([`load_layerwise`]). Frozen shards are handed
+    /// to the model; trained shards are returned for the optimizer.
+    pub fn load_sharded(dir: &Path, device: Device, kind: Kind, sink: LayerSink) -> Result<(Policy, Held), TrainError> {
+        let (mut vs, mut model, sharded, _) = load_layerwise(dir, device, kind, None, sink, Llama::new_with, |_| false)?;
+        let held = hold(sharded, &mut vs, &mut model);
+        Ok((Policy { vs, model }, held))
     }
 }
 
@@ -151,5 +245,21 @@ impl ScalarModel {
         let (mut m, fresh) = ScalarModel::load(dir, device, kind, seed)?;
         m.vs.freeze();
         Ok((m, fresh))
+    }
+
+    /// [`ScalarModel::load`] (frozen with a [`LayerSink::Frozen`] sink) under ZeRO-3, sharding
+    /// each decoder layer as it is read ([`load_layerwise`]); the same seeded draws, so a fresh
+    /// score head is the same. Also returns whether the head is fresh.
+    pub fn load_sharded(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        seed: u64,
+        sink: LayerSink,
+    ) -> Result<(ScalarModel, bool, Held), TrainError> {
+        let (mut vs, mut model, sharded, left) =
+            load_layerwise(dir, device, kind, Some(seed), sink, RewardModel::new_with, |n| n == "score.weight")?;
+        let held = hold(sharded, &mut vs, &mut model.trunk);
+        Ok((ScalarModel { vs, model }, !left.is_empty(), held))
     }
 }

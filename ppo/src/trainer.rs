@@ -8,7 +8,7 @@ use crate::checkpoint::{PpoState, POLICY, VALUE};
 use crate::config::PpoConfig;
 use crate::math::{clipped_policy_loss, clipped_value_loss, entropy_from_logits, explained_variance};
 use crate::models::{
-    logprobs_and_logits_of, response_logprobs_and_logits, response_states, response_values, Policy, ScalarModel, SeqBatch,
+    logprobs_and_logits_of, response_logprobs_and_logits, response_states, response_values, LayerSink, Policy, ScalarModel, SeqBatch,
 };
 use crate::rollout::{pad_rows, reference_logprobs, sample, score, values, EncodedPrompt, RewardModels, Rollout};
 use demo_world::eval::ground_truth;
@@ -20,10 +20,16 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use training::checkpoint::{Part, PartMut};
 use training::metrics::MetricsLog;
+use training::optim::LayerShards;
 use training::runner::{config_hash, Evaluation, RunOptions, Stage};
+use training::zero3_frozen::FrozenLayers;
 use training::{AdamW, LrSchedule, RunLock, TrainError};
 
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Set to 1, a ZeRO-3 run loads PPO's models whole and then shards them, as before shard-on-load
+/// (for comparisons: the weights are the same; tests/ppo_zero3.rs).
+pub const LOAD_WHOLE_ENV: &str = "RLHF_ZERO3_LOAD_WHOLE";
 
 /// Seed offset of the held-out evaluation (fixed, independent of the run's generator).
 const EVAL_SEED: u64 = 0x00E7_A15E_ED00;
@@ -150,42 +156,105 @@ impl<'a> PpoTrainer<'a> {
             return Err(TrainError::Config("no training prompt (all longer than `max_prompt_len`?)".into()));
         }
         let llama::Compute { device, kind } = cfg.train.compute()?;
-        let mut policy = Policy::load(&cfg.policy, device, kind)?;
         let zero3 = cfg.train.zero_stage == 3 && distributed::world_size() > 1;
         // Offloaded frozen models are parked in host memory as soon as each is loaded, so the
         // GPU never holds more than one of them beside the trained models. Under ZeRO-3 they are
         // sharded instead (and `offload_frozen` keeps their shards in host memory).
         let park = cfg.offload_frozen && device.is_cuda() && !zero3;
         let shard_offload = cfg.offload_frozen && device.is_cuda();
-        let mut frozen_shard_bytes = 0i64;
-        let mut shard_frozen = |vs: &tch::nn::VarStore, model: &mut llama::Llama| -> Result<()> {
-            if let Some(s) = zero3.then(|| training::zero3_frozen::FrozenShards::shard(vs, shard_offload)).transpose()?.flatten() {
-                frozen_shard_bytes += s.shard_bytes();
-                model.set_shard_hooks(Box::new(s));
-            }
-            Ok(())
+        // ZeRO-3 shard-on-load: each model's decoder layers are sharded as they are read from its
+        // checkpoint, so no rank holds a whole model. Not for a PEFT adapter folder (merged whole
+        // on load) nor with LoRA (refused at stage 3); RLHF_ZERO3_LOAD_WHOLE=1 loads whole then
+        // shards (the path before shard-on-load, kept to compare against: same weights).
+        let layerwise = zero3 && cfg.lora.is_none() && std::env::var_os(LOAD_WHOLE_ENV).is_none_or(|v| v.is_empty() || v == "0");
+        let layerwise = |dir: &Path| layerwise && !llama::lora::is_adapter_dir(dir);
+        let trained_sink = |dir: &Path| {
+            layerwise(dir).then(|| LayerShards::for_options(cfg.train.state_options(), device)).flatten().map(LayerSink::Trained)
         };
-        let mut reference = Policy::load_frozen(cfg.reference.as_ref().unwrap_or(&cfg.policy), device, kind)?;
-        if park {
-            reference.vs.set_device(Device::Cpu);
-        }
-        shard_frozen(&reference.vs, &mut reference.model)?;
-        // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
-        let mut load_rm = |p: &Option<PathBuf>, salt: u64| -> Result<Option<ScalarModel>> {
-            let Some(p) = p else { return Ok(None) };
-            let (mut m, fresh) = ScalarModel::load_frozen(p, device, kind, cfg.train.seed ^ salt)?;
-            if park {
-                m.vs.set_device(Device::Cpu);
+        let frozen_sink = |dir: &Path| layerwise(dir).then(|| FrozenLayers::new(shard_offload)).flatten().map(LayerSink::Frozen);
+        let mut frozen_shard_bytes = 0i64;
+        let mut layered = Vec::new();
+        let (mut policy, policy_shards) = match trained_sink(&cfg.policy) {
+            Some(sink) => {
+                let (p, held) = Policy::load_sharded(&cfg.policy, device, kind, sink)?;
+                layered.push("policy");
+                (p, held.trained)
             }
-            shard_frozen(&m.vs, &mut m.model.trunk)?;
+            None => (Policy::load(&cfg.policy, device, kind)?, None),
+        };
+        // The whole-load path: a frozen model loaded whole, then sharded under ZeRO-3.
+        let shard_frozen = |vs: &tch::nn::VarStore, model: &mut llama::Llama| -> Result<i64> {
+            match zero3.then(|| training::zero3_frozen::FrozenShards::shard(vs, shard_offload)).transpose()?.flatten() {
+                Some(s) => {
+                    let bytes = s.shard_bytes();
+                    model.set_shard_hooks(Box::new(s));
+                    Ok(bytes)
+                }
+                None => Ok(0),
+            }
+        };
+        let reference_dir = cfg.reference.as_ref().unwrap_or(&cfg.policy);
+        let reference = match frozen_sink(reference_dir) {
+            Some(sink) => {
+                let (r, held) = Policy::load_sharded(reference_dir, device, kind, sink)?;
+                frozen_shard_bytes += held.frozen_shard_bytes;
+                layered.push("reference");
+                r
+            }
+            None => {
+                let mut r = Policy::load_frozen(reference_dir, device, kind)?;
+                if park {
+                    r.vs.set_device(Device::Cpu);
+                }
+                frozen_shard_bytes += shard_frozen(&r.vs, &mut r.model)?;
+                r
+            }
+        };
+        // A checkpoint without a score head gets a random one (smoke tests), seeded per model.
+        let mut load_rm = |p: &Option<PathBuf>, salt: u64, name: &'static str| -> Result<Option<ScalarModel>> {
+            let Some(p) = p else { return Ok(None) };
+            let seed = cfg.train.seed ^ salt;
+            let (m, fresh) = match frozen_sink(p) {
+                Some(sink) => {
+                    let (m, fresh, held) = ScalarModel::load_sharded(p, device, kind, seed, sink)?;
+                    frozen_shard_bytes += held.frozen_shard_bytes;
+                    layered.push(name);
+                    (m, fresh)
+                }
+                None => {
+                    let (mut m, fresh) = ScalarModel::load_frozen(p, device, kind, seed)?;
+                    if park {
+                        m.vs.set_device(Device::Cpu);
+                    }
+                    frozen_shard_bytes += shard_frozen(&m.vs, &mut m.model.trunk)?;
+                    (m, fresh)
+                }
+            };
             if fresh {
                 tracing::warn!("{} has no score head: a random one scores the responses", p.display());
             }
             Ok(Some(m))
         };
-        let rms = RewardModels { helpfulness: load_rm(&cfg.helpfulness_rm, 0x4E)?, safety: load_rm(&cfg.safety_rm, 0x5A)? };
+        let rms = RewardModels {
+            helpfulness: load_rm(&cfg.helpfulness_rm, 0x4E, "helpfulness RM")?,
+            safety: load_rm(&cfg.safety_rm, 0x5A, "safety RM")?,
+        };
         let value_init = cfg.value_model.as_ref().or(cfg.helpfulness_rm.as_ref()).or(cfg.safety_rm.as_ref()).expect("validated");
-        let (mut value, fresh) = ScalarModel::load(value_init, device, kind, cfg.train.seed ^ 0x7A1)?;
+        let value_seed = cfg.train.seed ^ 0x7A1;
+        let (mut value, fresh, value_shards) = match trained_sink(value_init) {
+            Some(sink) => {
+                let (v, fresh, held) = ScalarModel::load_sharded(value_init, device, kind, value_seed, sink)?;
+                layered.push("value model");
+                (v, fresh, held.trained)
+            }
+            None => {
+                let (v, fresh) = ScalarModel::load(value_init, device, kind, value_seed)?;
+                (v, fresh, None)
+            }
+        };
+        if !layered.is_empty() {
+            tracing::info!("ZeRO-3 shard-on-load: {} loaded layer by layer", layered.join(", "));
+        }
         let lora = cfg.lora.as_ref().map(|lc| {
             policy.model.add_lora(&policy.vs.root(), lc);
             llama::lora::freeze_base(&policy.vs, |_| false);
@@ -204,8 +273,12 @@ impl<'a> PpoTrainer<'a> {
             return Err(TrainError::Config("the value model's vocabulary differs from the policy's".into()));
         }
         // ZeRO-3: the trained models gather each layer from their optimizers' shards as it runs.
-        let policy_opt = cfg.train.optimizer_zero3(&policy.vs)?;
-        let value_opt = cfg.train.optimizer_zero3(&value.vs)?;
+        let optimizer = |vs: &tch::nn::VarStore, shards: Option<LayerShards>| match shards {
+            Some(s) => AdamW::with_layer_shards(vs, cfg.train.adamw(), s),
+            None => cfg.train.optimizer_zero3(vs),
+        };
+        let policy_opt = optimizer(&policy.vs, policy_shards)?;
+        let value_opt = optimizer(&value.vs, value_shards)?;
         if let (Some(p), Some(v)) = (policy_opt.shard_hooks(), value_opt.shard_hooks()) {
             policy.model.set_shard_hooks(p);
             value.model.trunk.set_shard_hooks(v);

@@ -13,6 +13,10 @@
 //! Every rank must run the same forwards in the same order (each gather is a collective): the
 //! callers make ranks with less work run dummy forwards (the rollout engine's lockstep, PPO's
 //! scoring of a placeholder batch).
+//!
+//! Shard-on-load ([`FrozenLayers`]): the same shards cut one layer at a time while the model is
+//! built ([`llama::Llama::new_with`]), each tensor read from the checkpoint alone, so a rank never
+//! holds more than the weights kept whole and one decoder layer (the 70B models are 138 GB whole).
 use crate::error::{Result, TrainError};
 use crate::optim::layer_of;
 use tch::{nn, Device, Kind, Tensor};
@@ -83,6 +87,11 @@ impl FrozenShards {
         Ok(Some(s))
     }
 
+    /// Whether `name` is a weight this rank holds only its shard of (a decoder layer's).
+    pub fn holds(&self, name: &str) -> bool {
+        layer_of(name).is_some()
+    }
+
     /// Bytes of layer shards this rank holds (on the device, or on the host when offloaded).
     pub fn shard_bytes(&self) -> i64 {
         self.layers.iter().map(|l| l.part * self.kind.elt_size_in_bytes() as i64).sum()
@@ -90,6 +99,90 @@ impl FrozenShards {
 
     fn layer(&self, layer: usize) -> &Layer {
         self.layers.get(layer).unwrap_or_else(|| panic!("frozen ZeRO-3: the model has a layer {layer} the shards do not"))
+    }
+}
+
+/// Shard-on-load for a frozen model: [`FrozenShards::shard`]'s shards, cut one decoder layer at a
+/// time while the model is built. [`llama::Llama::new_with`] calls [`FrozenLayers::take_layer`]
+/// as soon as each layer's variables exist; it reads the layer's tensors from the checkpoint one
+/// at a time (converted to the model's dtype, as a whole load converts them), copies into this
+/// rank's part the elements that fall in it, and empties the layer's variables. The parts are the
+/// ones [`FrozenShards::shard`] cuts from the whole loaded model, element for element: the
+/// layer's tensors sorted by name, laid end to end, zero-padded to `W · part`.
+pub struct FrozenLayers {
+    dist: &'static distributed::Dist,
+    offload: bool,
+    layers: Vec<Layer>,
+    kind: Kind,
+    device: Device,
+    /// The first failure (a tensor missing from the checkpoint, of another shape, ...); later
+    /// layers are only emptied, so every rank gets to the same error.
+    error: Option<TrainError>,
+}
+
+impl FrozenLayers {
+    /// For a frozen model on the ranks of a distributed run (`offload`: the shards in host
+    /// memory); `None` in one process (build whole).
+    pub fn new(offload: bool) -> Option<FrozenLayers> {
+        let dist = distributed::get().filter(|d| d.world_size > 1)?;
+        Some(FrozenLayers { dist, offload, layers: Vec::new(), kind: Kind::Float, device: Device::Cpu, error: None })
+    }
+
+    /// Called as soon as decoder layer `layer` is built in `vs`: keeps this rank's part of its
+    /// weights, read from `files` (each tensor must be there with the variable's shape and a float
+    /// dtype; an error names the folder, the file and the tensor) or, without files, the
+    /// variables' own values; then empties the layer's variables.
+    pub fn take_layer(&mut self, vs: &nn::VarStore, layer: usize, files: Option<&llama::checkpoint::CheckpointFiles>) {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| layer_of(n) == Some(layer)).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.error.is_none() {
+            match self.cut(&vars, layer, files) {
+                Ok(l) => self.layers.push(l),
+                Err(e) => self.error = Some(e),
+            }
+        }
+        tch::no_grad(|| {
+            for (_, var) in &vars {
+                var.shallow_clone().set_data(&Tensor::empty([0], (var.kind(), var.device())));
+            }
+        });
+    }
+
+    fn cut(&mut self, vars: &[(String, Tensor)], layer: usize, files: Option<&llama::checkpoint::CheckpointFiles>) -> Result<Layer> {
+        if layer != self.layers.len() || vars.is_empty() {
+            return Err(TrainError::Config(format!("frozen ZeRO-3: decoder layer {layer} built out of order or empty")));
+        }
+        let (w, rank) = (self.dist.world_size, self.dist.rank);
+        (self.kind, self.device) = (vars[0].1.kind(), vars[0].1.device());
+        let n: i64 = vars.iter().map(|(_, v)| v.numel() as i64).sum();
+        let part = (n + w - 1) / w;
+        let (lo, hi) = (rank * part, (rank + 1) * part);
+        let at = if self.offload { Device::Cpu } else { self.device };
+        let shard = Tensor::zeros([part], (self.kind, at));
+        let mut off = 0i64;
+        for (name, var) in vars {
+            let len = var.numel() as i64;
+            let t = match files {
+                Some(f) => f.tensor_for(name, &var.size(), var.kind())?,
+                None => var.shallow_clone(),
+            };
+            let (a, b) = (off.max(lo), (off + len).min(hi));
+            if a < b {
+                tch::no_grad(|| shard.narrow(0, a - lo, b - a).copy_(&t.reshape([-1]).narrow(0, a - off, b - a)));
+            }
+            off += len;
+        }
+        let vars = vars.iter().map(|(_, v)| (v.shallow_clone(), v.size())).collect();
+        Ok(Layer { vars, part, shard })
+    }
+
+    /// The shards (give them to the model with `set_shard_hooks`), or the first failure of
+    /// [`FrozenLayers::take_layer`].
+    pub fn finish(mut self) -> Result<FrozenShards> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        Ok(FrozenShards { dist: self.dist, layers: self.layers, kind: self.kind, device: self.device })
     }
 }
 
