@@ -30,7 +30,9 @@ impl RmsNorm {
         }
         // float32 on CPU: the same arithmetic in 6 ops instead of 8: no casts, and libtorch's CPU
         // `mean` is `sum(dtype).div_(n)` (CUDA's is not: it multiplies by 1/n), written out here,
-        // the scalar steps in place on the `[.., 1]` statistic. Bit-identical (llama/tests/fused.rs).
+        // the scalar steps in place on the `[.., 1]` statistic. Bit-identical, gradients included
+        // (llama/tests/fused.rs). (`x * x` for `square` gives the same forward bits but other
+        // gradient bits: autograd sums its two branches where `pow`'s backward multiplies by 2x.)
         let n = x.size().last().copied().unwrap_or(1);
         let mut s = x.square().sum_dim_intlist(-1, true, Kind::Float);
         let _ = s.g_div_scalar_(n).g_add_scalar_(self.eps).rsqrt_();
@@ -158,7 +160,8 @@ impl Attention {
     /// [`Attention::attend`] with queries and keys from the same rows, through the inference-only
     /// fused weight ([`FusedWeights`]): one matmul gives q, k, v and the half-swapped q and k
     /// (`roll(q, hd/2)`, from rows permuted in the weight), so RoPE is three in-place ops on q and
-    /// k together, and k and v come out adjacent, written into the cache with one op.
+    /// k together, and k and v come out adjacent, written into the cache with one op. `rope` is
+    /// cos/sin as `[B, T, 1, hd]` (heads third, as q and k are here).
     fn attend_fused(
         &self,
         x: &Tensor,
@@ -171,14 +174,14 @@ impl Attention {
         let (b, t, _) = x.size3().expect("hidden states must be [B, T, D]");
         let (h, kv) = (self.n_heads, self.n_kv);
         // [B, T, heads, hd] with heads = q (H), k (KV), v (KV), roll(q) (H), roll(k) (KV).
-        let y = x.matmul(&f.qkv.tr()).view([b, t, 2 * h + 3 * kv, self.head_dim]);
-        // cos/sin are [B, 1, T, hd] (heads second); here heads are third: [B, T, 1, hd].
-        let (cos, sin) = (rope.0.transpose(1, 2), rope.1.transpose(1, 2));
+        let y = x.matmul(&f.qkv_t).view([b, t, 2 * h + 3 * kv, self.head_dim]);
+        // cos/sin come as [B, T, 1, hd] here (heads third; transposed once in Llama::forward_with).
+        let (cos, sin) = rope;
         let mut qk = y.narrow(2, 0, h + kv);
         let mut rolled = y.narrow(2, h + 2 * kv, h + kv);
         // x * cos + roll(x) * sin, as apply_rope computes it, in place.
-        let _ = qk.g_mul_(&cos);
-        let _ = rolled.g_mul_(&sin);
+        let _ = qk.g_mul_(cos);
+        let _ = rolled.g_mul_(sin);
         let _ = qk.g_add_(&rolled);
         let q = y.narrow(2, 0, h).transpose(1, 2);
         let kv_new = y.narrow(2, h, 2 * kv).transpose(1, 2); // [B, 2 KV, T, hd]
@@ -274,12 +277,13 @@ impl Mlp {
         self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 
-    /// [`Mlp::forward`] with gate and up in one matmul (the fused `[gate; up]` weight). The gate
+    /// [`Mlp::forward`] with gate and up in one matmul (the fused `[gate; up]` weight, given
+    /// transposed as `Linear::forward` multiplies: a `[D, 2 I]` view). The gate
     /// half is made contiguous before `silu`: libtorch's CPU `silu` computes a vector loop's scalar
     /// tail with another `exp` than its vector body, so its bits depend on the layout.
     fn forward_fused(&self, x: &Tensor, gate_up: &Tensor) -> Tensor {
-        let i = gate_up.size()[0] / 2;
-        let gu = x.matmul(&gate_up.tr());
+        let i = gate_up.size()[1] / 2;
+        let gu = x.matmul(gate_up);
         let gate = gu.narrow(-1, 0, i).contiguous();
         self.down_proj.forward(&(gate.silu() * gu.narrow(-1, i, i)))
     }
@@ -301,8 +305,10 @@ pub struct FusedWeights {
 
 #[derive(Debug)]
 struct FusedLayer {
-    qkv: Tensor,
-    gate_up: Tensor,
+    /// The fused weights' transposed views (`w.tr()`, what `Linear::forward` multiplies by), made
+    /// once instead of in every forward.
+    qkv_t: Tensor,
+    gate_up_t: Tensor,
 }
 
 /// Largest model (bytes of the fused copy) [`Llama::fused_weights`] fuses.
@@ -320,8 +326,8 @@ impl FusedWeights {
             model.layers.iter().zip(&self.layers).all(|(l, f)| {
                 let (a, mlp) = (&l.self_attn, &l.mlp);
                 let hd = a.head_dim;
-                let qkv = x.matmul(&f.qkv.tr());
-                let gu = x.matmul(&f.gate_up.tr());
+                let qkv = x.matmul(&f.qkv_t);
+                let gu = x.matmul(&f.gate_up_t);
                 let (q, k) = (a.q_proj.forward(&x), a.k_proj.forward(&x));
                 let roll = |y: &Tensor, heads: i64| y.view([m, 1, heads, hd]).roll([hd / 2], [-1]).view([m, 1, heads * hd]);
                 let (nq, nk) = (a.n_heads * hd, a.n_kv * hd);
@@ -370,7 +376,7 @@ impl DecoderLayer {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache, fused);
         let hn = self.post_attention_layernorm.forward(&h);
         let m = match fused {
-            Some(f) => self.mlp.forward_fused(&hn, &f.gate_up),
+            Some(f) => self.mlp.forward_fused(&hn, &f.gate_up_t),
             None => self.mlp.forward(&hn),
         };
         &h + m
@@ -758,6 +764,8 @@ impl Llama {
     ) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rope.at(positions);
+        // The fused path keeps q and k as [B, T, heads, hd]: cos/sin as [B, T, 1, hd].
+        let (cos, sin) = if fused.is_some() { (cos.transpose(1, 2), sin.transpose(1, 2)) } else { (cos, sin) };
         for (i, layer) in self.layers.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             self.gather(i);
@@ -805,7 +813,7 @@ impl Llama {
                 0,
             );
             let gate_up = Tensor::cat(&[&m.gate_proj.weight, &m.up_proj.weight], 0);
-            layers.push(FusedLayer { qkv, gate_up });
+            layers.push(FusedLayer { qkv_t: qkv.tr(), gate_up_t: gate_up.tr() });
         }
         let fused = FusedWeights { layers };
         fused.matches(self).then_some(fused)

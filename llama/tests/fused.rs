@@ -94,13 +94,25 @@ fn old_forward(
     ids: &Tensor,
     positions: &Tensor,
     mask: Option<&Tensor>,
+    cache: Option<&mut OldCache>,
+    rows: Option<(&Tensor, i64)>,
+) -> Tensor {
+    old_forward_with(m, &old_rope(&m.cfg), ids, positions, mask, cache, rows)
+}
+
+/// [`old_forward`] with the RoPE tables made once (the old model held them).
+fn old_forward_with(
+    m: &Llama,
+    (cos_t, sin_t): &(Tensor, Tensor),
+    ids: &Tensor,
+    positions: &Tensor,
+    mask: Option<&Tensor>,
     mut cache: Option<&mut OldCache>,
     rows: Option<(&Tensor, i64)>,
 ) -> Tensor {
     let c = &m.cfg;
     let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let (b, t) = ids.size2().unwrap();
-    let (cos_t, sin_t) = old_rope(c);
     let flat = positions.reshape([-1]);
     let cos = cos_t.index_select(0, &flat).view([b, 1, t, -1]);
     let sin = sin_t.index_select(0, &flat).view([b, 1, t, -1]);
