@@ -10,11 +10,14 @@
 //!   prefill's logits in the next step, side by side with rows that are deep in their reply.
 //!   With nothing left to admit, a batch whose rows have mostly ended is compacted (the cache and
 //!   every per-row buffer keep only the live rows), so ended rows stop costing decode steps.
-//! * **Cache.** One [`KvCache`] of `[slots, KV, max_prompt + max_new, hd]` per layer, allocated
+//! * **Cache.** One [`KvCache`] of `[slots, 2 KV, max_prompt + max_new, hd]` per layer, allocated
 //!   once and reused: a row's prompt sits at positions `0..len` of its slot and its reply after
 //!   it, so a row's cache index is its RoPE position. Each step writes one key/value per row at
 //!   the row's own position ([`KvCache::set_row_positions`]) and attends over `0..span` with a
 //!   mask `key <= position` per row; stale entries of an earlier occupant are never read.
+//! * **Fused weights.** On CPU a small float32 model decodes through inference-only fused
+//!   projections ([`crate::model::FusedWeights`], built at the start of each call from the current
+//!   weights): fewer ops a step, the same bits (docs/rollout.md, "Fewer ops per step").
 //! * **Draws.** Row `j` (sample j) of request `i` draws its uniforms from its own SplitMix64
 //!   stream `row_rng(request.seed, j)`, the t-th draw for its t-th token; which slot it decodes
 //!   in, next to which rows, in which order, changes nothing but float rounding (greedy tokens
