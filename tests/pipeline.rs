@@ -271,3 +271,63 @@ fn copied_pipeline_folder_is_up_to_date_and_self_contained() {
     let status = run_ok(rlhf().args(["pipeline", "status"]).arg(&copy));
     assert_eq!(status.matches(" done ").count(), 4, "{status}");
 }
+
+/// `eval_in_background`: each policy stage's ground-truth evaluation runs in a child process
+/// while the next stages run, with the same figures as in the pipeline's own process; a run that
+/// stopped before merging a result takes the child's result file, or evaluates again without it.
+#[test]
+fn background_evaluation_gives_the_same_ground_truth_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path(), 2);
+    let sampled = ["--set", "pipeline.eval_temperature=1.0", "--set", "pipeline.eval_samples=3"];
+    let ground_truth = |out: &std::path::Path| -> serde_json::Value {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        report["stages"].as_array().unwrap().iter().map(|s| s["ground_truth"].clone()).collect()
+    };
+    let (inline, bg) = (tmp.path().join("inline"), tmp.path().join("bg"));
+    run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&inline).args(sampled));
+    run_ok(
+        rlhf()
+            .args(["pipeline", "run"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&bg)
+            .args(sampled)
+            .args(["--set", "pipeline.eval_in_background=true"]),
+    );
+    let want = ground_truth(&inline);
+    assert!(want[2]["helpful"].is_f64() && want[2]["greedy"]["helpful"].is_f64(), "{want}");
+    assert_eq!(ground_truth(&bg), want);
+    assert!(bg.join("sft/ground_truth_job.json").exists() && bg.join("sft/ground_truth.json").exists());
+    let sft_manifest = bg.join("sft/manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sft_manifest).unwrap()).unwrap();
+    assert_eq!(manifest["ground_truth"], want[2]);
+    // Stopped before the merge: the manifest has no ground truth; the child's result is taken.
+    let unmerged = |m: &serde_json::Value| {
+        let mut m = m.clone();
+        m["ground_truth"] = serde_json::Value::Null;
+        std::fs::write(&sft_manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    };
+    for rerun_without_result in [false, true] {
+        unmerged(&manifest);
+        if rerun_without_result {
+            std::fs::remove_file(bg.join("sft/ground_truth.json")).unwrap();
+        }
+        let log = run_ok(
+            rlhf()
+                .args(["pipeline", "run"])
+                .arg(&config)
+                .arg("--out")
+                .arg(&bg)
+                .args(sampled)
+                .args(["--set", "pipeline.eval_in_background=true"]),
+        );
+        assert_eq!(ground_truth(&bg), want, "re-run without the result file: {rerun_without_result}: {log}");
+        assert!(bg.join("sft/ground_truth.json").exists());
+    }
+    // The inline mode also fills a missing ground truth of an up-to-date stage.
+    unmerged(&manifest);
+    std::fs::remove_file(bg.join("sft/ground_truth.json")).unwrap();
+    run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&bg).args(sampled));
+    assert_eq!(ground_truth(&bg), want);
+}

@@ -14,7 +14,7 @@ pub struct PipelineConfig {
     pub stages: Vec<StageSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSection {
     /// Held-out prompts for the ground-truth evaluation of every policy stage (demo world).
@@ -33,6 +33,14 @@ pub struct PipelineSection {
     /// Device of the ground-truth evaluation: `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// Evaluate each policy stage in a child process (`rlhf pipeline ground-truth`) while the
+    /// next stages run, one evaluation at a time in stage order, instead of before the next stage
+    /// starts ([`crate::background`]). Same figures (the child is the same binary with the same
+    /// thread setting); the report is written when all are in. Worth it where the evaluation and
+    /// the stages leave each other cores (a small model decodes on one thread of a CPU); off by
+    /// default (on one GPU the two would share its memory).
+    #[serde(default)]
+    pub eval_in_background: bool,
 }
 
 impl Default for PipelineSection {
@@ -43,6 +51,7 @@ impl Default for PipelineSection {
             eval_temperature: default_eval_temperature(),
             eval_samples: default_eval_samples(),
             device: DeviceSpec::Auto,
+            eval_in_background: false,
         }
     }
 }

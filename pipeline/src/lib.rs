@@ -14,6 +14,7 @@
 //! folder and each stage folder are locked ([`training::lock::RunLock`]) while in use; manifests
 //! and the report name paths relative to the run folder, so a copied folder is a pipeline of its
 //! own.
+pub mod background;
 pub mod compare;
 pub mod config;
 pub mod error;

@@ -136,7 +136,12 @@ pub fn rounds_summary(manifests: &[Manifest]) -> Vec<serde_json::Value> {
                 let model = b["model"].as_str().unwrap_or_default();
                 let (correct, n) = (b["correct"].as_u64().unwrap_or(0), b["n"].as_u64().unwrap_or(0));
                 before_stage = reward_at(model);
-                e.insert("before".into(), rm_accuracy(before_stage.map(|m| m.name.as_str()), model, correct, n));
+                let stage = before_stage.map(|m| m.name.as_str());
+                e.insert("before".into(), rm_accuracy(stage, model, correct, n));
+                // On the comparisons of its own kind (`by_kind`: kind -> [n, correct]).
+                if let (Some(n), Some(correct)) = (b["by_kind"][role][0].as_u64(), b["by_kind"][role][1].as_u64()) {
+                    e.insert("before_on_kind".into(), rm_accuracy(stage, model, correct, n));
+                }
             }
             // After: this round's instance of the template stage that trained the model before
             // (`rm_helpfulness` or `rm_helpfulness_v1` -> `rm_helpfulness_v2`), else the reward
@@ -155,6 +160,10 @@ pub fn rounds_summary(manifests: &[Manifest]) -> Vec<serde_json::Value> {
                         None => serde_json::json!({"stage": rm.name, "model": model, "n": 0, "note": format!("not evaluated on {src}")}),
                     },
                 );
+                let k = &rm.metrics["eval"]["by_source_kind"][src][role];
+                if let (Some(n), Some(correct)) = (k["n"].as_u64(), k["correct"].as_u64()) {
+                    e.insert("after_on_kind".into(), rm_accuracy(Some(&rm.name), &model, correct, n));
+                }
             }
             if !e.is_empty() {
                 rms.insert(role.into(), e.into());
@@ -242,10 +251,13 @@ Each round: new comparisons on the latest policy's samples (annotated), reward m
             md += &format!("| {label} | {batch} | {} | `{}` | {w} |\n", rms.join("; "), p["stage"].as_str().unwrap_or_default());
         }
         if f.is_object() {
+            // Each reward model on the comparisons of its own kind (all of them when the
+            // comparisons carry no kind), as Llama 2 reads them.
             let rm = |role: &str, when: &str| {
-                let a = &round["reward_models"][role][when];
+                let e = &round["reward_models"][role];
+                let a = if e[format!("{when}_on_kind")].is_object() { &e[format!("{when}_on_kind")] } else { &e[when] };
                 match a["stage"].as_str() {
-                    Some(stage) => format!("{} `{stage}`", pct_ci(a)),
+                    Some(stage) => format!("{} `{stage}` (n={})", pct_ci(a), a["n"]),
                     None => "–".into(),
                 }
             };
@@ -265,7 +277,7 @@ Each round: new comparisons on the latest policy's samples (annotated), reward m
         md += "
 ### Reward models on each round's fresh comparisons, before and after the round retrains them
 
-Before: the reward models the previous round used (they never saw this batch); after: the ones this round's policy used. Accuracy % (chosen scored above rejected; a tie is wrong) on the round's held-out rated pairs, with the Wilson 95% interval; the same pairs for all four. Unrated: held-out pairs the annotators could not tell apart (the demo judges: equal scores) or did not rate.
+Before: the reward models the previous round used (they never saw this batch); after: the ones this round's policy used. Accuracy % (chosen scored above rejected; a tie is wrong) with the Wilson 95% interval, on the round's held-out rated pairs of the model's own kind (the helpfulness RM on the helpfulness comparisons, the safety RM on the safety ones, as in Llama 2's Table 7; all of them when the comparisons carry no kind), the same pairs before and after; report.json also has each model on all of them. Unrated: held-out pairs the annotators could not tell apart (the demo judges: equal scores) or did not rate.
 
 | round | fresh test pairs rated | sampled | unrated | helpfulness RM before | helpfulness RM after | safety RM before | safety RM after |
 |---|---|---|---|---|---|---|---|
@@ -459,14 +471,15 @@ mod tests {
         let rm_v2 = manifest(
             "rm_h_v2",
             "reward",
-            json!({"eval": {"overall": acc(0.8, 120), "by_source": {"demo": acc(0.79, 100), "round2": {"accuracy": 0.9, "n": 20, "correct": 18}}}}),
+            json!({"eval": {"overall": acc(0.8, 120), "by_source": {"demo": acc(0.79, 100), "round2": {"accuracy": 0.9, "n": 20, "correct": 18}},
+                "by_source_kind": {"round2": {"helpfulness": {"n": 15, "correct": 14, "accuracy": 14.0 / 15.0}}}}}),
             None,
         );
         let win = |w: f64| json!({"helpful": 0.3, "win_vs_baseline": {"result": {"win_rate": w, "win_rate_ci": {"lo": w - 0.05, "hi": w + 0.05}}}});
         let mut p1 = manifest("rlhf_v1", "rejection_sampling", json!({}), Some(win(0.55)));
         p1.config = json!({"helpfulness_rm": "rm_h/final"});
         p1.round = round(1);
-        let before = |model: &str, correct: u64| json!({"model": model, "n": 20, "correct": correct, "accuracy": correct as f64 / 20.0});
+        let before = |model: &str, correct: u64| json!({"model": model, "n": 20, "correct": correct, "accuracy": correct as f64 / 20.0, "by_kind": {"helpfulness": [15, 9], "safety": [5, 2]}});
         let ann_metrics = json!({"pairs": 300, "records": 100, "train": 80, "test": 20, "test_pairs_sampled": 60, "test_pairs_unrated": 40,
             "source": "round2", "eval_before": {"helpfulness": before("rm_h/final", 11)}});
         let mut ann = manifest("prefs_v2", "annotate", ann_metrics, None);
@@ -484,18 +497,31 @@ mod tests {
         assert!(rows[0].contains("`rm_h` 79.0 / –") && rows[0].contains("`rlhf_v1`") && rows[0].contains("0.550 [0.500, 0.600]"), "{md}");
         assert!(rows[1].contains("80 / 20 (round2)") && rows[1].contains("`rm_h_v2` 80.0 / 90.0 (n=20)"), "{md}");
         assert!(rows[1].contains("0.600 [0.550, 0.650]"), "{md}");
-        // Round 2's fresh comparisons: before (11 of 20) and after (18 of 20), Wilson intervals:
-        // 11/20: centre (0.55 + 0.096037) / 1.192073 = 0.541944, half-width 1.644164 *
-        // sqrt(0.012375 + 0.002401) = 0.199858 -> [34.2, 74.2]; 18/20 -> [69.9, 97.2].
+        // Round 2's fresh comparisons, the helpfulness RM on the 15 helpfulness ones: before (9 of
+        // 15) and after (14 of 15), Wilson intervals: 9/15: centre (0.6 + 0.128049) / 1.256097 =
+        // 0.579612, half-width 1.560338 * sqrt(0.016 + 0.004268) = 0.222159 -> [35.7, 80.2];
+        // 14/15 -> [70.2, 98.8]. The safety RM has no before/after here.
         let fresh: Vec<&str> = md.lines().filter(|l| l.starts_with("| rlhf #")).skip(2).collect();
         assert_eq!(fresh.len(), 1, "one round has fresh comparisons: {md}");
         assert!(
-            fresh[0].starts_with("| rlhf #2 | 20 | 60 | 40 | 55.0 [34.2, 74.2] `rm_h` | 90.0 [69.9, 97.2] `rm_h_v2` | – | – |"),
+            fresh[0]
+                .starts_with("| rlhf #2 | 20 | 60 | 40 | 60.0 [35.7, 80.2] `rm_h` (n=15) | 93.3 [70.2, 98.8] `rm_h_v2` (n=15) | – | – |"),
             "{md}"
         );
+        // On all 20 fresh comparisons (report.json): 11/20 -> [34.2, 74.2]; 18/20 -> [69.9, 97.2].
         let h = &rounds[1]["reward_models"]["helpfulness"];
         assert_eq!((h["before"]["correct"].as_u64(), h["after"]["correct"].as_u64()), (Some(11), Some(18)));
         assert!((h["after"]["ci95"]["lo"].as_f64().unwrap() - 0.6990).abs() < 5e-4, "{h}");
+        assert_eq!((h["before_on_kind"]["n"].as_u64(), h["after_on_kind"]["correct"].as_u64()), (Some(15), Some(14)));
+        // Without kinds the table falls back to all of them.
+        let mut plain = ms.clone();
+        plain[2].metrics["eval_before"]["helpfulness"]["by_kind"] = json!(null);
+        plain[3].metrics["eval"]["by_source_kind"] = json!(null);
+        let md = rounds_section(&plain, &rounds_summary(&plain));
+        assert!(
+            md.contains("| rlhf #2 | 20 | 60 | 40 | 55.0 [34.2, 74.2] `rm_h` (n=20) | 90.0 [69.9, 97.2] `rm_h_v2` (n=20) | – | – |"),
+            "{md}"
+        );
         assert!(rounds[0]["fresh"].is_null() && rounds[0]["reward_models"].as_object().unwrap().is_empty(), "{}", rounds[0]);
         assert!(rounds_summary(&[manifest("sft", "sft", json!({}), None)]).is_empty());
     }

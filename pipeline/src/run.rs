@@ -2,9 +2,9 @@
 //! exclusive lock (and the run folder under one for the whole run). A stage whose manifest
 //! matches its fingerprint is skipped; a changed config or input re-runs it and, through the
 //! fingerprints, everything downstream; an interrupted stage resumes from its own checkpoints.
+use crate::background::{Job, Worker};
 use crate::config::PipelineConfig;
 use crate::error::{PipelineError, Result};
-use crate::ground_truth::ground_truth;
 use crate::manifest::{relative_to, relativize, Manifest, MANIFEST_FILE};
 use crate::plan::{Plan, PlannedStage, StageConfig};
 use crate::refs::{substitute, substitute_str, Attr, Reference};
@@ -42,9 +42,9 @@ pub struct WaitingStage {
 /// Beside a waiting stage's files: what it waits for (`rlhf pipeline status` shows it).
 pub const WAITING_FILE: &str = "waiting.json";
 
-/// What became of a stage.
+/// What became of a stage: its manifest, and the ground-truth job left to run in the background.
 enum Outcome {
-    Done(Box<Manifest>),
+    Done(Box<Manifest>, Option<Job>),
     Waiting(WaitingStage),
 }
 
@@ -68,11 +68,22 @@ pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSu
     let mut events = EventWriter::open(out, None)?;
     // The baseline of the win rates: the first SFT stage.
     let baseline = plan.stages.iter().find(|s| s.kind == crate::plan::StageKind::Sft).map(|s| s.name.clone());
-    for (i, stage) in plan.stages.iter().enumerate() {
-        let m = match run_or_skip(&plan, stage, out, &done, baseline.as_deref())? {
-            Outcome::Done(m) => *m,
+    // Background evaluations: the worker, and the manifests waiting for their results.
+    let mut worker = plan.section.eval_in_background.then(Worker::start).transpose()?;
+    let mut pending: Vec<(usize, Job)> = Vec::new();
+    for stage in &plan.stages {
+        let m = match run_or_skip(&plan, stage, out, &done, baseline.as_deref(), worker.is_some())? {
+            Outcome::Done(m, job) => {
+                if let (Some(w), Some(job)) = (&worker, job) {
+                    w.submit(&job)?;
+                    pending.push((manifests.len(), job));
+                }
+                *m
+            }
             Outcome::Waiting(w) => {
                 tracing::warn!("pipeline: stage {} waits: {}", w.stage, w.message);
+                merge(worker.take(), &pending, &mut manifests, out)?;
+                write_events(&mut events, out, &manifests)?;
                 write_report(out, &manifests)?;
                 return Ok(RunSummary {
                     out: out.to_path_buf(),
@@ -83,9 +94,15 @@ pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSu
                 });
             }
         };
-        write_stage_events(&mut events, out, i as u64 + 1, &m)?;
+        if worker.is_none() {
+            write_stage_events(&mut events, out, manifests.len() as u64 + 1, &m)?;
+        }
         done.insert(stage.name.clone(), Done { output: m.output_in(out), fingerprint: m.fingerprint.clone() });
         manifests.push(m);
+    }
+    if worker.is_some() {
+        merge(worker.take(), &pending, &mut manifests, out)?;
+        write_events(&mut events, out, &manifests)?;
     }
     write_report(out, &manifests)?;
     Ok(RunSummary {
@@ -97,8 +114,42 @@ pub fn run(cfg: &PipelineConfig, config_path: &Path, out: &Path) -> Result<RunSu
     })
 }
 
+/// Waits for the background evaluations and puts each result into its stage's manifest.
+fn merge(worker: Option<Worker>, pending: &[(usize, Job)], manifests: &mut [Manifest], out: &Path) -> Result<()> {
+    let Some(worker) = worker else { return Ok(()) };
+    if !pending.is_empty() {
+        tracing::info!("pipeline: waiting for {} background evaluation(s)", pending.len());
+    }
+    worker.finish()?;
+    for (i, job) in pending {
+        let gt = job.finished().ok_or_else(|| PipelineError::GroundTruth {
+            stage: job.stage.clone(),
+            source: format!("{}: no result for this job", job.dir.join(crate::background::RESULT_FILE).display()).into(),
+        })?;
+        let m = &mut manifests[*i];
+        m.ground_truth = Some(gt);
+        m.write(&out.join(&m.name))?;
+    }
+    Ok(())
+}
+
+/// The TensorBoard step of every stage (after the background evaluations are in).
+fn write_events(events: &mut EventWriter, out: &Path, manifests: &[Manifest]) -> Result<()> {
+    for (i, m) in manifests.iter().enumerate() {
+        write_stage_events(events, out, i as u64 + 1, m)?;
+    }
+    Ok(())
+}
+
 /// The manifest of `stage`: its folder's when up to date, else that of a fresh (or resumed) run.
-fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<String, Done>, baseline: Option<&str>) -> Result<Outcome> {
+fn run_or_skip(
+    plan: &Plan,
+    stage: &PlannedStage,
+    out: &Path,
+    done: &BTreeMap<String, Done>,
+    baseline: Option<&str>,
+    background: bool,
+) -> Result<Outcome> {
     let err = |msg: String| PipelineError::Stage { path: out.to_path_buf(), stage: stage.name.clone(), msg };
     let dir = out.join(&stage.name);
     // The plan checked that every reference names an earlier stage.
@@ -113,10 +164,39 @@ fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<St
     let mut config = serde_json::to_value(&resolved)?;
     relativize(&mut config, out);
     let fingerprint = fnv1a(format!("{}|{}|{}", stage.kind.name(), config, serde_json::to_string(&inputs)?).as_bytes());
+    // The ground-truth evaluation of a policy stage's output `model`, as a job.
+    let job_for = |model: &Path| -> Result<Option<Job>> {
+        let (Some(p), true) = (&plan.section.eval_prompts, stage.kind.is_policy()) else { return Ok(None) };
+        let prompts = substitute_str(p, &path_of).map_err(err)?;
+        // The win rate against the baseline (SFT) from its saved judgements, same seeds.
+        let baseline =
+            baseline.filter(|b| *b != stage.name && done.contains_key(*b)).map(|b| (b.to_string(), out.join(b), done[b].output.clone()));
+        Ok(Some(Job {
+            stage: stage.name.clone(),
+            dir: dir.clone(),
+            model: model.to_path_buf(),
+            prompts,
+            section: plan.section.clone(),
+            baseline,
+            threads: tch::get_num_threads(),
+        }))
+    };
     let _lock = RunLock::acquire(&dir)?;
-    if let Some(m) = Manifest::read(&dir).filter(|m| m.fingerprint == fingerprint && m.output_in(out).exists()) {
+    if let Some(mut m) = Manifest::read(&dir).filter(|m| m.fingerprint == fingerprint && m.output_in(out).exists()) {
         tracing::info!("pipeline: {} is up to date, skipped", stage.name);
-        return Ok(Outcome::Done(Box::new(m)));
+        // Its evaluation may not have been merged (a background one, when the run stopped).
+        let mut left = None;
+        if let Some(job) = job_for(&m.output_in(out))?.filter(|_| m.ground_truth.is_none()) {
+            match job.finished() {
+                Some(gt) => m.ground_truth = Some(gt),
+                None if background => left = Some(job),
+                None => m.ground_truth = Some(job.evaluate()?),
+            }
+            if m.ground_truth.is_some() {
+                m.write(&dir)?;
+            }
+        }
+        return Ok(Outcome::Done(Box::new(m), left));
     }
     prepare_dir(&dir, &fingerprint)?;
     tracing::info!("pipeline: running {} ({})", stage.name, stage.kind.name());
@@ -134,16 +214,11 @@ fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<St
         },
     };
     let _ = std::fs::remove_file(dir.join(WAITING_FILE));
-    let ground_truth = match (&plan.section.eval_prompts, stage.kind.is_policy()) {
-        (Some(p), true) => {
-            let prompts = substitute_str(p, &path_of).map_err(err)?;
-            // The win rate against the baseline (SFT) from its saved judgements, same seeds.
-            let base = baseline.filter(|b| *b != stage.name && done.contains_key(*b)).map(|b| (b, out.join(b), done[b].output.clone()));
-            let base = base.as_ref().map(|(name, dir, model)| crate::ground_truth::Baseline { name, dir, model });
-            let gt = ground_truth(&result.output, &prompts, &plan.section, &dir, base);
-            Some(gt.map_err(|source| PipelineError::GroundTruth { stage: stage.name.clone(), source })?)
-        }
-        _ => None,
+    let job = job_for(&result.output)?;
+    let (ground_truth, left) = match job {
+        Some(job) if background => (None, Some(job)),
+        Some(job) => (Some(job.evaluate()?), None),
+        None => (None, None),
     };
     let mut metrics = result.metrics;
     relativize(&mut metrics, out);
@@ -160,7 +235,7 @@ fn run_or_skip(plan: &Plan, stage: &PlannedStage, out: &Path, done: &BTreeMap<St
         round: stage.round.clone(),
     };
     m.write(&dir)?;
-    Ok(Outcome::Done(Box::new(m)))
+    Ok(Outcome::Done(Box::new(m), left))
 }
 
 /// A stage folder holds the work of one fingerprint: a folder left by another config is cleared

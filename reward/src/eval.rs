@@ -16,6 +16,8 @@ pub struct PairScore {
     pub rejected: f64,
     pub rating: Option<Rating>,
     pub source: Option<String>,
+    /// The comparison's kind (helpfulness or safety), when it has one.
+    pub kind: Option<datasets::PreferenceKind>,
     pub chosen_safe: Option<bool>,
     pub rejected_safe: Option<bool>,
     /// The pair was cut to `max_seq_len` before scoring.
@@ -44,6 +46,7 @@ pub fn score_pairs(model: &RewardModel, pairs: &[PairTokens], device: Device, ba
                 rejected: r as f64,
                 rating: p.rating,
                 source: p.source.clone(),
+                kind: p.kind,
                 chosen_safe: p.chosen_safe,
                 rejected_safe: p.rejected_safe,
                 truncated: p.truncated,
@@ -107,6 +110,11 @@ pub struct RmReport {
     pub overall: Accuracy,
     /// Table 7: per test set (`source`).
     pub by_source: BTreeMap<String, Accuracy>,
+    /// Per test set and comparison kind (`helpfulness` / `safety`), for the test sets whose
+    /// comparisons carry a kind (Llama 2 reads a helpfulness RM on helpfulness comparisons and a
+    /// safety RM on safety ones).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_source_kind: BTreeMap<String, BTreeMap<String, Accuracy>>,
     /// Table 8: per rating bin, in the paper's column order.
     pub by_rating: Vec<(String, Accuracy)>,
     /// Mean of r_chosen − r_rejected.
@@ -134,8 +142,17 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
     let mut sources: Vec<String> = scores.iter().filter_map(|s| s.source.clone()).collect();
     sources.sort();
     sources.dedup();
+    let mut by_source_kind: BTreeMap<String, BTreeMap<String, Accuracy>> = BTreeMap::new();
     for src in sources {
-        by_source.insert(src.clone(), Accuracy::of(scores.iter().filter(|s| s.source.as_deref() == Some(&src))));
+        let of_src = || scores.iter().filter(|s| s.source.as_deref() == Some(&src));
+        by_source.insert(src.clone(), Accuracy::of(of_src()));
+        let mut kinds: Vec<datasets::PreferenceKind> = of_src().filter_map(|s| s.kind).collect();
+        kinds.sort_by_key(|k| k.as_str());
+        kinds.dedup();
+        for k in kinds {
+            let a = Accuracy::of(of_src().filter(|s| s.kind == Some(k)));
+            by_source_kind.entry(src.clone()).or_default().insert(k.as_str().to_string(), a);
+        }
     }
     let by_rating =
         Rating::ALL.iter().map(|r| (r.as_str().to_string(), Accuracy::of(scores.iter().filter(|s| s.rating == Some(*r))))).collect();
@@ -161,6 +178,7 @@ pub fn report(scores: &[PairScore], threshold: f64) -> RmReport {
     RmReport {
         overall: Accuracy::of(scores.iter()),
         by_source,
+        by_source_kind,
         by_rating,
         mean_margin: scores.iter().map(|s| s.chosen - s.rejected).sum::<f64>() / scores.len().max(1) as f64,
         chosen_scores: stats(&c),
@@ -298,6 +316,7 @@ mod tests {
             rejected: r,
             rating: Some(rating),
             source: Some(src.into()),
+            kind: None,
             chosen_safe: cs,
             rejected_safe: rs,
             truncated: false,
@@ -315,6 +334,16 @@ mod tests {
         let r = report(&s, 0.5);
         assert_eq!(r.overall.correct, 2);
         assert_eq!(r.by_source["a"].accuracy, 0.5);
+        assert!(r.by_source_kind.is_empty(), "no pair carries a kind");
+        // With kinds: per source and kind.
+        let mut k = s.clone();
+        k[0].kind = Some(datasets::PreferenceKind::Safety);
+        k[1].kind = Some(datasets::PreferenceKind::Helpfulness);
+        k[2].kind = Some(datasets::PreferenceKind::Helpfulness);
+        let rk = report(&k, 0.5);
+        let a = &rk.by_source_kind["a"];
+        assert_eq!((a["safety"].n, a["safety"].correct, a["helpfulness"].n, a["helpfulness"].correct), (1, 1, 1, 0));
+        assert_eq!((rk.by_source_kind["b"]["helpfulness"].n, rk.by_source_kind["b"].len()), (1, 1));
         assert_eq!(r.by_rating[1].1.correct, 0);
         assert_eq!(r.by_rating[2].1.n, 0);
         // Unsafe responses: rejected of pairs 1 and 2 (scores 0.0 and 1.0): σ(0) = 0.5 is not < 0.5,

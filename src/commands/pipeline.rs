@@ -10,6 +10,15 @@ pub enum PipelineCommand {
     Run(RunArgs),
     /// Print the stage table of a pipeline folder.
     Status(StatusArgs),
+    /// Run one stage's ground-truth evaluation job (the child of `eval_in_background`).
+    #[command(hide = true)]
+    GroundTruth(GroundTruthArgs),
+}
+
+#[derive(Args)]
+pub struct GroundTruthArgs {
+    /// The job file (`<stage>/ground_truth_job.json`).
+    pub job: PathBuf,
 }
 
 #[derive(Args)]
@@ -43,6 +52,7 @@ pub fn run(c: PipelineCommand) -> Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
         }
         PipelineCommand::Status(a) => print!("{}", pipeline::status(&a.dir)?),
+        PipelineCommand::GroundTruth(a) => pipeline::background::run_job(&a.job)?,
     }
     Ok(())
 }
