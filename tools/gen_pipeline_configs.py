@@ -97,12 +97,11 @@ HARDWARE = {
            f'# of the fp32 optimizer state there): `rlhf plan --world-size {WORLD_70B}` (tests/shipped_configs.rs).\n'
            '# PPO runs on the same 16 GPUs with ZeRO-3 for all five 70B models (the trained two with their\n'
            '# optimizers, the frozen reference and reward models sharded in bf16) and needs >= 1.2 TB of host\n'
-           '# memory per node (see its stage). Not yet: SFT and the reward models load layer by layer\n'
-           '# (shard-on-load), but PPO still loads each of its five models whole onto the GPU before sharding\n'
-           '# it (138 GB each: the PPO stage cannot start on 80 GB GPUs until shard-on-load covers it), and\n'
-           '# under ZeRO-3 PPO gathers every layer of the policy for each decode step (slow generation,\n'
-           '# docs/distributed.md). The paper trained with FSDP (Section 3.2.3, PPO) and reports no GPU\n'
-           '# counts for fine-tuning.\n',
+           '# memory per node (see its stage). Every stage loads its models layer by layer (shard-on-load:\n'
+           '# no GPU ever holds a whole 70B model; the PPO stage loads within its plan, docs/memory.md). Not\n'
+           '# yet: a GPU run of any of it, and under ZeRO-3 PPO gathers every layer of the policy for each\n'
+           '# decode step (slow generation, docs/distributed.md). The paper trained with FSDP (Section 3.2.3,\n'
+           '# PPO) and reports no GPU counts for fine-tuning.\n',
 }
 
 def write(size, note, stages):

@@ -254,6 +254,10 @@ impl<'a> PpoTrainer<'a> {
         };
         if !layered.is_empty() {
             tracing::info!("ZeRO-3 shard-on-load: {} loaded layer by layer", layered.join(", "));
+        } else if zero3 {
+            tracing::info!(
+                "ZeRO-3: PPO's models loaded whole (the frozen ones sharded after each load, the trained ones next by their optimizers)"
+            );
         }
         let lora = cfg.lora.as_ref().map(|lc| {
             policy.model.add_lora(&policy.vs.root(), lc);

@@ -155,20 +155,8 @@ impl TrainConfig {
     }
 
     /// AdamW over the trainable variables of `vs`, sharded by `zero_stage` in a distributed run.
-    /// ZeRO-3 needs a trainer that gathers the layers as they run ([`TrainConfig::optimizer_zero3`]):
-    /// refused here.
-    pub fn optimizer(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
-        if self.zero_stage == 3 {
-            return Err(crate::TrainError::Config(
-                "zero_stage 3 is implemented for SFT and reward-model training only so far (docs/distributed.md): use zero_stage 2".into(),
-            ));
-        }
-        self.optimizer_zero3(vs)
-    }
-
-    /// [`TrainConfig::optimizer`] for a trainer that supports ZeRO-3: it must pass the
-    /// optimizer's [`crate::AdamW::shard_hooks`] to its model and run the same number of
-    /// backward passes on every rank.
+    /// At ZeRO-3 the trainer must pass the optimizer's [`crate::AdamW::shard_hooks`] to its model
+    /// and run the same number of backward passes on every rank (SFT, reward models and PPO do).
     pub fn optimizer_zero3(&self, vs: &tch::nn::VarStore) -> Result<crate::AdamW, crate::TrainError> {
         crate::AdamW::with_options(vs, self.adamw(), |_| true, self.state_options())
     }

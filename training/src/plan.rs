@@ -13,6 +13,13 @@
 //! the compute dtype, on the host with `offload_frozen`), the rest whole, and one gathered layer
 //! while the model runs (in the working set, [`ModelBytes::in_flight`]).
 //!
+//! The peak is the steady state's; loading is not planned separately. Under ZeRO-3 every stage
+//! shards on load (SFT, reward models, PPO's five models: each decoder layer read and sharded as
+//! it is built), so while loading a device holds the static bytes counted here less the trained
+//! models' gathered layers, plus the one layer being built: within the planned peak. A model
+//! loaded whole first (a PEFT adapter folder as a start) needs its whole weights on each device
+//! at load, which this plan does not show.
+//!
 //! The activation and logits terms are a model of this implementation, calibrated on CPU against
 //! peak RSS of the 20M bench model (docs/benchmarks.md, docs/memory.md): per layer and token,
 //! `10·D + 4·I` saved elements (norm inputs and outputs, q/k/v and their rotated copies, the
