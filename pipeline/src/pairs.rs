@@ -123,10 +123,16 @@ pub struct AnnotateConfig {
     /// The pair file (a `sample_pairs` stage's output, or `rlhf annotate export`'s).
     pub pairs: PathBuf,
     pub annotator: Annotator,
-    /// Share of the prompts whose comparisons are held out as this batch's test set
-    /// (`prefs_test.jsonl`), drawn by a hash of the prompt.
+    /// Share of the batch held out as its test set (`prefs_test.jsonl`), drawn by a hash (see
+    /// `test_split`).
     #[serde(default = "d_test_fraction")]
     pub test_fraction: f64,
+    /// What is held out: `prompt` (every comparison of a share of the prompts: the test prompts
+    /// are new to the retrained models) or `pair` (a share of the comparisons, as Llama 2 holds out
+    /// test comparisons from each new batch: a test comparison's prompt may have others, with
+    /// other replies, in the training share; never the same pair of replies).
+    #[serde(default)]
+    pub test_split: TestSplit,
     /// The reward models in use before this batch (the round then retrains them), by role
     /// (`helpfulness`, `safety`): each is evaluated on the batch's held-out comparisons
     /// (metrics `eval_before`), so the report can set them beside the retrained ones.
@@ -141,15 +147,42 @@ fn d_test_fraction() -> f64 {
     0.2
 }
 
+/// [`AnnotateConfig::test_split`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestSplit {
+    #[default]
+    Prompt,
+    Pair,
+}
+
+impl TestSplit {
+    /// Whether the comparison of `replies` (in either order) to `prompt` is held out.
+    pub fn held_out(self, prompt: &[llama::Message], replies: [&str; 2], fraction: f64) -> bool {
+        match self {
+            TestSplit::Prompt => held_out(prompt, fraction),
+            TestSplit::Pair => {
+                let mut r = replies;
+                r.sort_unstable();
+                let key = serde_json::to_string(&(prompt, r)).unwrap_or_default();
+                below(&key, fraction)
+            }
+        }
+    }
+}
+
+fn below(key: &str, fraction: f64) -> bool {
+    let h = u64::from_str_radix(&training::runner::fnv1a(key.as_bytes())[..8], 16).unwrap_or(0);
+    (h as f64 / u32::MAX as f64) < fraction
+}
+
 /// The keys of [`AnnotateConfig::eval_reward_models`].
 pub const REWARD_ROLES: [&str; 2] = ["helpfulness", "safety"];
 
 /// Whether a prompt's comparisons are held out (a hash of the prompt below `fraction`): the same
 /// split for the sampled pairs and for the rated records.
 pub fn held_out(prompt: &[llama::Message], fraction: f64) -> bool {
-    let key = serde_json::to_string(prompt).unwrap_or_default();
-    let h = u64::from_str_radix(&training::runner::fnv1a(key.as_bytes())[..8], 16).unwrap_or(0);
-    (h as f64 / u32::MAX as f64) < fraction
+    below(&serde_json::to_string(prompt).unwrap_or_default(), fraction)
 }
 
 impl AnnotateConfig {
@@ -357,7 +390,7 @@ pub fn annotate_stage(c: &AnnotateConfig, dir: &Path) -> Result<(PathBuf, serde_
         return Err(format!("{}: no preference record (no pair rated)", annotated.display()).into());
     }
     let (train, test): (Vec<PreferenceRecord>, Vec<PreferenceRecord>) =
-        records.into_iter().partition(|r| !held_out(&r.prompt, c.test_fraction));
+        records.into_iter().partition(|r| !c.test_split.held_out(&r.prompt, [&r.chosen, &r.rejected], c.test_fraction));
     let count = |rs: &[PreferenceRecord]| {
         let mut by: BTreeMap<String, usize> = BTreeMap::new();
         for r in rs {
@@ -374,7 +407,7 @@ pub fn annotate_stage(c: &AnnotateConfig, dir: &Path) -> Result<(PathBuf, serde_
     summary["source"] = train.iter().chain(&test).find_map(|r| r.source.clone()).into();
     // The held-out prompts' pairs as sampled: how many the annotators rated, how many they could
     // not tell apart (or, people, left unrated).
-    let test_pairs = pairs.iter().filter(|p| held_out(&p.prompt, c.test_fraction)).count();
+    let test_pairs = pairs.iter().filter(|p| c.test_split.held_out(&p.prompt, [&p.reply_a, &p.reply_b], c.test_fraction)).count();
     summary["test_pairs_sampled"] = test_pairs.into();
     summary["test_pairs_unrated"] = test_pairs.saturating_sub(test.len()).into();
     let out = dir.join("prefs.jsonl");
@@ -435,4 +468,36 @@ pub fn eval_reward_model(model: &Path, file: &Path, records: &[PreferenceRecord]
     acc.accuracy = acc.correct as f64 / acc.n as f64;
     acc.seconds = start.elapsed().as_secs_f64();
     Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pair_split_holds_out_comparisons_whatever_the_reply_order_and_the_prompt_split_whole_prompts() {
+        let prompts: Vec<Vec<llama::Message>> = (0..40).map(|i| vec![llama::Message::user(format!("question {i}?"))]).collect();
+        let replies: Vec<String> = (0..6).map(|j| format!("answer {j}")).collect();
+        let (mut held, mut n, mut mixed_prompts) = (0, 0, 0);
+        for p in &prompts {
+            let mut sides = Vec::new();
+            for a in 0..replies.len() {
+                for b in a + 1..replies.len() {
+                    let (x, y) = (replies[a].as_str(), replies[b].as_str());
+                    let h = TestSplit::Pair.held_out(p, [x, y], 0.5);
+                    assert_eq!(h, TestSplit::Pair.held_out(p, [y, x], 0.5), "the order of the replies changed the side");
+                    held += h as usize;
+                    n += 1;
+                    sides.push(h);
+                    // The prompt split keeps every comparison of a prompt on one side.
+                    assert_eq!(TestSplit::Prompt.held_out(p, [x, y], 0.5), held_out(p, 0.5));
+                }
+            }
+            mixed_prompts += (sides.iter().any(|s| *s) && sides.iter().any(|s| !*s)) as usize;
+        }
+        // 600 comparisons, about half held out; most prompts have comparisons on both sides.
+        assert!((240..=360).contains(&held), "{held} of {n}");
+        assert!(mixed_prompts >= 30, "{mixed_prompts}");
+        assert!(!TestSplit::Pair.held_out(&prompts[0], ["a", "b"], 0.0));
+    }
 }
