@@ -286,15 +286,18 @@ fn background_evaluation_gives_the_same_ground_truth_and_resumes() {
     };
     let (inline, bg) = (tmp.path().join("inline"), tmp.path().join("bg"));
     run_ok(rlhf().args(["pipeline", "run"]).arg(&config).arg("--out").arg(&inline).args(sampled));
-    run_ok(
-        rlhf()
-            .args(["pipeline", "run"])
-            .arg(&config)
-            .arg("--out")
-            .arg(&bg)
-            .args(sampled)
-            .args(["--set", "pipeline.eval_in_background=true"]),
-    );
+    let run_in_background = || {
+        run_ok(
+            rlhf()
+                .args(["pipeline", "run"])
+                .arg(&config)
+                .arg("--out")
+                .arg(&bg)
+                .args(sampled)
+                .args(["--set", "pipeline.eval_in_background=true"]),
+        )
+    };
+    run_in_background();
     let want = ground_truth(&inline);
     assert!(want[2]["helpful"].is_f64() && want[2]["greedy"]["helpful"].is_f64(), "{want}");
     assert_eq!(ground_truth(&bg), want);
