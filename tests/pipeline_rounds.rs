@@ -334,9 +334,16 @@ threads = 1
         let r = json_line(&run_ok(
             rlhf().args(["reward", "eval", "--model"]).arg(out.join(model)).arg("--data").arg(&test_file).args(["--device", "cpu"]),
         ));
-        (r["overall"]["correct"].as_u64().unwrap(), r["overall"]["n"].as_u64().unwrap())
+        // The report's table reads the helpfulness RM on the fresh helpfulness comparisons.
+        let k = &r["by_source_kind"][round["fresh"]["source"].as_str().unwrap()]["helpfulness"];
+        (
+            (r["overall"]["correct"].as_u64().unwrap(), r["overall"]["n"].as_u64().unwrap()),
+            (k["correct"].as_u64().unwrap(), k["n"].as_u64().unwrap()),
+        )
     };
-    let (before, after) = (eval("rm/final"), eval("rm_v1/final"));
+    let ((before, before_k), (after, after_k)) = (eval("rm/final"), eval("rm_v1/final"));
+    assert_eq!((h["before_on_kind"]["correct"].as_u64().unwrap(), h["before_on_kind"]["n"].as_u64().unwrap()), before_k, "{h}");
+    assert_eq!((h["after_on_kind"]["correct"].as_u64().unwrap(), h["after_on_kind"]["n"].as_u64().unwrap()), after_k, "{h}");
     assert_eq!((h["before"]["correct"].as_u64().unwrap(), h["before"]["n"].as_u64().unwrap()), before, "{h}");
     assert_eq!((h["after"]["correct"].as_u64().unwrap(), h["after"]["n"].as_u64().unwrap()), after, "{h}");
     let w = |(k, n): (u64, u64)| {
@@ -345,7 +352,13 @@ threads = 1
     };
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let row = md.lines().find(|l| l.starts_with("| rlhf #1 | ") && l.contains("`rm_v1`")).unwrap_or_else(|| panic!("{md}"));
-    let expected = format!("| rlhf #1 | {n_test} | {test_sampled} | {unrated} | {} `rm` | {} `rm_v1` | – | – |", w(before), w(after));
+    let expected = format!(
+        "| rlhf #1 | {n_test} | {test_sampled} | {unrated} | {} `rm` (n={}) | {} `rm_v1` (n={}) | – | – |",
+        w(before_k),
+        before_k.1,
+        w(after_k),
+        after_k.1
+    );
     assert_eq!(row, expected, "{md}");
     // The round's mix: the fresh batch whole and 20 of the original comparisons.
     let mix: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mix_v1/manifest.json")).unwrap()).unwrap();
