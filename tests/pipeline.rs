@@ -316,15 +316,7 @@ fn background_evaluation_gives_the_same_ground_truth_and_resumes() {
         if rerun_without_result {
             std::fs::remove_file(bg.join("sft/ground_truth.json")).unwrap();
         }
-        let log = run_ok(
-            rlhf()
-                .args(["pipeline", "run"])
-                .arg(&config)
-                .arg("--out")
-                .arg(&bg)
-                .args(sampled)
-                .args(["--set", "pipeline.eval_in_background=true"]),
-        );
+        let log = run_in_background();
         assert_eq!(ground_truth(&bg), want, "re-run without the result file: {rerun_without_result}: {log}");
         assert!(bg.join("sft/ground_truth.json").exists());
     }
