@@ -1,6 +1,7 @@
 //! `rlhf`: the Llama-2-Chat alignment recipe on libtorch. A thin CLI: each subcommand parses its
 //! arguments, loads what it needs and calls the library crates.
 mod commands;
+mod malloc;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,7 @@ enum Command {
 }
 
 fn main() {
+    malloc::keep_freed_memory();
     // A panic is a bug, not a user error: say so in one line, without a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("rlhf: internal error: {info}");
