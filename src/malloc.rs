@@ -5,8 +5,8 @@
 //! tensors every time (the LM head's logits and their gradient: 200 MB per micro-batch of the
 //! demo's SFT) page-faults and zeroes every page of them again at each step. Measured on the demo
 //! SFT (25 steps, the 2-core dev CPU, idle, two interleaved repetitions each): 5.3 M minor page
-//! faults and 10-11.5 s of system time by default, 0.35 M and 1.0 s with the settings below, and
-//! 7-8 % less wall time (docs/benchmarks.md, "Allocator"). Same numbers out: only where freed
+//! faults and 10.5 s of system time by default, 0.36 M and 1.0 s with the settings below, and
+//! 11-12 % less wall time (docs/benchmarks.md, "Allocator"). Same numbers out: only where freed
 //! memory goes changes.
 //!
 //! Here allocations up to 512 MiB come from the heap and freed memory stays there for reuse
@@ -15,9 +15,9 @@
 //! defaults.
 
 /// Largest allocation served from the heap.
-pub const MMAP_THRESHOLD: i32 = 512 << 20;
+const MMAP_THRESHOLD: i32 = 512 << 20;
 /// Free memory at the heap's top kept before it is returned to the kernel.
-pub const TRIM_THRESHOLD: i32 = 1 << 30;
+const TRIM_THRESHOLD: i32 = 1 << 30;
 
 /// Applies the settings; call first thing in `main`, before any other thread starts.
 /// The workspace denies unsafe code; this one call into glibc is the exception.
